@@ -1,0 +1,182 @@
+"""Pieces every attack and every adversarial training objective share: losses, the input
+gradient, steps, projections and random starts per norm, and the eps checks.
+
+Training objectives call these same functions, so training and evaluation cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Generator, Tensor, nn
+
+from redblue.errors import AttackError, ConfigError, require_in_range, require_non_negative
+
+LossFn = Callable[[Tensor, Tensor], Tensor]  # (logits (N, C), y (N,)) -> per-sample loss (N,)
+
+NORMS = ("linf", "l2")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run `model` in eval mode (dropout off, batch-norm frozen); restore its mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def ce_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Per-sample softmax cross-entropy; larger is more adversarial."""
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def _true_and_best_other(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    true_logit = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.scatter(1, y[:, None], float("-inf"))
+    return true_logit, others.amax(dim=1)
+
+
+def margin_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Carlini-Wagner margin `max_{j != y} z_j - z_y`; positive exactly when misclassified."""
+    true_logit, best_other = _true_and_best_other(logits, y)
+    return best_other - true_logit
+
+
+def dlr_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Difference-of-logits-ratio loss (Croce & Hein, 2020), scale- and shift-invariant.
+
+    -(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3 + 1e-12), with z_pi sorted descending.
+    """
+    sorted_logits = logits.sort(dim=1, descending=True).values
+    true_logit, best_other = _true_and_best_other(logits, y)
+    return -(true_logit - best_other) / (sorted_logits[:, 0] - sorted_logits[:, 2] + 1e-12)
+
+
+def targeted_dlr_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
+    """Targeted DLR (Croce & Hein, 2020): -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)."""
+    sorted_logits = logits.sort(dim=1, descending=True).values
+    true_logit = logits.gather(1, y[:, None]).squeeze(1)
+    target_logit = logits.gather(1, target[:, None]).squeeze(1)
+    scale = sorted_logits[:, 0] - 0.5 * (sorted_logits[:, 2] + sorted_logits[:, 3]) + 1e-12
+    return -(true_logit - target_logit) / scale
+
+
+def loss_and_input_gradient(
+    model: nn.Module, x: Tensor, y: Tensor, *, loss: LossFn = ce_loss
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sample loss (N,), logits (N, C) and d(sum of losses)/dx, all detached.
+
+    The model runs in eval mode and is restored afterwards. Only the input gradient is computed:
+    autograd skips the weight gradients, and no parameter's `.grad` or `requires_grad` changes.
+    A NaN or infinite gradient raises AttackError instead of becoming a silent zero step.
+    """
+    with eval_mode(model), torch.enable_grad():
+        x_var = x.detach().requires_grad_(True)
+        logits = model(x_var)
+        losses = loss(logits, y)
+        (grad,) = torch.autograd.grad(losses.sum(), x_var)
+    if not bool(torch.isfinite(grad).all()):
+        raise AttackError(
+            "the model's input gradient is NaN or infinite; check the model for log(0), "
+            "division by zero or overflow before attacking it"
+        )
+    return losses.detach(), logits.detach(), grad
+
+
+def input_gradient(model: nn.Module, x: Tensor, y: Tensor, *, loss: LossFn = ce_loss) -> Tensor:
+    """d(sum of per-sample losses)/dx, shape of x; see `loss_and_input_gradient`."""
+    return loss_and_input_gradient(model, x, y, loss=loss)[2]
+
+
+def per_sample_norm(t: Tensor, norm: str) -> Tensor:
+    """L-inf or L2 norm of each sample of `t` (N, ...) -> (N,)."""
+    flat = t.flatten(1)
+    if norm == "linf":
+        return flat.abs().amax(dim=1)
+    return flat.norm(p=2, dim=1)
+
+
+def _per_sample(values: Tensor, like: Tensor) -> Tensor:
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def linf_project(x_adv: Tensor, *, center: Tensor, eps: float) -> Tensor:
+    """Clip `x_adv` into the L-inf ball of radius eps around `center`, then into [0, 1]."""
+    return torch.minimum(torch.maximum(x_adv, center - eps), center + eps).clamp(0.0, 1.0)
+
+
+def l2_project(x_adv: Tensor, *, center: Tensor, eps: float) -> Tensor:
+    """Scale `x_adv - center` into the L2 ball of radius eps, then clip into [0, 1].
+
+    Clipping after the scaling moves every pixel towards `center` (itself in [0, 1]), so the
+    result stays inside the ball.
+    """
+    delta = x_adv - center
+    norms = per_sample_norm(delta, "l2")
+    factor = torch.clamp(eps / (norms + 1e-12), max=1.0)
+    return (center + delta * _per_sample(factor, delta)).clamp(0.0, 1.0)
+
+
+def project(x_adv: Tensor, *, center: Tensor, eps: float, norm: str) -> Tensor:
+    if norm == "linf":
+        return linf_project(x_adv, center=center, eps=eps)
+    return l2_project(x_adv, center=center, eps=eps)
+
+
+def l2_normalize(t: Tensor) -> Tensor:
+    """Each sample divided by its L2 norm (zero samples stay zero)."""
+    norms = per_sample_norm(t, "l2")
+    return t / _per_sample(norms.clamp_min(1e-12), t)
+
+
+def ascent_step(x_adv: Tensor, grad: Tensor, *, step_size: float, norm: str) -> Tensor:
+    """One steepest-ascent step of length step_size in `norm`: sign for L-inf, unit vector for L2."""
+    if norm == "linf":
+        return x_adv + step_size * grad.sign()
+    return x_adv + step_size * l2_normalize(grad)
+
+
+def linf_random_start(x: Tensor, eps: float, generator: Generator | None = None) -> Tensor:
+    """A uniform random point of the L-inf ball around x, clipped to [0, 1]."""
+    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return (x + eps * (2.0 * noise - 1.0)).clamp(0.0, 1.0)
+
+
+def l2_random_start(x: Tensor, eps: float, generator: Generator | None = None) -> Tensor:
+    """A uniform random point of the L2 ball around x (direction Gaussian, radius eps*U^(1/d))."""
+    direction = l2_normalize(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
+    dims = x[0].numel()
+    radius = eps * torch.rand(len(x), generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / dims)
+    return (x + direction * _per_sample(radius, x)).clamp(0.0, 1.0)
+
+
+def random_start(x: Tensor, eps: float, *, norm: str, generator: Generator | None = None) -> Tensor:
+    if norm == "linf":
+        return linf_random_start(x, eps, generator)
+    return l2_random_start(x, eps, generator)
+
+
+def check_eps(eps: float, norm: str) -> None:
+    """eps is in pixel units: [0, 1] for L-inf; for L2 any finite non-negative radius."""
+    if norm == "linf":
+        require_in_range("eps", eps, 0.0, 1.0)
+    elif norm == "l2":
+        require_non_negative("eps", eps)
+    else:
+        raise ConfigError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
+
+
+def check_inputs(x: Tensor, y: Tensor) -> None:
+    """Validate attack inputs at the public boundary: finite pixels in [0, 1], one label each."""
+    if x.dim() < 2 or len(x) != len(y):
+        raise ConfigError(f"x has {len(x)} samples but y has {len(y)} labels; pass one label per image")
+    if not bool(torch.isfinite(x).all()):
+        raise ConfigError("the input images contain NaN or infinite pixels; clean the data before attacking")
+    if bool((x < 0).any()) or bool((x > 1).any()):
+        raise ConfigError("pixels must be in [0, 1]; rescale the images (and put any normalisation inside the model)")

@@ -1,0 +1,34 @@
+"""`redblue` command line: thin verbs that parse into dataclasses, call the engine, print results.
+
+Every RedblueError becomes one line on stderr and exit code 2, without a traceback; usage errors
+(an unknown option, a missing argument) also exit with 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from redblue.cli.app import app
+from redblue.errors import RedblueError
+
+# Importing a verb module registers its commands on `app`.
+from redblue.cli import verbs_info as _verbs_info  # noqa: E402,F401
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (0 ok, 2 bad input, 130 interrupted)."""
+    try:
+        app(args=argv, prog_name="redblue")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except RedblueError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted; finished work is kept and a rerun resumes from it\n")
+        return 130
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

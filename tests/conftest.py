@@ -1,0 +1,22 @@
+"""Shared test set-up: point redblue at the repository's MNIST copy and keep torch deterministic."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+if "REDBLUE_DATA_DIR" not in os.environ and (SHARED_DATA / "mnist").is_dir():
+    os.environ["REDBLUE_DATA_DIR"] = str(SHARED_DATA)
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def generator() -> torch.Generator:
+    return torch.Generator().manual_seed(0)

@@ -2,27 +2,389 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
-import os
+import re
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from data_fixtures import (
+    TEST_IMAGES,
+    TEST_LABELS,
+    TEST_PIXELS,
+    TEST_Y,
+    TRAIN_IMAGES,
+    TRAIN_LABELS,
+    TRAIN_PIXELS,
+    TRAIN_Y,
+    closed_port_url,
+    http_mirror,
+    idx_images,
+    idx_labels,
+    silent_server,
+    tiny_files,
+    tiny_spec,
+    write_dataset,
+)
 
-from redblue.data import load_dataset
+from redblue import data
+from redblue.data import FileSpec, fetch_dataset, load_dataset, parse_idx, verify_dataset
+from redblue.errors import ConfigError, DataError
 
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-# From the MNIST README (decompressed bytes); independent of the table in redblue.data.
-T10K_LABELS_SHA256 = "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"
-# The MNIST test set's published class counts (digits 0..9).
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_MNIST = SHARED_DATA / "mnist"
+# The MNIST test set's class counts (digits 0..9), as published with the dataset.
 T10K_CLASS_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """No REDBLUE_DATA_DIR, the user cache under tmp_path, and the tiny dataset registered."""
+    monkeypatch.delenv("REDBLUE_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.setitem(data.DATASETS, "tiny", tiny_spec())
+    return tmp_path
+
+
+def expected_images(pixels: list[list[int]]) -> torch.Tensor:
+    """Images as the reader must return them, computed in float64 from the pattern, then rounded."""
+    values = [[p[k % len(p)] / 255.0 for k in range(784)] for p in pixels]
+    return torch.tensor(values, dtype=torch.float64).reshape(len(pixels), 1, 28, 28).float()
+
+
+def assert_one_line_naming(exc: pytest.ExceptionInfo, path: Path, *, what_to_do: str = "redblue data fetch"):
+    message = str(exc.value)
+    assert "\n" not in message
+    assert str(path) in message
+    assert what_to_do in message
+
+
+# --------------------------------------------------------------------------------------------
+# Reading IDX bytes
+
+
+def test_parse_idx_reads_hand_made_images_and_labels():
+    images = parse_idx(idx_images([[0, 255], [9]]), magic=data.IMAGES_MAGIC, source="x")
+    assert images.shape == (2, 28, 28) and images.dtype == np.uint8
+    assert images[0, 0, :4].tolist() == [0, 255, 0, 255] and images[1].min() == images[1].max() == 9
+    labels = parse_idx(idx_labels([4, 0, 9]), magic=data.LABELS_MAGIC, source="y")
+    assert labels.tolist() == [4, 0, 9]
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gzip", "raw"])
+def test_load_tiny_dataset_gz_and_raw(env, gz):
+    write_dataset(env / "root", tiny_files(), gz=gz)
+    train = load_dataset("tiny", "train", data_dir=env / "root")
+    assert (train.name, train.split, len(train)) == ("tiny", "train", 3)
+    assert train.x.dtype == torch.float32 and train.y.dtype == torch.int64
+    torch.testing.assert_close(train.x, expected_images(TRAIN_PIXELS), rtol=0, atol=0)
+    assert train.y.tolist() == TRAIN_Y
+    test = load_dataset("tiny", "test", data_dir=env / "root")
+    torch.testing.assert_close(test.x, expected_images(TEST_PIXELS), rtol=0, atol=0)
+    assert test.y.tolist() == TEST_Y
+
+
+def test_loaded_tensors_are_writable_and_independent_of_the_file(env):
+    write_dataset(env / "root", tiny_files())
+    first = load_dataset("tiny", "train", data_dir=env / "root")
+    first.x.zero_()
+    first.y.zero_()
+    second = load_dataset("tiny", "train", data_dir=env / "root")
+    assert second.y.tolist() == TRAIN_Y and float(second.x.max()) == 1.0
+
+
+def test_unknown_dataset_or_split_is_a_config_error(env):
+    with pytest.raises(ConfigError, match="unknown dataset 'svhn'; choose one of: mnist"):
+        load_dataset("svhn")
+    with pytest.raises(ConfigError, match="unknown split 'val'"):
+        load_dataset("tiny", "val")
+
+
+# --------------------------------------------------------------------------------------------
+# Corrupt files: each is one line that names the file and what to do
+
+
+def test_truncated_gzip(env):
+    folder = write_dataset(env / "root", tiny_files())
+    path = folder / f"{TRAIN_IMAGES}.gz"
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(DataError, match="not a valid gzip file") as exc:
+        load_dataset("tiny", "train", data_dir=env / "root")
+    assert_one_line_naming(exc, path)
+
+
+def test_wrong_magic_number(env):
+    files = tiny_files()
+    files[TRAIN_LABELS] = idx_labels(TRAIN_Y, magic=0x00000803)
+    path = write_dataset(env / "root", files) / f"{TRAIN_LABELS}.gz"
+    with pytest.raises(DataError, match=r"magic number 0x00000803, expected 0x00000801") as exc:
+        load_dataset("tiny", "train", data_dir=env / "root")
+    assert_one_line_naming(exc, path)
+
+
+def test_images_that_are_not_28x28(env):
+    files = tiny_files()
+    files[TRAIN_IMAGES] = idx_images(TRAIN_PIXELS, rows=14, cols=14)
+    write_dataset(env / "root", files)
+    with pytest.raises(DataError, match="holds 14x14 images, expected 28x28"):
+        load_dataset("tiny", "train", data_dir=env / "root")
+
+
+def test_header_count_disagrees_with_the_bytes(env):
+    files = tiny_files()
+    files[TRAIN_IMAGES] = idx_images(TRAIN_PIXELS, count=4)  # header says 4, data holds 3
+    path = write_dataset(env / "root", files) / f"{TRAIN_IMAGES}.gz"
+    with pytest.raises(DataError, match=r"has 2352 data bytes but its header announces 4 items \(3136 bytes\)") as exc:
+        load_dataset("tiny", "train", data_dir=env / "root")
+    assert_one_line_naming(exc, path)
+
+
+def test_item_count_differs_from_the_dataset_table(env):
+    files = tiny_files()
+    files[TRAIN_LABELS] = idx_labels(TRAIN_Y + [5])  # a consistent file, but 4 labels where 3 are expected
+    path = write_dataset(env / "root", files) / f"{TRAIN_LABELS}.gz"
+    with pytest.raises(DataError, match="holds 4 items, expected 3") as exc:
+        load_dataset("tiny", "train", data_dir=env / "root")
+    assert_one_line_naming(exc, path)
+
+
+def test_images_and_labels_length_mismatch(env, monkeypatch):
+    files = tiny_files()
+    files[TRAIN_LABELS] = idx_labels(TRAIN_Y[:2])
+    spec = tiny_spec(files)
+    labels_spec = FileSpec(TRAIN_LABELS, 2, sha256=spec.train[1].sha256)
+    monkeypatch.setitem(data.DATASETS, "tiny", data.DatasetSpec("tiny", 10, (), (spec.train[0], labels_spec), spec.test))
+    folder = write_dataset(env / "root", files)
+    with pytest.raises(DataError, match="has 3 images but .* has 2 labels") as exc:
+        load_dataset("tiny", "train", data_dir=env / "root")
+    assert "\n" not in str(exc.value) and str(folder / f"{TRAIN_LABELS}.gz") in str(exc.value)
+
+
+def test_label_out_of_range(env, monkeypatch):
+    files = tiny_files()
+    files[TRAIN_LABELS] = idx_labels([3, 10, 9])
+    monkeypatch.setitem(data.DATASETS, "tiny", tiny_spec(files))
+    path = write_dataset(env / "root", files) / f"{TRAIN_LABELS}.gz"
+    with pytest.raises(DataError, match=r"has label 10, outside 0\.\.9") as exc:
+        load_dataset("tiny", "train", data_dir=env / "root")
+    assert_one_line_naming(exc, path)
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gzip", "raw"])
+def test_checksum_mismatch_of_decompressed_bytes(env, gz):
+    files = tiny_files()
+    files[TEST_IMAGES] = idx_images([[7], [254, 0, 52]])  # one pixel value off: structure fine, sum not
+    name = TEST_IMAGES + (".gz" if gz else "")
+    path = write_dataset(env / "root", files, gz=gz) / name
+    with pytest.raises(DataError, match="fails its checksum") as exc:
+        load_dataset("tiny", "test", data_dir=env / "root")
+    assert_one_line_naming(exc, path)
+
+
+def test_gz_md5_checks_the_compressed_file_and_refuses_a_raw_copy(env, monkeypatch):
+    files = tiny_files()
+    folder = write_dataset(env / "root", files)
+    gz_bytes = (folder / f"{TEST_LABELS}.gz").read_bytes()
+    md5 = hashlib.md5(gz_bytes).hexdigest()
+    monkeypatch.setitem(data.DATASETS, "tiny", tiny_spec(files, by_gz_md5={TEST_LABELS: md5}))
+    assert load_dataset("tiny", "test", data_dir=env / "root").y.tolist() == TEST_Y
+    statuses = {s.filename: s for s in verify_dataset("tiny", data_dir=env / "root")}
+    assert statuses[TEST_LABELS].check == "gz-md5" and statuses[TEST_IMAGES].check == "sha256"
+
+    # same decompressed bytes, compressed differently: the .gz md5 no longer matches
+    (folder / f"{TEST_LABELS}.gz").write_bytes(gzip.compress(files[TEST_LABELS], compresslevel=1, mtime=1))
+    with pytest.raises(DataError, match=f"md5 of the .gz is [0-9a-f]{{32}}, expected {md5}"):
+        load_dataset("tiny", "test", data_dir=env / "root")
+
+    # a raw copy has no published sum to check it against
+    (folder / f"{TEST_LABELS}.gz").unlink()
+    (folder / TEST_LABELS).write_bytes(files[TEST_LABELS])
+    with pytest.raises(DataError, match="cannot be verified: only the md5 of the original") as exc:
+        load_dataset("tiny", "test", data_dir=env / "root")
+    assert_one_line_naming(exc, folder / TEST_LABELS, what_to_do="redblue data fetch")
+
+
+def test_verify_dataset_reports_each_file_without_raising(env):
+    files = tiny_files()
+    folder = write_dataset(env / "root", files)
+    (folder / f"{TRAIN_IMAGES}.gz").write_bytes(b"\x1f\x8b not really gzip")
+    (folder / f"{TEST_LABELS}.gz").unlink()
+    statuses = {s.filename: s for s in verify_dataset("tiny", data_dir=env / "root")}
+    assert statuses[TRAIN_IMAGES].status == "corrupt" and "not a valid gzip" in statuses[TRAIN_IMAGES].message
+    assert statuses[TRAIN_LABELS].status == "ok" and statuses[TRAIN_LABELS].origin == "--data-dir"
+    assert statuses[TEST_LABELS].status == "missing" and statuses[TEST_LABELS].path is None
+
+
+# --------------------------------------------------------------------------------------------
+# Where the files are found
+
+
+def labelled_copy(first_label: int) -> dict[str, bytes]:
+    """The tiny files with the first train label changed, to tell the roots apart."""
+    files = tiny_files()
+    files[TRAIN_LABELS] = idx_labels([first_label, *TRAIN_Y[1:]])
+    return files
+
+
+def test_search_order_data_dir_then_env_then_cache(env, monkeypatch):
+    by_root = {"arg": labelled_copy(1), "env": labelled_copy(2), "cache": labelled_copy(3)}
+    for label, files in by_root.items():
+        root = env / "xdg-cache" / "redblue" if label == "cache" else env / label
+        write_dataset(root, files)
+
+    def first_label(data_dir=None) -> int:
+        return int(load_dataset("tiny", "train", data_dir=data_dir).y[0])
+
+    monkeypatch.setenv("REDBLUE_DATA_DIR", str(env / "env"))
+    for label, files in by_root.items():
+        # the table holds the sums of the copy that must be chosen; any other copy fails them
+        monkeypatch.setitem(data.DATASETS, "tiny", tiny_spec(files))
+        expected = {"arg": 1, "env": 2, "cache": 3}[label]
+        if label == "arg":
+            assert first_label(env / "arg") == expected
+        elif label == "env":
+            # a --data-dir without the dataset falls through to the environment variable
+            assert first_label(env / "empty") == expected
+        else:
+            monkeypatch.delenv("REDBLUE_DATA_DIR")
+            assert first_label() == expected
+
+
+def test_search_roots_order_and_cache_location(env, monkeypatch):
+    monkeypatch.setenv("REDBLUE_DATA_DIR", str(env / "env"))
+    assert data.search_roots(env / "arg") == [
+        ("--data-dir", env / "arg"),
+        ("REDBLUE_DATA_DIR", env / "env"),
+        ("cache", env / "xdg-cache" / "redblue"),
+    ]
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(env / "home"))
+    assert data.cache_root() == env / "home" / ".cache" / "redblue"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/dir")  # the XDG spec says to ignore relative paths
+    assert data.cache_root() == env / "home" / ".cache" / "redblue"
+
+
+def test_gz_name_is_preferred_and_raw_name_is_accepted(env):
+    folder = write_dataset(env / "root", tiny_files(), gz=False)
+    found = data.locate("tiny", "train", data_dir=env / "root")
+    assert [f.path for f in found] == [folder / TRAIN_IMAGES, folder / TRAIN_LABELS]
+    write_dataset(env / "root", tiny_files(), gz=True)
+    found = data.locate("tiny", "train", data_dir=env / "root")
+    assert [f.path for f in found] == [folder / f"{TRAIN_IMAGES}.gz", folder / f"{TRAIN_LABELS}.gz"]
+
+
+def test_missing_files_name_the_places_searched(env, monkeypatch):
+    monkeypatch.setenv("REDBLUE_DATA_DIR", str(env / "env"))
+    with pytest.raises(DataError) as exc:
+        load_dataset("tiny", "test", data_dir=env / "arg")
+    message = str(exc.value)
+    assert "\n" not in message
+    assert f"{TEST_IMAGES}.gz" in message and f"{TEST_LABELS}.gz" in message
+    for place in (env / "arg" / "tiny", env / "env" / "tiny", env / "xdg-cache" / "redblue" / "tiny"):
+        assert str(place) in message
+    assert "redblue data fetch tiny" in message and "--data-dir" in message and "REDBLUE_DATA_DIR" in message
+
+
+# --------------------------------------------------------------------------------------------
+# Download from a local HTTP server
+
+
+def served_folder(tmp_path: Path, files: dict[str, bytes]) -> Path:
+    return write_dataset(tmp_path / "served", files, name="files")
+
+
+def assert_no_partial_files(folder: Path):
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".") or p.suffix == ".part"]
+
+
+def test_fetch_from_fallback_when_primary_fails(env):
+    with http_mirror(served_folder(env, tiny_files())) as mirror:
+        fetched = fetch_dataset("tiny", target=env / "dl", mirrors=[closed_port_url(), mirror.url], timeout=5)
+    assert [f.action for f in fetched] == ["downloaded"] * 4
+    assert all(f.url.startswith(mirror.url) for f in fetched)
+    assert sorted(mirror.requests) == sorted(f"/{name}.gz" for name in tiny_files())
+    assert_no_partial_files(env / "dl" / "tiny")
+    assert load_dataset("tiny", "test", data_dir=env / "dl").y.tolist() == TEST_Y
+
+
+def test_fetch_keeps_verified_files_and_replaces_corrupt_ones(env):
+    folder = write_dataset(env / "dl", tiny_files())
+    (folder / f"{TRAIN_IMAGES}.gz").write_bytes(b"garbage")
+    with http_mirror(served_folder(env, tiny_files())) as mirror:
+        fetched = fetch_dataset("tiny", target=env / "dl", mirrors=[mirror.url], timeout=5)
+    assert {f.filename: f.action for f in fetched} == {
+        TRAIN_IMAGES: "downloaded", TRAIN_LABELS: "present", TEST_IMAGES: "present", TEST_LABELS: "present"
+    }
+    assert mirror.requests == [f"/{TRAIN_IMAGES}.gz"]
+    assert len(load_dataset("tiny", "train", data_dir=env / "dl")) == 3
+
+
+def test_fetch_checksum_mismatch_leaves_nothing_in_the_cache(env):
+    files = tiny_files()
+    served = dict(files)
+    served[TRAIN_IMAGES] = idx_images([[0, 255], [1, 2, 3], [129]])  # well-formed, wrong sum
+    with http_mirror(served_folder(env, served)) as mirror:
+        with pytest.raises(DataError, match=r"could not download tiny/train-images-idx3-ubyte\.gz") as exc:
+            fetch_dataset("tiny", mirrors=[mirror.url, mirror.url], timeout=5)  # default target: the cache
+    message = str(exc.value)
+    assert "\n" not in message and message.count("fails its checksum") == 2  # both mirrors tried
+    assert "to work offline, put the files" in message
+    cache = env / "xdg-cache" / "redblue"
+    assert not (cache / "tiny").exists()  # the folder it created is removed again, nothing half-written
+
+
+def test_fetch_stops_at_first_file_no_mirror_serves(env):
+    files = tiny_files()
+    served = {name: raw for name, raw in files.items() if name != TRAIN_LABELS}
+    with http_mirror(served_folder(env, served)) as mirror:
+        with pytest.raises(DataError, match=r"train-labels-idx1-ubyte\.gz: HTTP 404") as exc:
+            fetch_dataset("tiny", target=env / "dl", mirrors=[mirror.url], timeout=5)
+    assert str(env / "dl" / "tiny") in str(exc.value)
+    # the verified first file stays; nothing after the failing one was asked for
+    assert sorted(p.name for p in (env / "dl" / "tiny").iterdir()) == [f"{TRAIN_IMAGES}.gz"]
+    assert mirror.requests == [f"/{TRAIN_IMAGES}.gz", f"/{TRAIN_LABELS}.gz"]
+
+
+def test_fetch_times_out_fast_on_a_silent_server(env):
+    with silent_server() as url:
+        start = time.perf_counter()
+        with pytest.raises(DataError, match="timed out"):
+            fetch_dataset("tiny", target=env / "dl", mirrors=[url], timeout=0.3)
+        assert time.perf_counter() - start < 5
+
+
+def test_load_with_download_fetches_missing_files_then_loads(env, monkeypatch):
+    with http_mirror(served_folder(env, tiny_files())) as mirror:
+        monkeypatch.setitem(data.DATASETS, "tiny", tiny_spec(mirrors=(closed_port_url(), mirror.url)))
+        test = load_dataset("tiny", "test", download=True)
+        assert sorted(mirror.requests) == [f"/{TEST_IMAGES}.gz", f"/{TEST_LABELS}.gz"]
+        load_dataset("tiny", "test", download=True)  # found in the cache now: no new request
+        assert len(mirror.requests) == 2
+    assert test.y.tolist() == TEST_Y
+    assert (env / "xdg-cache" / "redblue" / "tiny" / f"{TEST_IMAGES}.gz").is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# The real MNIST copy
+
+
+def readme_sha256s() -> dict[str, str]:
+    text = (SHARED_DATA / "README.md").read_text()
+    return dict(re.findall(r"\|\s*([a-z0-9-]+-ubyte)\s*\|\s*([0-9a-f]{64})\s*\|", text))
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="shared MNIST copy not present")
+def test_mnist_table_matches_the_data_readme():
+    table = {f.filename: f.sha256 for f in data.DATASETS["mnist"].files}
+    assert table == readme_sha256s() and len(table) == 4
 
 
 @pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="shared MNIST copy not present")
 def test_real_mnist_test_split_loads_verified():
-    import gzip
-
-    ds = load_dataset("mnist", "test", data_dir=SHARED_MNIST.parent)
+    ds = load_dataset("mnist", "test", data_dir=SHARED_DATA)
     assert ds.name == "mnist" and ds.split == "test" and len(ds) == 10000
     assert ds.x.shape == (10000, 1, 28, 28) and ds.x.dtype == torch.float32
     assert ds.y.shape == (10000,) and ds.y.dtype == torch.int64
@@ -30,9 +392,10 @@ def test_real_mnist_test_split_loads_verified():
     assert int(ds.y[0]) == 7
     assert torch.bincount(ds.y, minlength=10).tolist() == T10K_CLASS_COUNTS
     raw_labels = gzip.decompress((SHARED_MNIST / "t10k-labels-idx1-ubyte.gz").read_bytes())
-    assert hashlib.sha256(raw_labels).hexdigest() == T10K_LABELS_SHA256
+    assert hashlib.sha256(raw_labels).hexdigest() == readme_sha256s()["t10k-labels-idx1-ubyte"]
     assert ds.y.tolist() == list(raw_labels[8:])
     # pixels are the raw bytes / 255, exactly as float32 division rounds them
     raw_images = gzip.decompress((SHARED_MNIST / "t10k-images-idx3-ubyte.gz").read_bytes())
-    first = torch.tensor(list(raw_images[16 : 16 + 784]), dtype=torch.float32).reshape(1, 28, 28) / 255
-    torch.testing.assert_close(ds.x[0], first, rtol=0, atol=0)
+    assert hashlib.sha256(raw_images).hexdigest() == readme_sha256s()["t10k-images-idx3-ubyte"]
+    pixels = torch.frombuffer(bytearray(raw_images[16:]), dtype=torch.uint8).reshape(10000, 1, 28, 28)
+    torch.testing.assert_close(ds.x, (pixels.double() / 255).float(), rtol=0, atol=0)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import tempfile
 import urllib.error
@@ -106,8 +107,12 @@ def _idx_files(
 
 
 # Sums: MNIST sha256 from the project's data README (decompressed bytes, also listed there with
-# sizes and MD5s); Fashion-MNIST and KMNIST .gz MD5s as published by their authors and listed in
-# torchvision/datasets/mnist.py. Mirrors: the ones torchvision and TensorFlow download from.
+# sizes and MD5s); Fashion-MNIST and KMNIST .gz MD5s as their authors publish them (the
+# zalandoresearch/fashion-mnist README; torchvision/datasets/mnist.py lists both sets).
+# Mirrors, primary first: MNIST as torchvision (ossci) and TensorFlow Datasets (CVDF) download it;
+# Fashion-MNIST from its S3 site, then the copy in its GitHub repository (data/fashion); KMNIST
+# from CODH, then the Google Storage bucket its README named before. A mirror's copy is used only
+# if it passes the same sums.
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
         name="mnist",
@@ -126,7 +131,10 @@ DATASETS: dict[str, DatasetSpec] = {
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist",
         n_classes=10,
-        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        mirrors=(
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+        ),
         **_idx_files(
             (None, "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
             (None, "25c81989df183df01b3e8a0aad5dffbe"),
@@ -137,7 +145,10 @@ DATASETS: dict[str, DatasetSpec] = {
     "kmnist": DatasetSpec(
         name="kmnist",
         n_classes=10,
-        mirrors=("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
+        mirrors=(
+            "http://codh.rois.ac.jp/kmnist/dataset/kmnist/",
+            "https://storage.googleapis.com/kuzushiji-mnist/",
+        ),
         **_idx_files(
             (None, "bdb82020997e1d708af4cf47b453dcf7"),
             (None, "e144d726b3acfaa3e44228e80efcd344"),
@@ -208,7 +219,11 @@ def find_file(dataset: str, spec: FileSpec, roots: Sequence[tuple[str, Path]]) -
     return FoundFile(spec, None, None)
 
 
-def _missing_message(dataset: str, missing: Sequence[FileSpec], roots: Sequence[tuple[str, Path]]) -> str:
+def missing_message(
+    dataset: str, missing: Sequence[FileSpec], data_dir: str | os.PathLike[str] | None = None
+) -> str:
+    """The one line that says which files are missing, where they were searched, and what to do."""
+    roots = search_roots(data_dir)
     names = ", ".join(f"{f.filename}.gz" for f in missing)
     places = ", ".join(f"{root / dataset} ({origin})" for origin, root in roots)
     return (
@@ -309,13 +324,14 @@ def read_verified(spec: FileSpec, path: Path, *, gz: bool | None = None) -> Veri
     `gz`: whether the file is gzip-compressed; by default, whether its name ends in .gz.
     """
     compressed, raw = _read_bytes(path, gz=path.suffix == ".gz" if gz is None else gz)
-    check = _check_sums(spec, path, compressed, raw)
+    # structure first: "truncated" or "wrong magic" says more than a checksum mismatch would
     array = parse_idx(raw, magic=spec.magic, source=path)
     if len(array) != spec.count:
         raise DataError(
             f"{path} holds {len(array)} items, expected {spec.count} for {spec.filename}; "
             f"delete it and run `redblue data fetch`"
         )
+    check = _check_sums(spec, path, compressed, raw)
     return VerifiedFile(path, check, array)
 
 
@@ -358,17 +374,17 @@ def load_dataset(
     """Load one split of an IDX dataset, verified, as float images in [0, 1] and int64 labels.
 
     Files are searched in `data_dir`, then $REDBLUE_DATA_DIR, then the user cache; with
-    `download=True` missing files are first fetched into the first of these roots.
+    `download=True` missing files are first fetched into `data_dir`, or the user cache.
     """
     spec = get_spec(name)
     require_choice("split", split, SPLITS)
     found = locate(name, split, data_dir=data_dir)
     if any(f.path is None for f in found) and download:
-        fetch_dataset(name, target=search_roots(data_dir)[0][1], splits=(split,))
+        fetch_dataset(name, target=data_dir, splits=(split,))
         found = locate(name, split, data_dir=data_dir)
     missing = [f.spec for f in found if f.path is None]
     if missing:
-        raise DataError(_missing_message(name, missing, search_roots(data_dir)))
+        raise DataError(missing_message(name, missing, data_dir))
     images_file, labels_file = found
     assert images_file.path is not None and labels_file.path is not None
     images = read_verified(images_file.spec, images_file.path)
@@ -446,13 +462,14 @@ def _fetch_file(
             return final, url
         except DataError as exc:
             failures.append(f"{url}: {str(exc).replace(str(tmp), 'download')}")
-        except (urllib.error.URLError, OSError, ValueError) as exc:  # ValueError: a malformed mirror URL
-            reason = getattr(exc, "reason", None) or exc
-            failures.append(f"{url}: {reason}")
+        except urllib.error.HTTPError as exc:
+            failures.append(f"{url}: HTTP {exc.code} {exc.reason}")
+        except (OSError, http.client.HTTPException, ValueError) as exc:  # ValueError: a malformed URL
+            failures.append(f"{url}: {getattr(exc, 'reason', None) or exc}")
         finally:
             tmp.unlink(missing_ok=True)
     raise DataError(
-        f"could not download {dataset}/{final.name} ({'; '.join(failures)}); without network, "
+        f"could not download {dataset}/{final.name} ({'; '.join(failures)}); to work offline, "
         f"put the files ({', '.join(f.filename + '.gz' for f in DATASETS[dataset].files)}) "
         f"in {folder}/ or in <dir>/{dataset}/ and pass --data-dir <dir> or set {ENV_DATA_DIR}"
     )
@@ -477,21 +494,34 @@ def fetch_dataset(
 ) -> list[FetchedFile]:
     """Make sure `<target>/<name>/` holds verified files of the splits, downloading what is missing.
 
-    `target` defaults to the first search root ($REDBLUE_DATA_DIR, else the user cache); `mirrors`
+    `target` (a root; files go to `<target>/<name>/`) defaults to the user cache; `mirrors`
     (base URLs, tried in order) default to the dataset's public mirrors. A file already there is
     kept if it verifies; a corrupt one is replaced. Stops at the first file no mirror serves.
     """
     spec = get_spec(name)
     for split in splits:
         require_choice("split", split, SPLITS)
-    root = Path(target).expanduser() if target is not None else search_roots(None)[0][1]
+    root = Path(target).expanduser() if target is not None else cache_root()
     folder = root / name
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"cannot create {folder} ({exc.strerror or exc}); choose another place with --data-dir") from None
     if not os.access(folder, os.W_OK):
         raise DataError(f"cannot write to {folder}; choose another place with --data-dir")
+    try:
+        return _fetch_into(name, spec, root, splits, mirrors or spec.mirrors, timeout=timeout)
+    except DataError:
+        if created and not any(folder.iterdir()):
+            folder.rmdir()  # leave no trace of a fetch that got nothing
+        raise
+
+
+def _fetch_into(
+    name: str, spec: DatasetSpec, root: Path, splits: Sequence[str], mirrors: Sequence[str], *, timeout: float
+) -> list[FetchedFile]:
+    folder = root / name
     results = []
     for split in splits:
         for file_spec in spec.split_files(split):
@@ -503,6 +533,6 @@ def fetch_dataset(
                     continue
                 except DataError:
                     pass  # a corrupt copy is replaced by a verified download
-            path, url = _fetch_file(name, file_spec, folder, mirrors or spec.mirrors, timeout=timeout)
+            path, url = _fetch_file(name, file_spec, folder, mirrors, timeout=timeout)
             results.append(FetchedFile(name, file_spec.filename, str(path), "downloaded", url))
     return results

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -21,9 +21,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from redblue.config import from_dict, from_text_values, split_spec
-from redblue.errors import ModelError, require_in_range, require_positive
+from redblue.errors import ModelError, require_choice, require_in_range, require_positive
 
 FORMAT_VERSION = "1"
+
+MLP_INITS = ("torch", "normal-0.01")
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,12 @@ class MLPSpec:
     bias: bool = True
     in_features: int = 784
     classes: int = 10
+    # "torch": PyTorch's default Linear init; "normal-0.01": weights ~ N(0, 0.01^2), biases zero,
+    # as in Newmu's Theano tutorial (`init_weights`: randn * 0.01).
+    init: Literal["torch", "normal-0.01"] = "torch"
 
     def __post_init__(self) -> None:
+        require_choice("init", self.init, MLP_INITS)
         require_positive("hidden", self.hidden)
         require_positive("classes", self.classes)
         require_positive("in_features", self.in_features)
@@ -68,7 +74,7 @@ class CNNSpec:
 
 
 def build_mlp(spec: MLPSpec) -> nn.Sequential:
-    return nn.Sequential(
+    model = nn.Sequential(
         nn.Flatten(),
         nn.Dropout(spec.dropout_input),
         nn.Linear(spec.in_features, spec.hidden, bias=spec.bias),
@@ -76,6 +82,13 @@ def build_mlp(spec: MLPSpec) -> nn.Sequential:
         nn.Dropout(spec.dropout_hidden),
         nn.Linear(spec.hidden, spec.classes, bias=spec.bias),
     )
+    if spec.init == "normal-0.01":
+        with torch.no_grad():
+            for layer in (model[2], model[5]):
+                layer.weight.normal_(0.0, 0.01)
+                if layer.bias is not None:
+                    layer.bias.zero_()
+    return model
 
 
 def build_cnn(spec: CNNSpec) -> nn.Sequential:

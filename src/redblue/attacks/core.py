@@ -68,20 +68,21 @@ def targeted_dlr_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
 
 
 def loss_and_input_gradient(
-    model: nn.Module, x: Tensor, y: Tensor, *, loss: LossFn = ce_loss
+    model: nn.Module, x: Tensor, y: Tensor, *, loss: LossFn = ce_loss, check_finite: bool = True
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-sample loss (N,), logits (N, C) and d(sum of losses)/dx, all detached.
 
     The model runs in eval mode and is restored afterwards. Only the input gradient is computed:
     autograd skips the weight gradients, and no parameter's `.grad` or `requires_grad` changes.
     A NaN or infinite gradient raises AttackError instead of becoming a silent zero step.
+    check_finite=False skips that check (a device sync): for hot loops that check once at the end.
     """
     with eval_mode(model), torch.enable_grad():
         x_var = x.detach().requires_grad_(True)
         logits = model(x_var)
         losses = loss(logits, y)
         (grad,) = torch.autograd.grad(losses.sum(), x_var)
-    if not bool(torch.isfinite(grad).all()):
+    if check_finite and not bool(torch.isfinite(grad).all()):
         raise AttackError(
             "the model's input gradient is NaN or infinite; check the model for log(0), "
             "division by zero or overflow before attacking it"
@@ -180,3 +181,40 @@ def check_inputs(x: Tensor, y: Tensor) -> None:
         raise ConfigError("the input images contain NaN or infinite pixels; clean the data before attacking")
     if bool((x < 0).any()) or bool((x > 1).any()):
         raise ConfigError("pixels must be in [0, 1]; rescale the images (and put any normalisation inside the model)")
+
+
+TARGET_MODES = ("none", "random", "least-likely")
+
+
+def check_target(target: str) -> None:
+    """A target is "none" (untargeted), "random", "least-likely", or a class index such as "3"."""
+    if target not in TARGET_MODES and not target.isdigit():
+        raise ConfigError(
+            f"target must be one of {', '.join(TARGET_MODES)} or a class index such as 3, got {target!r}"
+        )
+
+
+def pick_targets(
+    model: nn.Module, x: Tensor, y: Tensor, target: str, generator: Generator | None = None
+) -> Tensor | None:
+    """The target class of each sample (N,), or None for "none" (untargeted).
+
+    "random": uniform over the classes other than y (drawn from `generator`); "least-likely":
+    the class the model scores lowest on the clean x, y excluded (Kurakin et al., 2017); a class
+    index: that class for every sample (a sample whose label it is cannot be attacked towards it).
+    Costs one forward pass, to learn the number of classes and the clean logits.
+    """
+    if target == "none":
+        return None
+    with eval_mode(model), torch.no_grad():
+        logits = model(x)  # (N, C)
+    n_classes = logits.shape[1]
+    if target == "random":
+        shift = torch.randint(1, n_classes, (len(y),), generator=generator, device=x.device)
+        return (y + shift) % n_classes
+    if target == "least-likely":
+        return logits.scatter(1, y[:, None], float("inf")).argmin(dim=1)
+    check_target(target)
+    if int(target) >= n_classes:
+        raise ConfigError(f"target class {target} does not exist: the model has {n_classes} classes (0..{n_classes - 1})")
+    return torch.full_like(y, int(target))

@@ -1,0 +1,131 @@
+"""Paper-versus-ours tables and the paper's shape checks, computed from a reproduce run's results dict.
+
+Everything here reads only the results (the content of results.json), so a report can be
+re-rendered from a saved run without recomputing a number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from redblue.report.paper_values import PAPER_VALUES, PaperValue, same
+
+TABLE_SOURCES = {"table1": "Table 1", "table2": "Table 2", "table3": "Table 3"}
+
+
+def model_entry(results: dict[str, Any], l1: float, l2: float) -> dict[str, Any] | None:
+    """The aggregated entry of the model trained with (l1, l2), or None when the run has none."""
+    for entry in results["models"]:
+        if same(entry["l1"], l1) and same(entry["l2"], l2):
+            return entry
+    return None
+
+
+def ours(results: dict[str, Any], l1: float, l2: float, metric: str, eps: float | None) -> dict[str, Any] | None:
+    """Our {mean, std, values} for one model, metric and eps (None: clean), or None where not run."""
+    entry = model_entry(results, l1, l2)
+    if entry is None:
+        return None
+    eps = 0.0 if eps is None else eps
+    for point in entry["curve"]:
+        if same(point["eps"], eps):
+            return point[metric]
+    return None
+
+
+def comparison_row(results: dict[str, Any], paper: PaperValue) -> dict[str, Any]:
+    """One cell of a paper table beside ours: paper, ours (mean over seeds), std, ours - paper."""
+    value = ours(results, paper.l1, paper.l2, paper.metric, paper.eps)
+    mean = None if value is None else value["mean"]
+    return {
+        "l1": paper.l1,
+        "l2": paper.l2,
+        "metric": paper.metric,
+        "eps": paper.eps,
+        "paper": paper.value,
+        "ours": mean,
+        "ours_std": None if value is None else value["std"],
+        "n_seeds": 0 if value is None else len(value["values"]),
+        "difference": None if mean is None else mean - paper.value,
+    }
+
+
+def comparison_tables(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Tables 1-3 of the paper, cell by cell, in the paper's order, each with ours beside it."""
+    return {
+        key: [comparison_row(results, v) for v in PAPER_VALUES if v.source == source]
+        for key, source in TABLE_SOURCES.items()
+    }
+
+
+def _check(name: str, expected: str, value: Any, passed: bool | None) -> dict[str, Any]:
+    return {"check": name, "expected": expected, "value": value, "passed": passed}
+
+
+def _mean(results: dict[str, Any], l1: float, l2: float, metric: str, eps: float | None) -> float | None:
+    value = ours(results, l1, l2, metric, eps)
+    return None if value is None else value["mean"]
+
+
+def _in(value: float | None, low: float, high: float) -> bool | None:
+    return None if value is None else low <= value <= high
+
+
+def shape_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The paper's shape, as checks on our means (passed None: the run lacks that model or eps).
+
+    The ranges are those of the project's acceptance criteria for the full profile: the paper
+    reports one run per cell, so the check is on shape, not on the third decimal.
+    """
+    checks: list[dict[str, Any]] = []
+    models: Sequence[dict[str, Any]] = results["models"]
+    for entry in models:
+        l1, l2 = entry["l1"], entry["l2"]
+        label = f"l1={l1:g}, l2={l2:g}"
+        clean = _mean(results, l1, l2, "accuracy", None)
+        checks.append(_check(f"clean accuracy, {label}", "0.965-0.987", clean, _in(clean, 0.965, 0.987)))
+    for eps, low, high in ((0.05, 0.70, 0.85), (0.075, 0.45, 0.62), (0.10, 0.20, 0.42), (0.25, 0.0, 0.03)):
+        value = _mean(results, 0.0, 0.0, "accuracy", eps)
+        expected = f"<= {high:g}" if low == 0.0 else f"{low:g}-{high:g}"
+        checks.append(_check(f"FGSM accuracy at eps {eps:g}, no regularisation", expected, value, _in(value, low, high)))
+    base_10 = _mean(results, 0.0, 0.0, "accuracy", 0.10)
+    for entry in models:
+        l1, l2 = entry["l1"], entry["l2"]
+        if not same(l1, 1e-4):
+            continue
+        label = f"l1=1e-4, l2={l2:g}"
+        acc_10 = _mean(results, l1, l2, "accuracy", 0.10)
+        checks.append(_check(f"FGSM accuracy at eps 0.1, {label}", "0.45-0.70", acc_10, _in(acc_10, 0.45, 0.70)))
+        gain = None if acc_10 is None or base_10 is None else acc_10 - base_10
+        checks.append(
+            _check(f"FGSM accuracy gain at eps 0.1 over no regularisation, {label}", ">= 0.15", gain,
+                   None if gain is None else gain >= 0.15)
+        )
+        conf = _mean(results, l1, l2, "confidence", None)
+        checks.append(_check(f"clean confidence, {label}", "0.95-0.97", conf, _in(conf, 0.95, 0.97)))
+    for entry in models:
+        l1, l2 = entry["l1"], entry["l2"]
+        if not same(l1, 1e-5):
+            continue
+        middle = _mean(results, l1, l2, "accuracy", 0.10)
+        low = _mean(results, 0.0, l2, "accuracy", 0.10)
+        high = _mean(results, 1e-4, l2, "accuracy", 0.10)
+        passed = None if None in (middle, low, high) else min(low, high) <= middle <= max(low, high)  # type: ignore[type-var]
+        checks.append(
+            _check(f"FGSM accuracy at eps 0.1 of l1=1e-5, l2={l2:g} between l1=0 and l1=1e-4", "between", middle, passed)
+        )
+    for entry in models:
+        label = f"l1={entry['l1']:g}, l2={entry['l2']:g}"
+        accuracy = [point["accuracy"]["mean"] for point in entry["curve"]]
+        rises = [
+            f"{a['eps']:g}->{b['eps']:g}"
+            for a, b in zip(entry["curve"], entry["curve"][1:])
+            if b["accuracy"]["mean"] > a["accuracy"]["mean"]
+        ]
+        checks.append(_check(f"FGSM accuracy never rises with eps, {label}", "non-increasing",
+                             "rises at " + ", ".join(rises) if rises else "non-increasing", not rises and len(accuracy) > 1))
+        acc_25 = _mean(results, entry["l1"], entry["l2"], "accuracy", 0.25)
+        checks.append(_check(f"FGSM accuracy at eps 0.25, {label}", "< 0.06", acc_25,
+                             None if acc_25 is None else acc_25 < 0.06))
+    return checks

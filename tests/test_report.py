@@ -1,0 +1,211 @@
+"""Report pieces: the paper's transcribed values, paper | ours | difference tables, shape checks, PNGs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from matplotlib.image import imread
+
+from redblue.report import comparison_tables, render_markdown, save_curves_png, save_figure_one_png, shape_checks
+from redblue.report.paper_values import PAPER_VALUES, paper_models, paper_value
+
+PAPER_TXT = Path(__file__).resolve().parents[1].parent / "shared" / "paper.txt"
+GRID = (0.0, 1e-5, 1e-4)
+EPS = (0.0, 0.05, 0.075, 0.1, 0.25, 0.3)
+
+
+def _paper_text() -> str:
+    if not PAPER_TXT.is_file():
+        pytest.skip(f"{PAPER_TXT} is not beside this checkout")
+    return PAPER_TXT.read_text()
+
+
+def _parse_paper_tables(text: str) -> dict[tuple, float]:
+    """Tables 1-3 read straight from paper.txt: {(l1, l2, metric, eps): value}."""
+    values: dict[tuple, float] = {}
+    table1 = {
+        "Test Accuracy": ("accuracy", None),
+        "Test Confidence": ("confidence", None),
+        "Adversarial Accuracy for $\\epsilon = 0.10$": ("accuracy", 0.10),
+        "Adversarial Confidence for $\\epsilon = 0.10$": ("confidence", 0.10),
+        "Adversarial Accuracy for $\\epsilon = 0.25$": ("accuracy", 0.25),
+        "Adversarial Confidence for $\\epsilon = 0.25$": ("confidence", 0.25),
+    }
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 2 and parts[0] in table1:
+            metric, eps = table1[parts[0]]
+            values[(0.0, 0.0, metric, eps)] = float(parts[1])
+        elif len(parts) == 8 and all(re.fullmatch(r"[0-9.]+", p) for p in parts):
+            l1, l2, *rest = map(float, parts)
+            for (metric, eps), value in zip(
+                [("accuracy", None), ("confidence", None), ("accuracy", 0.1), ("confidence", 0.1),
+                 ("accuracy", 0.25), ("confidence", 0.25)],
+                rest,
+            ):
+                values[(l1, l2, metric, eps)] = value
+        else:
+            match = re.fullmatch(r"Adversarial (Accuracy|Confidence) \(\$\\epsilon = ([0-9.]+)\$\)\t([0-9.]+)\t([0-9.]+)", line)
+            if match:
+                metric, eps = match.group(1).lower(), float(match.group(2))
+                values[(1e-4, 1e-4, metric, eps)] = float(match.group(3))
+                values[(0.0, 0.0, metric, eps)] = float(match.group(4))
+    return values
+
+
+def test_paper_values_match_paper_txt():
+    parsed = _parse_paper_tables(_paper_text())
+    assert len(parsed) == 9 * 6 + 8  # Tables 1 and 2: 9 models x 6 numbers; Table 3: 8 numbers
+    ours = {(v.l1, v.l2, v.metric, v.eps): v.value for v in PAPER_VALUES}
+    assert ours == parsed
+    assert len(paper_models()) == 9 and set(paper_models()) == {(a, b) for a in GRID for b in GRID}
+
+
+def _synthetic_results(accuracy_of, *, seeds: int = 1, grid=GRID, profile="full") -> dict:
+    """A results dict shaped like results.json, with accuracy_of(l1, l2, eps, seed) chosen by the test."""
+    models, cells = [], []
+    for l1 in grid:
+        for l2 in grid:
+            curve = []
+            for eps in EPS:
+                acc = [accuracy_of(l1, l2, eps, s) for s in range(seeds)]
+                conf = [0.9 - eps + 0.001 * s for s in range(seeds)]
+                mean = lambda v: sum(v) / len(v)  # noqa: E731
+                std = lambda v: (sum((x - mean(v)) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else None  # noqa: E731
+                curve.append({
+                    "eps": eps,
+                    "accuracy": {"mean": mean(acc), "std": std(acc), "values": acc},
+                    "confidence": {"mean": mean(conf), "std": std(conf), "values": conf},
+                })
+            models.append({"l1": l1, "l2": l2, "seeds": list(range(seeds)), "curve": curve,
+                           "train_seconds": {"mean": 1.0, "std": None, "values": [1.0]}})
+            for s in range(seeds):
+                cells.append({"cell": f"l1-{l1:g}_l2-{l2:g}_seed-{s}", "l1": l1, "l2": l2, "seed": s, "n_train": 60000,
+                              "n_test": 10000, "train_seconds": 1.0,
+                              "history": [{"epoch": 1, "loss": 0.3, "accuracy": 0.9}],
+                              "curve": [{"eps": p["eps"], "accuracy": p["accuracy"]["values"][s],
+                                         "confidence": p["confidence"]["values"][s]} for p in curve]})
+    results = {
+        "experiment": {
+            "name": "paper", "profile": profile, "dataset": "mnist", "seed": 0, "seeds": seeds,
+            "train_subset": None, "test_subset": None, "chosen_l1": 1e-4, "chosen_l2": 1e-4,
+            "model": {"hidden": 625, "dropout_input": 0.2, "dropout_hidden": 0.5, "bias": True, "in_features": 784,
+                      "classes": 10, "init": "normal-0.01"},
+            "train": {"epochs": 10, "batch_size": 128, "lr": 1e-3, "rho": 0.9, "rms_eps": 1e-6, "penalize_bias": False,
+                      "optimizer": "rmsprop-newmu", "objective": {"name": "clean"}},
+            "grid": {"l1": list(grid), "l2": list(grid)},
+            "fgsm": {"clip": True, "curve_eps": list(EPS)},
+            "notes": {"clip": "Clipping keeps images valid."},
+        },
+        "profile": profile, "device": "cpu", "workers": 2, "torch_threads_per_cell": 1, "wall_seconds": 12.5,
+        "cells_trained": [c["cell"] for c in cells], "cells_reused": [], "train_seconds_total": 9.0,
+        "cells": cells, "models": models,
+        "selection": {"paper": {"l1": 1e-4, "l2": 1e-4}, "ours": {"l1": 1e-4, "l2": 0.0, "eps": 0.1, "accuracy": 0.6},
+                      "rule": "highest FGSM accuracy at eps 0.1"},
+        "figure1": {"cell": "l1-0.0001_l2-0.0001_seed-0", "test_index": 0, "label": 7,
+                    "panels": [{"eps": 0.0, "predicted": 7, "confidence": 0.99}, {"eps": 0.3, "predicted": 3, "confidence": 0.7}]},
+        "files": {"figure1": "figure1.png", "curves": "curves.png"},
+        "environment": {"versions": {"torch": "2.x"}, "platform": "test"},
+    }
+    results["tables"] = comparison_tables(results)
+    results["checks"] = shape_checks(results)
+    return results
+
+
+def _acc(l1, l2, eps, seed):
+    return round(0.98 - 0.3 * eps - 0.5 * l1 - 0.02 * seed, 6)
+
+
+def test_tables_put_ours_beside_every_paper_value_with_the_difference():
+    results = _synthetic_results(_acc)
+    tables = results["tables"]
+    assert [len(tables[k]) for k in ("table1", "table2", "table3")] == [6, 48, 8]
+    for row in tables["table1"] + tables["table2"] + tables["table3"]:
+        eps = 0.0 if row["eps"] is None else row["eps"]
+        expected = _acc(row["l1"], row["l2"], eps, 0) if row["metric"] == "accuracy" else 0.9 - eps
+        assert row["ours"] == pytest.approx(expected)
+        assert row["paper"] == paper_value(row["l1"], row["l2"], row["metric"], row["eps"]).value
+        assert row["difference"] == pytest.approx(expected - row["paper"])
+
+
+def test_report_markdown_holds_paper_ours_and_difference_for_every_paper_value():
+    results = _synthetic_results(_acc)
+    text = render_markdown(results)
+    for heading in ("## Table 1", "## Table 2", "## Table 3", "## Protocol", "## Figure 1", "## Shape checks"):
+        assert heading in text
+    assert "Wall time 12.5 s" in text and "Clipping keeps images valid." in text
+    table1 = text.split("## Table 1")[1].split("## Table 2")[0]
+    # Table 1, from paper.txt: test accuracy 0.975; ours 0.98; difference +0.0050
+    assert "| Test accuracy | 0.9750 | 0.9800 | +0.0050 |" in table1
+    assert "| Adversarial accuracy (eps = 0.25) | 0.0048 | 0.9050 | +0.9002 |" in table1
+    table2 = text.split("## Table 2")[1].split("## Table 3")[0]
+    # row l1=0, l2=1e-4 at eps 0.1: paper 0.443 / 0.7584; ours 0.98 - 0.03 = 0.95 / 0.9 - 0.1 = 0.8
+    assert "| 0 | 0.0001 | 0.4430 | 0.9500 | +0.5070 | 0.7584 | 0.8000 | +0.0416 |" in table2
+    table3 = text.split("## Table 3")[1].split("## Choice")[0]
+    # confidence at eps 0.05: ours 0.85 for both; paper 0.8579 with (1e-4, 1e-4), 0.8842 without
+    assert "| Adversarial confidence (eps = 0.05) | 0.8579 | 0.8500 | -0.0079 | 0.8842 | 0.8500 | -0.0342 |" in table3
+    assert "| Adversarial accuracy (eps = 0.05) | 0.8062 |" in table3 and "| 0.7850 | 0.9650 | +0.1800 |" in table3
+    for value in PAPER_VALUES:
+        assert f"{value.value:.4f}" in text
+
+
+def test_report_shows_mean_and_std_over_seeds():
+    results = _synthetic_results(_acc, seeds=3)
+    text = render_markdown(results)
+    # seeds 0, 1, 2 at l1=l2=0, eps 0: 0.98, 0.96, 0.94 -> mean 0.96, sample std 0.02
+    assert "| Test accuracy | 0.9750 | 0.9600 ± 0.0200 | -0.0150 |" in text
+    assert "3 seeds per cell" in text
+
+
+def test_rows_of_models_not_run_say_so():
+    results = _synthetic_results(_acc, grid=(0.0,))
+    text = render_markdown(results)
+    assert "| 0.0001 | 0.0001 | 0.9695 | not run | — |" in text
+    assert all(r["ours"] is None for r in results["tables"]["table2"])
+
+
+def _paper_shaped(l1, l2, eps, seed):
+    """Accuracy inside every acceptance range: l1 buys robustness, accuracy falls with eps."""
+    at = {0.0: 0.975, 0.05: 0.78, 0.075: 0.55, 0.1: 0.33, 0.25: 0.01, 0.3: 0.0}
+    bonus = {0.0: 0.0, 1e-5: 0.12, 1e-4: 0.25}[l1]
+    return at[eps] if eps in (0.0, 0.25, 0.3) else min(at[eps] + bonus, 0.97)
+
+
+def test_shape_checks_pass_on_paper_shaped_numbers_and_fail_where_they_break():
+    results = _synthetic_results(_paper_shaped)
+    by_name = {c["check"]: c for c in results["checks"]}
+    failed = [c for c in results["checks"] if c["passed"] is not True]
+    # the synthetic confidence is 0.9 at eps 0, outside 0.95-0.97: exactly the three l1=1e-4 rows fail
+    assert sorted(c["check"] for c in failed) == sorted(f"clean confidence, l1=1e-4, l2={l2:g}" for l2 in GRID)
+    assert by_name["FGSM accuracy at eps 0.1, no regularisation"]["value"] == pytest.approx(0.33)
+
+    def rising(l1, l2, eps, seed):
+        return 0.2 if (l1, l2, eps) == (0.0, 0.0, 0.3) else _paper_shaped(l1, l2, eps, seed)
+
+    checks = {c["check"]: c for c in _synthetic_results(rising)["checks"]}
+    never_rises = checks["FGSM accuracy never rises with eps, l1=0, l2=0"]
+    assert never_rises["passed"] is False and "0.25->0.3" in never_rises["value"]
+
+
+def test_shape_checks_of_models_not_run_are_not_judged():
+    checks = _synthetic_results(_acc, grid=(0.0,))["checks"]
+    assert all(c["passed"] is None for c in checks if "l1=1e-4" in c["check"] or "l1=1e-5" in c["check"])
+
+
+def test_figures_are_png_images_of_the_expected_layout(tmp_path):
+    from redblue.reproduce import FigureOne
+
+    eps = (0.0, 0.1, 0.2)
+    figure = FigureOne(test_index=0, label=7, cell="c", eps=eps, images=torch.rand(3, 28, 28) * 1.2 - 0.1,
+                       predicted=(7, 7, 3), confidence=(0.99, 0.8, 0.6))
+    save_figure_one_png(tmp_path / "figure1.png", figure)
+    save_curves_png(tmp_path / "curves.png", _synthetic_results(_acc, seeds=2))
+    for name in ("figure1.png", "curves.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width, _ = imread(tmp_path / "figure1.png").shape
+    assert width > 2 * height  # one row of panels
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "figure1.png"]  # no temporary files

@@ -1,0 +1,100 @@
+"""Run folders: the config check that refuses mixing runs, done records, atomic files."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from redblue.errors import ConfigError
+from redblue.store import RunFolder, differing_keys, environment, normalized
+
+
+def test_prepare_records_the_config_and_recognises_it_again(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    config = {"name": "paper", "grid": {"l1": (0.0, 1e-4)}, "subset": None}
+    assert folder.prepare(config) is False  # new folder
+    assert (tmp_path / "run" / "config.toml").is_file()
+    assert folder.prepare(dict(config)) is True  # tuples vs lists and dropped Nones compare equal
+    assert normalized(config) == {"name": "paper", "grid": {"l1": [0.0, 1e-4]}}
+
+
+def test_prepare_refuses_another_config_in_one_line_naming_what_differs(tmp_path):
+    folder = RunFolder(tmp_path)
+    folder.prepare({"train": {"epochs": 3, "lr": 1e-3}, "seeds": 1})
+    with pytest.raises(ConfigError) as info:
+        folder.prepare({"train": {"epochs": 5, "lr": 1e-3}, "seeds": 1})
+    message = str(info.value)
+    assert "\n" not in message
+    assert "train.epochs" in message and "lr" not in message.split("differs in:")[1].split(")")[0]
+    # the stored config is untouched by the refusal
+    assert RunFolder(tmp_path).prepare({"train": {"epochs": 3, "lr": 1e-3}, "seeds": 1}) is True
+
+
+def test_prepare_with_force_replaces_the_config(tmp_path):
+    folder = RunFolder(tmp_path)
+    folder.prepare({"epochs": 3})
+    assert folder.prepare({"epochs": 5}, force=True) is False
+    assert folder.prepare({"epochs": 5}) is True
+
+
+def test_differing_keys_lists_changed_added_and_removed_keys():
+    a = {"x": 1, "t": {"a": 1, "b": 2}, "gone": 0}
+    b = {"x": 1, "t": {"a": 1, "b": 3}, "new": 0}
+    assert differing_keys(a, b) == ["gone", "new", "t.b"]
+    assert differing_keys(a, a) == []
+
+
+def test_a_cell_is_done_only_when_both_its_model_and_its_record_exist(tmp_path):
+    folder = RunFolder(tmp_path)
+    folder.prepare({"name": "x"})
+    assert folder.read_cell("l1-0_l2-0_seed-0") is None
+    folder.write_cell("l1-0_l2-0_seed-0", {"accuracy": 0.5})
+    assert folder.read_cell("l1-0_l2-0_seed-0") is None  # record without its model: not done
+    folder.models_dir.mkdir()
+    folder.model_path("l1-0_l2-0_seed-0").write_bytes(b"weights")
+    assert folder.read_cell("l1-0_l2-0_seed-0") == {"accuracy": 0.5}
+    folder.cell_path("l1-0_l2-0_seed-0").write_text("{truncated")
+    assert folder.read_cell("l1-0_l2-0_seed-0") is None  # unreadable record: redo the cell
+
+
+def test_writes_leave_no_temporary_files(tmp_path):
+    folder = RunFolder(tmp_path)
+    folder.prepare({"a": 1})
+    folder.write_json("results.json", {"n": 1.5})
+    folder.write_text("report.md", "# r\n")
+    folder.write_cell("c", {"k": [1, 2]})
+    assert json.loads((tmp_path / "results.json").read_text()) == {"n": 1.5}
+    names = [p.name for p in tmp_path.rglob("*")]
+    assert not [n for n in names if n.startswith(".") or n.endswith(".part")]
+
+
+@pytest.mark.parametrize("name", ["", "../escape", "a/b", ".hidden", "l1=0"])
+def test_cell_names_cannot_escape_the_folder(tmp_path, name):
+    with pytest.raises(ConfigError):
+        RunFolder(tmp_path).cell_path(name)
+
+
+def test_an_unwritable_out_folder_fails_in_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match="cannot write to"):
+        RunFolder(blocker / "run").prepare({"a": 1})
+
+
+@pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True, reason="root can write anywhere")
+def test_a_read_only_folder_fails_in_one_line(tmp_path):
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(ConfigError, match="cannot write to"):
+            RunFolder(tmp_path).prepare({"a": 1})
+    finally:
+        tmp_path.chmod(0o700)
+
+
+def test_environment_records_versions_and_extras():
+    env = environment(device="cpu", seeds=[0, 1])
+    assert env["device"] == "cpu" and env["seeds"] == [0, 1]
+    assert env["versions"]["torch"] != "not installed"
+    assert {"python", "redblue", "safetensors"} <= set(env["versions"])

@@ -9,8 +9,10 @@ import pytest
 import torch
 from matplotlib.image import imread
 
-from redblue.report import comparison_tables, render_markdown, save_curves_png, save_figure_one_png, shape_checks
+from redblue.report.figures import save_curves_png, save_figure_one_png
+from redblue.report.markdown import render_markdown
 from redblue.report.paper_values import PAPER_VALUES, paper_models, paper_value
+from redblue.report.tables import comparison_tables, shape_checks
 
 PAPER_TXT = Path(__file__).resolve().parents[1].parent / "shared" / "paper.txt"
 GRID = (0.0, 1e-5, 1e-4)

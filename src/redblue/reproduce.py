@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -291,22 +292,46 @@ class CellJob:
 
 @dataclass
 class Data:
-    x_train: Tensor
-    y_train: Tensor
+    """The experiment's images (float32 in [0, 1]) and int64 labels; the train split only when needed."""
+
     x_test: Tensor
     y_test: Tensor
+    x_train: Tensor | None = None
+    y_train: Tensor | None = None
 
 
-def load_data(experiment: Experiment, *, data_dir: str | os.PathLike[str] | None, device: torch.device) -> Data:
-    """The experiment's training and test images, subset as it asks, as tensors on `device`."""
-    train_set = load_dataset(experiment.dataset, "train", data_dir=data_dir)
+def load_data(
+    experiment: Experiment, *, data_dir: str | os.PathLike[str] | None, with_train: bool = True
+) -> Data:
+    """The experiment's test (and training) images, subset as it asks, on the CPU."""
     test_set = load_dataset(experiment.dataset, "test", data_dir=data_dir)
-    n_train, n_test = experiment.train_subset, experiment.test_subset
+    data = Data(x_test=test_set.x[: experiment.test_subset], y_test=test_set.y[: experiment.test_subset])
+    if with_train:
+        train_set = load_dataset(experiment.dataset, "train", data_dir=data_dir)
+        data.x_train, data.y_train = train_set.x[: experiment.train_subset], train_set.y[: experiment.train_subset]
+    return data
+
+
+def _pack(data: Data) -> dict[str, np.ndarray]:
+    """Data as numpy arrays for a spawned worker: pixels back to their uint8 values (4x smaller to send).
+
+    numpy, not tensors: multiprocessing would move tensors through shared memory, which a small
+    /dev/shm (containers) cannot hold.
+    """
+    packed = {}
+    for name in ("x_train", "x_test"):
+        packed[name] = (getattr(data, name) * 255).round().to(torch.uint8).numpy()
+    for name in ("y_train", "y_test"):
+        packed[name] = getattr(data, name).numpy()
+    return packed
+
+
+def _unpack(packed: dict[str, np.ndarray]) -> Data:
+    """The inverse of `_pack`, with the same float conversion as `redblue.data`, so the pixels are bit-identical."""
+    images = {k: torch.from_numpy(np.divide(packed[k], np.float32(255), dtype=np.float32)) for k in ("x_train", "x_test")}
     return Data(
-        x_train=train_set.x[:n_train].to(device),
-        y_train=train_set.y[:n_train].to(device),
-        x_test=test_set.x[:n_test].to(device),
-        y_test=test_set.y[:n_test].to(device),
+        x_train=images["x_train"], y_train=torch.from_numpy(packed["y_train"]),
+        x_test=images["x_test"], y_test=torch.from_numpy(packed["y_test"]),
     )
 
 
@@ -316,9 +341,12 @@ def run_cell(job: CellJob, data: Data) -> dict[str, Any]:
     folder = RunFolder(job.root)
     config = cell_train_config(experiment, cell)
     model = init_model(lambda: build_model(experiment.model), seed=cell.seed).to(device)
-    trained = train(model, data.x_train, data.y_train, config, progress=False)
+    assert data.x_train is not None and data.y_train is not None, "run_cell needs the training split"
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    trained = train(model, x_train, y_train, config, progress=False)
     evaluation_started = time.perf_counter()
-    curve = fgsm_curve(model, data.x_test, data.y_test, experiment.fgsm.all_eps, clip=experiment.fgsm.clip)
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+    curve = fgsm_curve(model, x_test, y_test, experiment.fgsm.all_eps, clip=experiment.fgsm.clip)
     record: dict[str, Any] = {
         "cell": cell.name,
         "l1": cell.l1,
@@ -341,12 +369,12 @@ def run_cell(job: CellJob, data: Data) -> dict[str, Any]:
 _worker_data: Data | None = None
 
 
-def _init_worker(experiment: Experiment, data_dir: str | None, device: str) -> None:
-    """Worker start-up: one torch thread (the workers share the cores), SIGINT kills quietly, data once."""
+def _init_worker(packed: dict[str, np.ndarray]) -> None:
+    """Worker start-up: one torch thread (the workers share the cores), SIGINT ends it quietly, data once."""
     global _worker_data
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     torch.set_num_threads(1)
-    _worker_data = load_data(experiment, data_dir=data_dir, device=torch.device(device))
+    _worker_data = _unpack(packed)
 
 
 def _run_cell_in_worker(job: CellJob) -> dict[str, Any]:
@@ -374,34 +402,31 @@ def default_workers() -> int:
 
 def train_cells(
     jobs: Sequence[CellJob],
+    data: Data,
     *,
     workers: int,
-    data_dir: str | os.PathLike[str] | None,
     on_cell: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run `jobs`, `workers` at a time in spawned processes (one torch thread each), or here when workers is 1.
 
     Every cell trains with one torch thread either way, so its numbers do not depend on `workers`.
+    A CUDA device runs the cells one after another in this process.
     """
-    if not jobs:
-        return []
-    experiment, device = jobs[0].experiment, jobs[0].device
     records: list[dict[str, Any]] = []
-    if workers <= 1 or len(jobs) == 1 or torch.device(device).type != "cpu":
-        data = load_data(experiment, data_dir=data_dir, device=torch.device(device))
+    if not jobs:
+        return records
+    if workers <= 1 or len(jobs) == 1 or torch.device(jobs[0].device).type != "cpu":
         with _torch_threads(1):
             for job in jobs:
                 records.append(run_cell(job, data))
                 if on_cell is not None:
                     on_cell(records[-1])
         return records
-    context = multiprocessing.get_context("spawn")
-    data_dir_text = None if data_dir is None else str(data_dir)
     with ProcessPoolExecutor(
         max_workers=min(workers, len(jobs)),
-        mp_context=context,
+        mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker,
-        initargs=(experiment, data_dir_text, device),
+        initargs=(_pack(data),),
     ) as pool:
         futures = [pool.submit(_run_cell_in_worker, job) for job in jobs]
         try:
@@ -545,7 +570,8 @@ def reproduce(
     then retrains only the cells whose own config changed. on_cell(record, done, total) is called
     as each cell finishes (for progress lines).
     """
-    from redblue.report import render_markdown, save_curves_png, save_figure_one_png
+    from redblue.report.figures import save_curves_png, save_figure_one_png
+    from redblue.report.markdown import render_markdown
 
     started = time.perf_counter()
     device = torch.device(device)
@@ -568,18 +594,18 @@ def reproduce(
         if on_cell is not None:
             on_cell(record, done, len(cells))
 
-    trained_records = train_cells(jobs, workers=n_workers, data_dir=data_dir, on_cell=finished)
+    data = load_data(experiment, data_dir=data_dir, with_train=bool(jobs))
+    trained_records = train_cells(jobs, data, workers=n_workers, on_cell=finished)
     by_name = {**reused, **{r["cell"]: r for r in trained_records}}
     records = [by_name[cell.name] for cell in cells]
 
     models = aggregate(experiment, records)
-    test_set = load_dataset(experiment.dataset, "test", data_dir=data_dir)
     figure_cell = _figure_cell(experiment, cells)
     loaded = load_model(folder.model_path(figure_cell.name), device=device)
     figure = figure_one(
         loaded.model,
-        test_set.x[: experiment.test_subset].to(device),
-        test_set.y[: experiment.test_subset].to(device),
+        data.x_test.to(device),
+        data.y_test.to(device),
         digit=experiment.fgsm.figure_digit,
         eps_values=experiment.fgsm.figure_eps,
         clip=experiment.fgsm.clip,

@@ -1,0 +1,245 @@
+"""`redblue reproduce` end to end on a tiny experiment: files, resume, refusal of mixed configs, numbers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+import redblue.reproduce as reproduce_module
+from redblue.attacks import fgsm
+from redblue.cli import main
+from redblue.data import load_dataset
+from redblue.errors import ConfigError
+from redblue.metrics import score
+from redblue.reproduce import PAPER_TOML, fgsm_curve, load_experiment, reproduce
+
+TINY_TOML = """
+name = "tiny"
+seeds = 1
+train_subset = 512
+test_subset = 200
+chosen_l1 = 1e-4
+chosen_l2 = 0.0
+
+[model]
+hidden = 16
+
+[train]
+epochs = 1
+batch_size = 64
+lr = 0.003
+
+[grid]
+l1 = [0.0, 1e-4]
+l2 = [0.0]
+
+[fgsm]
+curve_eps = [0.0, 0.1, 0.2]
+table_eps = [0.1]
+table3_eps = [0.05]
+
+[notes]
+clip = "clipped: valid images"
+
+[profiles.tiny]
+
+[profiles.tiny2]
+train = { epochs = 2 }
+"""
+CELLS = ["l1-0_l2-0_seed-0", "l1-0.0001_l2-0_seed-0"]
+
+
+@pytest.fixture
+def tiny_toml(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_TOML)
+    return path
+
+
+@pytest.fixture
+def count_training(monkeypatch):
+    """Count the models `reproduce` trains in this process."""
+    calls = []
+    real_train = reproduce_module.train
+
+    def counting_train(model, x, y, config, **kwargs):
+        calls.append((config.l1, config.l2, config.seed))
+        return real_train(model, x, y, config, **kwargs)
+
+    monkeypatch.setattr(reproduce_module, "train", counting_train)
+    return calls
+
+
+def test_paper_toml_loads_both_profiles_with_the_paper_grid():
+    quick, full = load_experiment(PAPER_TOML, profile="quick"), load_experiment(PAPER_TOML, profile="full")
+    for experiment in (quick, full):
+        assert experiment.grid.l1 == experiment.grid.l2 == (0.0, 1e-5, 1e-4)
+        assert experiment.train.batch_size == 128 and experiment.train.rho == 0.9
+        assert {0.0, 0.05, 0.075, 0.1, 0.25, 0.3} <= set(experiment.fgsm.all_eps)
+    assert full.train_subset is None and full.test_subset is None  # the paper's 60k / 10k
+    assert quick.test_subset is None  # every table is on the whole test set in both profiles
+    assert load_experiment(PAPER_TOML, profile="quick", seeds=3).seed_list == (0, 1, 2)
+
+
+def test_experiment_file_errors_are_one_line(tiny_toml, tmp_path):
+    with pytest.raises(ConfigError, match="no profile 'nope'; choose one of: tiny, tiny2"):
+        load_experiment(tiny_toml, profile="nope")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(TINY_TOML.replace("epochs = 1\n", "epochs = 1\nl1 = 0.1\n"))
+    with pytest.raises(ConfigError, match=r"\[train\] sets l1; lambdas belong in \[grid\]"):
+        load_experiment(bad, profile="tiny")
+    bad.write_text(TINY_TOML.replace("l2 = [0.0]", "l2 = [-1.0]"))
+    with pytest.raises(ConfigError, match="grid.l2 must be >= 0"):
+        load_experiment(bad, profile="tiny")
+    bad.write_text(TINY_TOML.replace('hidden = 16', 'hidden = 16\nwidth = 3'))
+    with pytest.raises(ConfigError, match="has no field 'width'"):
+        load_experiment(bad, profile="tiny")
+
+
+def test_objective_can_be_given_as_a_spec_string(tiny_toml, tmp_path):
+    path = tmp_path / "adv.toml"
+    path.write_text(TINY_TOML.replace("lr = 0.003", 'lr = 0.003\nobjective = "fgsm:eps=0.1,alpha=0.5"'))
+    objective = load_experiment(path, profile="tiny").train.objective
+    assert (objective.name, objective.eps, objective.alpha) == ("fgsm", 0.1, 0.5)
+
+
+def test_profiles_override_nested_keys(tiny_toml):
+    assert load_experiment(tiny_toml, profile="tiny").train.epochs == 1
+    two = load_experiment(tiny_toml, profile="tiny2")
+    assert two.train.epochs == 2 and two.train.lr == 0.003  # the rest of [train] is kept
+
+
+def test_fgsm_curve_equals_the_registered_fgsm_at_every_eps(generator):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 20), nn.ReLU(), nn.Linear(20, 10))
+    x = torch.rand(70, 1, 28, 28, generator=generator)
+    y = torch.randint(0, 10, (70,), generator=generator)
+    eps_values = (0.0, 0.05, 0.3)
+    for clip in (True, False):
+        curve = fgsm_curve(model, x, y, eps_values, clip=clip, batch_size=32)
+        for point, eps in zip(curve, eps_values):
+            expected = score(model, fgsm(model, x, y, eps=eps, clip=clip), y)
+            assert point.eps == eps
+            assert point.accuracy == pytest.approx(expected.accuracy, abs=1.5 / len(y))  # at most one flip by rounding
+            assert point.confidence == pytest.approx(expected.confidence, abs=1e-3)
+
+
+def _independent_scores(model_path, x, y, eps: float) -> tuple[float, float]:
+    """Clean and FGSM accuracy of saved weights, in plain PyTorch (no redblue code)."""
+    weights = load_file(str(model_path))
+    w1, b1, w2, b2 = (weights[k].double() for k in ("2.weight", "2.bias", "5.weight", "5.bias"))
+
+    def logits(images):
+        return F.relu(images.flatten(1).double() @ w1.T + b1) @ w2.T + b2
+
+    clean = (logits(x).argmax(1) == y).double().mean().item()
+    x_var = x.clone().double().requires_grad_(True)
+    F.cross_entropy(logits(x_var), y, reduction="sum").backward()
+    x_adv = (x.double() + eps * x_var.grad.sign()).clamp(0, 1)
+    return clean, (logits(x_adv).argmax(1) == y).double().mean().item()
+
+
+def test_reproduce_writes_every_file_and_numbers_match_an_independent_recomputation(tiny_toml, tmp_path, count_training):
+    out = tmp_path / "run"
+    experiment = load_experiment(tiny_toml, profile="tiny")
+    result = reproduce(experiment, out, workers=1)
+    for name in ("report.md", "results.json", "figure1.png", "curves.png", "config.toml", "environment.json"):
+        assert (out / name).is_file(), name
+    assert sorted(result.trained) == sorted(CELLS) and result.reused == ()
+    assert len(count_training) == 2
+    results = json.loads((out / "results.json").read_text())
+    assert results["cells_trained"] == list(result.trained) and results["wall_seconds"] > 0
+
+    test_set = load_dataset("mnist", "test")
+    x, y = test_set.x[:200], test_set.y[:200]
+    for cell in results["cells"]:
+        assert cell["n_train"] == 512 and cell["n_test"] == 200
+        curve = {round(p["eps"], 6): p["accuracy"] for p in cell["curve"]}
+        clean, adversarial = _independent_scores(out / "models" / f"{cell['cell']}.safetensors", x, y, 0.1)
+        assert curve[0.0] == pytest.approx(clean, abs=1e-9)
+        assert curve[0.1] == pytest.approx(adversarial, abs=1.5 / 200)  # float32 vs float64: one flip at most
+        assert curve[0.1] < curve[0.0]
+
+    report = (out / "report.md").read_text()
+    assert "| Test accuracy | 0.9750 |" in report  # Table 1's paper value beside ours
+    assert "| 0.0001 | 0 | 0.9689 |" in report  # Table 2, l1 = 1e-4, l2 = 0
+    assert "clipped: valid images" in report
+    figure = results["figure1"]
+    assert figure["label"] == 7 and int(test_set.y[figure["test_index"]]) == 7
+    assert int((test_set.y[: figure["test_index"]] == 7).sum()) == 0  # the first 7
+    assert [p["eps"] for p in figure["panels"]] == [0.0, 0.05, 0.075, 0.1, 0.15, 0.175, 0.2, 0.25, 0.3]
+    assert figure["cell"] == "l1-0.0001_l2-0_seed-0"  # the chosen pair of this file
+
+
+def test_a_killed_run_resumes_without_retraining_finished_cells(tiny_toml, tmp_path, monkeypatch, count_training):
+    out = tmp_path / "run"
+    experiment = load_experiment(tiny_toml, profile="tiny")
+    real_run_cell = reproduce_module.run_cell
+
+    def killed_after_first(job, data):
+        if count_training:  # the first cell finished: the process dies before the second one
+            raise KeyboardInterrupt
+        return real_run_cell(job, data)
+
+    monkeypatch.setattr(reproduce_module, "run_cell", killed_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(experiment, out, workers=1)
+    assert len(count_training) == 1 and not (out / "results.json").exists()
+    monkeypatch.setattr(reproduce_module, "run_cell", real_run_cell)
+
+    resumed = reproduce(experiment, out, workers=1)
+    assert len(count_training) == 2  # only the unfinished cell was trained
+    assert resumed.reused == (CELLS[0],) and resumed.trained == (CELLS[1],)
+    again = reproduce(experiment, out, workers=1)
+    assert len(count_training) == 2 and again.trained == () and sorted(again.reused) == sorted(CELLS)
+    assert again.results["models"] == resumed.results["models"]
+
+
+def test_a_rerun_with_another_config_is_refused_and_force_retrains_only_changed_cells(tiny_toml, tmp_path, count_training):
+    out = tmp_path / "run"
+    reproduce(load_experiment(tiny_toml, profile="tiny"), out, workers=1)
+    before = (out / "results.json").read_bytes()
+    with pytest.raises(ConfigError, match="different config") as info:
+        reproduce(load_experiment(tiny_toml, profile="tiny2"), out, workers=1)
+    assert "\n" not in str(info.value) and "train.epochs" in str(info.value)
+    assert (out / "results.json").read_bytes() == before and len(count_training) == 2
+
+    wider = tmp_path / "wider.toml"
+    wider.write_text(TINY_TOML.replace("l2 = [0.0]", "l2 = [0.0, 1e-5]"))
+    result = reproduce(load_experiment(wider, profile="tiny"), out, workers=1, force=True)
+    assert sorted(result.reused) == sorted(CELLS)  # their own config did not change
+    assert sorted(result.trained) == ["l1-0.0001_l2-1e-05_seed-0", "l1-0_l2-1e-05_seed-0"]
+
+
+def test_cli_refuses_a_mixed_run_in_one_line_with_exit_code_2(tiny_toml, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["reproduce", "--config", str(tiny_toml), "--out", str(out), "--workers", "1"]
+    assert main([*args, "--profile", "tiny", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["profile"] == "tiny" and set(printed["files"]) >= {"report", "results", "figure1", "curves"}
+    assert main([*args, "--profile", "tiny", "--seeds", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "seeds" in err
+
+
+def test_seeds_give_mean_and_std_in_parallel_workers(tiny_toml, tmp_path):
+    """Two spawned workers train two seeds of one cell: mean ± std, and the numbers of an in-process run."""
+    path = tmp_path / "one.toml"
+    path.write_text(TINY_TOML.replace("l1 = [0.0, 1e-4]", "l1 = [0.0]"))
+    result = reproduce(load_experiment(path, profile="tiny", seeds=2), tmp_path / "run", workers=2)
+    assert result.results["workers"] == 2
+    (model,) = result.results["models"]
+    clean = model["curve"][0]["accuracy"]
+    values = [c["curve"][0]["accuracy"] for c in result.results["cells"]]
+    assert model["seeds"] == [0, 1] and clean["values"] == values
+    assert clean["mean"] == pytest.approx(sum(values) / 2)
+    assert clean["std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+    assert values[0] != values[1]  # different seeds, different models
+    assert "± " in (tmp_path / "run" / "report.md").read_text()
+    # one torch thread per cell either way: the same numbers when the cells run in this process
+    here = reproduce(load_experiment(path, profile="tiny", seeds=2), tmp_path / "here", workers=1)
+    assert here.results["models"][0]["curve"] == model["curve"]

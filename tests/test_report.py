@@ -12,7 +12,7 @@ from matplotlib.image import imread
 from redblue.report.figures import save_curves_png, save_figure_one_png
 from redblue.report.markdown import render_markdown
 from redblue.report.paper_values import PAPER_VALUES, paper_models, paper_value
-from redblue.report.tables import comparison_tables, shape_checks
+from redblue.report.tables import clip_comparison, comparison_tables, shape_checks
 
 PAPER_TXT = Path(__file__).resolve().parents[1].parent / "shared" / "paper.txt"
 GRID = (0.0, 1e-5, 1e-4)
@@ -211,3 +211,21 @@ def test_figures_are_png_images_of_the_expected_layout(tmp_path):
     height, width, _ = imread(tmp_path / "figure1.png").shape
     assert width > 2 * height  # one row of panels
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "figure1.png"]  # no temporary files
+
+
+def test_clip_comparison_says_which_fgsm_the_paper_matches():
+    results = _synthetic_results(_acc)
+    for entry in results["models"]:  # unclipped: exactly the paper's values; clipped (the tables): _acc
+        entry["other_clip"] = {"clip": False, "curve": [
+            {"eps": eps, "accuracy": {"mean": paper_value(entry["l1"], entry["l2"], "accuracy", eps).value},
+             "confidence": {"mean": 0.5}}
+            for eps in (0.05, 0.075, 0.1, 0.25)
+            if paper_value(entry["l1"], entry["l2"], "accuracy", eps) is not None
+        ]}
+    comparison = clip_comparison(results)
+    assert comparison["tables_use"] == "clipped" and comparison["n_compared"] == 9 * 2 + 4
+    assert comparison["mean_abs_difference"]["unclipped"] == 0.0
+    expected = [abs(_acc(v.l1, v.l2, v.eps, 0) - v.value) for v in PAPER_VALUES if v.metric == "accuracy" and v.eps]
+    assert comparison["mean_abs_difference"]["clipped"] == pytest.approx(sum(expected) / len(expected))
+    results["clip_comparison"] = comparison
+    assert "closer to unclipped FGSM" in render_markdown(results)

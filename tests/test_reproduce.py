@@ -128,8 +128,8 @@ def test_fgsm_curve_equals_the_registered_fgsm_at_every_eps(generator):
             assert point.confidence == pytest.approx(expected.confidence, abs=1e-3)
 
 
-def _independent_scores(model_path, x, y, eps: float) -> tuple[float, float]:
-    """Clean and FGSM accuracy of saved weights, in plain PyTorch (no redblue code)."""
+def _independent_scores(model_path, x, y, eps: float) -> tuple[float, float, float]:
+    """Clean, clipped-FGSM and unclipped-FGSM accuracy of saved weights, in plain PyTorch (no redblue code)."""
     weights = load_file(str(model_path))
     w1, b1, w2, b2 = (weights[k].double() for k in ("2.weight", "2.bias", "5.weight", "5.bias"))
 
@@ -139,8 +139,12 @@ def _independent_scores(model_path, x, y, eps: float) -> tuple[float, float]:
     clean = (logits(x).argmax(1) == y).double().mean().item()
     x_var = x.clone().double().requires_grad_(True)
     F.cross_entropy(logits(x_var), y, reduction="sum").backward()
-    x_adv = (x.double() + eps * x_var.grad.sign()).clamp(0, 1)
-    return clean, (logits(x_adv).argmax(1) == y).double().mean().item()
+    x_adv = x.double() + eps * x_var.grad.sign()
+
+    def accuracy(images):
+        return (logits(images).argmax(1) == y).double().mean().item()
+
+    return clean, accuracy(x_adv.clamp(0, 1)), accuracy(x_adv)
 
 
 def test_reproduce_writes_every_file_and_numbers_match_an_independent_recomputation(tiny_toml, tmp_path, count_training):
@@ -159,9 +163,12 @@ def test_reproduce_writes_every_file_and_numbers_match_an_independent_recomputat
     for cell in results["cells"]:
         assert cell["n_train"] == 512 and cell["n_test"] == 200
         curve = {round(p["eps"], 6): p["accuracy"] for p in cell["curve"]}
-        clean, adversarial = _independent_scores(out / "models" / f"{cell['cell']}.safetensors", x, y, 0.1)
+        clean, clipped, unclipped = _independent_scores(out / "models" / f"{cell['cell']}.safetensors", x, y, 0.1)
         assert curve[0.0] == pytest.approx(clean, abs=1e-9)
-        assert curve[0.1] == pytest.approx(adversarial, abs=1.5 / 200)  # float32 vs float64: one flip at most
+        assert curve[0.1] == pytest.approx(clipped, abs=1.5 / 200)  # float32 vs float64: one flip at most
+        other = {round(p["eps"], 6): p["accuracy"] for p in cell["other_clip_curve"]}
+        assert sorted(other) == [0.05, 0.1]  # the tables' eps of this file
+        assert other[0.1] == pytest.approx(unclipped, abs=1.5 / 200)
         assert curve[0.1] < curve[0.0]
 
     report = (out / "report.md").read_text()

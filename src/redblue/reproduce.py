@@ -73,6 +73,8 @@ class FGSMSettings:
     table3_eps: tuple[float, ...] = PAPER_TABLE3_EPS
     figure_eps: tuple[float, ...] = PAPER_FIGURE_EPS
     figure_digit: int = 7
+    # also score the other clip setting at the tables' eps (cheap: the gradient is shared)
+    compare_clip: bool = True
 
     def __post_init__(self) -> None:
         for value in self.all_eps:
@@ -88,6 +90,13 @@ class FGSMSettings:
             if not merged or not same(merged[-1], value):
                 merged.append(value)
         return tuple(merged)
+
+    @property
+    def other_clip_eps(self) -> tuple[float, ...]:
+        """The eps at which the other clip setting is scored: the tables' adversarial eps, or none."""
+        if not self.compare_clip:
+            return ()
+        return tuple(e for e in self.all_eps if e > 0 and any(same(e, t) for t in (*self.table_eps, *self.table3_eps)))
 
 
 @dataclass(frozen=True)
@@ -228,7 +237,11 @@ def cell_config(experiment: Experiment, cell: Cell, device: torch.device) -> dic
         "test_subset": experiment.test_subset,
         "model": dataclasses.asdict(experiment.model),
         "train": to_dict(cell_train_config(experiment, cell)),
-        "fgsm": {"clip": experiment.fgsm.clip, "eps": list(experiment.fgsm.all_eps)},
+        "fgsm": {
+            "clip": experiment.fgsm.clip,
+            "eps": list(experiment.fgsm.all_eps),
+            "other_clip_eps": list(experiment.fgsm.other_clip_eps),
+        },
         "device": device.type,
     }
     return json.loads(json.dumps(config))
@@ -245,27 +258,26 @@ class CurvePoint:
 
 
 @torch.no_grad()
-def fgsm_curve(
-    model: nn.Module, x: Tensor, y: Tensor, eps_values: Sequence[float], *, clip: bool, batch_size: int = DEFAULT_BATCH
+def fgsm_scores(
+    model: nn.Module, x: Tensor, y: Tensor, settings: Sequence[tuple[float, bool]], *, batch_size: int = DEFAULT_BATCH
 ) -> list[CurvePoint]:
-    """Accuracy and confidence on FGSM images `x + eps * sign(grad_x CE)` at every eps (0: clean).
+    """Accuracy and confidence on FGSM images `x + eps * sign(grad_x CE)` for each (eps, clip) in `settings`.
 
     The same images as `redblue.attacks.fgsm(model, x, y, eps=eps, clip=clip)`: FGSM's gradient is
-    taken at the clean x whatever eps is, so it is computed once per batch and reused for every eps.
-    x: (N, 1, 28, 28) in [0, 1]; y: (N,). The model runs in eval mode and is restored.
+    taken at the clean x whatever eps is, so it is computed once per batch and reused for every
+    setting. x: (N, 1, 28, 28) in [0, 1]; y: (N,). The model runs in eval mode and is restored.
     """
-    for eps in eps_values:
+    for eps, _ in settings:
         check_eps(eps, "linf")
-    n_eps = len(eps_values)
-    n_correct = torch.zeros(n_eps, dtype=torch.long, device=x.device)
-    confidence_sum = torch.zeros(n_eps, dtype=torch.float64, device=x.device)
+    n_correct = torch.zeros(len(settings), dtype=torch.long, device=x.device)
+    confidence_sum = torch.zeros(len(settings), dtype=torch.float64, device=x.device)
     grad_finite = torch.ones((), dtype=torch.bool, device=x.device)
     with eval_mode(model):
         for xb, yb in batches(x, y, size=batch_size):
             _, _, grad = loss_and_input_gradient(model, xb, yb, check_finite=False)
             grad_finite &= torch.isfinite(grad).all()
             direction = grad.sign()
-            for i, eps in enumerate(eps_values):
+            for i, (eps, clip) in enumerate(settings):
                 x_adv = xb + eps * direction
                 is_correct, top_prob = correct_and_confidence(model(x_adv.clamp(0.0, 1.0) if clip else x_adv), yb)
                 n_correct[i] += is_correct.sum()
@@ -274,7 +286,14 @@ def fgsm_curve(
         raise AttackError("the model's input gradient is NaN or infinite; check the model before attacking it")
     n = len(y)
     accuracy, confidence = (n_correct.double() / n).tolist(), (confidence_sum / n).tolist()
-    return [CurvePoint(eps, acc, conf) for eps, acc, conf in zip(eps_values, accuracy, confidence)]
+    return [CurvePoint(eps, acc, conf) for (eps, _), acc, conf in zip(settings, accuracy, confidence)]
+
+
+def fgsm_curve(
+    model: nn.Module, x: Tensor, y: Tensor, eps_values: Sequence[float], *, clip: bool, batch_size: int = DEFAULT_BATCH
+) -> list[CurvePoint]:
+    """`fgsm_scores` at each eps with one clip setting (eps 0: the clean test set)."""
+    return fgsm_scores(model, x, y, [(eps, clip) for eps in eps_values], batch_size=batch_size)
 
 
 # --- training cells (in this process or in worker processes) ----------------------------------
@@ -346,7 +365,10 @@ def run_cell(job: CellJob, data: Data) -> dict[str, Any]:
     trained = train(model, x_train, y_train, config, progress=False)
     evaluation_started = time.perf_counter()
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
-    curve = fgsm_curve(model, x_test, y_test, experiment.fgsm.all_eps, clip=experiment.fgsm.clip)
+    settings = experiment.fgsm
+    main = [(eps, settings.clip) for eps in settings.all_eps]
+    other = [(eps, not settings.clip) for eps in settings.other_clip_eps]
+    scores = fgsm_scores(model, x_test, y_test, main + other)
     record: dict[str, Any] = {
         "cell": cell.name,
         "l1": cell.l1,
@@ -359,7 +381,9 @@ def run_cell(job: CellJob, data: Data) -> dict[str, Any]:
         "eval_seconds": time.perf_counter() - evaluation_started,
         "torch_threads": torch.get_num_threads(),
         "history": trained.history,
-        "curve": [dataclasses.asdict(point) for point in curve],
+        "curve": [dataclasses.asdict(point) for point in scores[: len(main)]],
+        # the other clip setting at the table eps: shows which one the paper's numbers match
+        "other_clip_curve": [dataclasses.asdict(point) for point in scores[len(main) :]],
     }
     save_model(folder.model_path(cell.name), model, experiment.model, record={k: record[k] for k in ("cell", "config", "history")})
     folder.write_cell(cell.name, record)  # after the model: the JSON marks the cell done
@@ -453,31 +477,38 @@ def _stats(values: list[float]) -> dict[str, Any]:
     }
 
 
+def _aggregate_curve(curves: list[list[dict[str, Any]]], eps_values: Sequence[float]) -> list[dict[str, Any]]:
+    aggregated = []
+    for i, eps in enumerate(eps_values):
+        points = [curve[i] for curve in curves]
+        assert all(same(p["eps"], eps) for p in points), "cell curves disagree on eps"
+        aggregated.append(
+            {
+                "eps": eps,
+                "accuracy": _stats([p["accuracy"] for p in points]),
+                "confidence": _stats([p["confidence"] for p in points]),
+            }
+        )
+    return aggregated
+
+
 def aggregate(experiment: Experiment, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per (l1, l2): accuracy and confidence at each eps as mean / std / values over seeds."""
     models = []
     for l1 in experiment.grid.l1:
         for l2 in experiment.grid.l2:
-            mine = [r for r in records if same(r["l1"], l1) and same(r["l2"], l2)]
-            mine.sort(key=lambda r: r["seed"])
-            curve = []
-            for i, eps in enumerate(experiment.fgsm.all_eps):
-                points = [r["curve"][i] for r in mine]
-                assert all(same(p["eps"], eps) for p in points), "cell curves disagree on eps"
-                curve.append(
-                    {
-                        "eps": eps,
-                        "accuracy": _stats([p["accuracy"] for p in points]),
-                        "confidence": _stats([p["confidence"] for p in points]),
-                    }
-                )
+            mine = sorted((r for r in records if same(r["l1"], l1) and same(r["l2"], l2)), key=lambda r: r["seed"])
             models.append(
                 {
                     "l1": l1,
                     "l2": l2,
                     "seeds": [r["seed"] for r in mine],
                     "train_seconds": _stats([r["train_seconds"] for r in mine]),
-                    "curve": curve,
+                    "curve": _aggregate_curve([r["curve"] for r in mine], experiment.fgsm.all_eps),
+                    "other_clip": {
+                        "clip": not experiment.fgsm.clip,
+                        "curve": _aggregate_curve([r["other_clip_curve"] for r in mine], experiment.fgsm.other_clip_eps),
+                    },
                 }
             )
     return models
@@ -668,7 +699,7 @@ def build_results(
     wall_seconds: float,
 ) -> dict[str, Any]:
     """Every number of the run, as results.json holds it; the report and the plots read only this."""
-    from redblue.report.tables import comparison_tables, shape_checks
+    from redblue.report.tables import clip_comparison, comparison_tables, shape_checks
 
     table_eps = experiment.fgsm.table_eps[0] if experiment.fgsm.table_eps else 0.1
     results: dict[str, Any] = {
@@ -702,5 +733,6 @@ def build_results(
     }
     results["tables"] = comparison_tables(results)
     results["checks"] = shape_checks(results)
+    results["clip_comparison"] = clip_comparison(results)
     return results
 

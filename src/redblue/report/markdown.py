@@ -156,6 +156,32 @@ def _selection(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _clip(results: dict[str, Any]) -> list[str]:
+    comparison = results.get("clip_comparison")
+    if not comparison or not comparison["n_compared"]:
+        return []
+    mean_abs = comparison["mean_abs_difference"]
+    closer = min(mean_abs, key=lambda name: mean_abs[name])
+    body = [
+        [r["source"], _lam(r["l1"]), _lam(r["l2"]), f"{r['eps']:g}", _number(r["paper"]), _number(r["clipped"]), _number(r["unclipped"])]
+        for r in comparison["rows"]
+        if r["clipped"] is not None and r["unclipped"] is not None
+    ]
+    return (
+        [
+            "## FGSM clipped to [0, 1] or not: which matches the paper",
+            "",
+            f"The tables above use {comparison['tables_use']} FGSM. Over the {comparison['n_compared']} adversarial "
+            f"accuracies the paper reports and this run has, the mean |ours − paper| is "
+            f"{mean_abs['clipped']:.4f} clipped and {mean_abs['unclipped']:.4f} unclipped: the paper's numbers are "
+            f"closer to {closer} FGSM.",
+            "",
+        ]
+        + _table(["table", "λ1", "λ2", "eps", "paper", "ours, clipped", "ours, unclipped"], body)
+        + [""]
+    )
+
+
 def _checks(results: dict[str, Any]) -> list[str]:
     body = []
     for check in results["checks"]:
@@ -247,6 +273,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += _table2(tables["table2"])
     lines += _table3(tables["table3"], chosen)
     lines += _selection(results)
+    lines += _clip(results)
     lines += _checks(results)
     lines += _figure(results)
     lines += _curves(results)

@@ -129,3 +129,37 @@ def shape_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
         checks.append(_check(f"FGSM accuracy at eps 0.25, {label}", "< 0.06", acc_25,
                              None if acc_25 is None else acc_25 < 0.06))
     return checks
+
+
+def _other_clip_mean(results: dict[str, Any], l1: float, l2: float, eps: float) -> float | None:
+    entry = model_entry(results, l1, l2)
+    if entry is None or "other_clip" not in entry:
+        return None
+    for point in entry["other_clip"]["curve"]:
+        if same(point["eps"], eps):
+            return point["accuracy"]["mean"]
+    return None
+
+
+def clip_comparison(results: dict[str, Any]) -> dict[str, Any]:
+    """Every adversarial accuracy the paper reports beside ours with FGSM clipped to [0, 1] and not.
+
+    mean_abs_difference: mean |ours - paper| over the values both settings have, per setting,
+    which says which FGSM the paper's numbers match.
+    """
+    clip = results["experiment"]["fgsm"]["clip"]
+    names = {True: "clipped", False: "unclipped"}
+    rows = []
+    for paper in PAPER_VALUES:
+        if paper.metric != "accuracy" or paper.eps is None:
+            continue
+        main = _mean(results, paper.l1, paper.l2, "accuracy", paper.eps)
+        other = _other_clip_mean(results, paper.l1, paper.l2, paper.eps)
+        rows.append({"l1": paper.l1, "l2": paper.l2, "eps": paper.eps, "source": paper.source, "paper": paper.value,
+                     names[clip]: main, names[not clip]: other})
+    both = [r for r in rows if r["clipped"] is not None and r["unclipped"] is not None]
+    mean_abs = {
+        name: (sum(abs(r[name] - r["paper"]) for r in both) / len(both) if both else None)
+        for name in ("clipped", "unclipped")
+    }
+    return {"tables_use": names[clip], "rows": rows, "n_compared": len(both), "mean_abs_difference": mean_abs}

@@ -1,0 +1,383 @@
+"""Gradient-masking sanity checks: small functions that each return findings the report shows.
+
+A robustness number is only as good as the attacks behind it. Masked or obfuscated gradients
+(Athalye et al., 2018; Carlini et al., 2019) make weak attacks look strong defenses. Each check
+here looks for one known symptom and returns `Finding`s that say what was seen, what it means
+and what to do. Checks that need attacks take a `run` callable from the evaluator, so this
+module knows nothing about how attacks are batched or verified, and all of them work on small
+subsets so they stay cheap beside the evaluation they check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from redblue.attacks.core import ce_loss, eval_mode, margin_loss
+from redblue.attacks.registry import AttackEntry
+
+Severity = Literal["ok", "warning", "fail"]
+
+# Rows of non-negative numbers that sum to 1 within this tolerance are read as probabilities.
+PROBABILITY_SUM_TOLERANCE = 1e-3
+# A rise of robust accuracy with eps larger than this is reported: max(0.5 percentage point,
+# 3 samples). Single-restart attacks legitimately wobble by a sample or two.
+MIN_TOLERANCE = 0.005
+TOLERANCE_SAMPLES = 3
+# A rise or a gap larger than this (absolute accuracy) is a failure rather than a warning.
+FAIL_GAP = 0.05
+# At eps = 1 (L-inf) every image is reachable; a gradient attack should leave almost nothing.
+UNBOUNDED_OK = 0.02
+UNBOUNDED_FAIL = 0.10
+# Fraction of samples with an all-zero input gradient above which the gradient check warns / fails.
+ZERO_GRADIENT_WARN = 0.01
+ZERO_GRADIENT_FAIL = 0.5
+# How much stronger the re-run attack is in the convergence check.
+MORE_STEPS_FACTOR = 3
+MORE_RESTARTS_FACTOR = 2
+
+STEP_FIELDS = ("steps", "iterations", "n_iter", "max_iter", "iters")
+RESTART_FIELDS = ("restarts", "n_restarts")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One sanity-check result: how bad, which check, and a message (what it means, what to do)."""
+
+    severity: Severity
+    check: str
+    message: str
+
+
+# (entry, params, sample indices) -> fooled (bool, len(indices)): the evaluator runs the attack,
+# verifies every image (eps-ball, [0, 1], finite) and re-predicts it; invalid images are not fooled.
+AttackRunner = Callable[[AttackEntry, Any, Tensor], Tensor]
+
+
+def tolerance(n: int) -> float:
+    """Accuracy differences below this are sampling noise for n samples: max(0.5 pp, 3 samples)."""
+    return max(MIN_TOLERANCE, TOLERANCE_SAMPLES / max(n, 1))
+
+
+def spread_subset(indices: Tensor, size: int) -> Tensor:
+    """At most `size` of `indices`, evenly spread (deterministic, no random draw)."""
+    if len(indices) <= size:
+        return indices
+    picks = torch.linspace(0, len(indices) - 1, size, device=indices.device).round().long()
+    return indices[picks]
+
+
+def looks_like_probabilities(logits: Tensor) -> bool:
+    """True when every row is non-negative, at most 1 and sums to 1: a softmax output, not logits."""
+    logits = logits.double()
+    in_unit = bool(((logits >= -1e-7) & (logits <= 1 + 1e-7)).all())
+    sums_to_one = bool(((logits.sum(dim=1) - 1).abs() <= PROBABILITY_SUM_TOLERANCE).all())
+    return in_unit and sums_to_one
+
+
+PROBABILITIES_MESSAGE = (
+    "the model returns probabilities (rows non-negative, summing to 1); attacks need logits — "
+    "remove the final softmax from the model"
+)
+
+
+@torch.no_grad()
+def check_outputs(model: nn.Module, x: Tensor) -> list[Finding]:
+    """Logits, not probabilities; the same output twice for the same input; outputs depend on x.
+
+    x: a small batch (a few hundred images is plenty).
+    """
+    with eval_mode(model):
+        first = model(x)
+        second = model(x)
+    findings: list[Finding] = []
+    if looks_like_probabilities(first):
+        findings.append(Finding("fail", "logits", PROBABILITIES_MESSAGE))
+    else:
+        findings.append(Finding("ok", "logits", "the model returns logits (rows are not probability vectors)"))
+    if not torch.equal(first, second):
+        findings.append(
+            Finding(
+                "warning",
+                "deterministic",
+                "the model gives different outputs for the same input in eval mode (a randomised "
+                "defense?); single-draw attacks overestimate its robustness — attack the expectation (EOT)",
+            )
+        )
+    else:
+        findings.append(Finding("ok", "deterministic", "the model gives the same output for the same input"))
+    if len(first) > 1 and bool((first == first[:1]).all()):
+        findings.append(
+            Finding(
+                "fail",
+                "input-dependent",
+                "the model returns the same output for every input; it does not look at the image — check the weights",
+            )
+        )
+    return findings
+
+
+def _zero_gradient_fraction(model: nn.Module, x: Tensor, y: Tensor, loss: Callable[[Tensor, Tensor], Tensor]) -> tuple[float, bool]:
+    with eval_mode(model), torch.enable_grad():
+        x_var = x.detach().clone().requires_grad_(True)
+        losses = loss(model(x_var), y)
+        (grad,) = torch.autograd.grad(losses.sum(), x_var, allow_unused=True)
+    if grad is None:  # the output does not depend on the input through autograd at all
+        return 1.0, True
+    finite = bool(torch.isfinite(grad).all())
+    zero = (grad.flatten(1) == 0).all(dim=1)
+    return zero.double().mean().item(), finite
+
+
+def check_gradients(model: nn.Module, x: Tensor, y: Tensor) -> list[Finding]:
+    """Input gradients must be finite and non-zero; zero CE and margin gradients mean masking.
+
+    x, y: a small batch of correctly classified images. The margin loss (max other logit minus
+    true logit) does not saturate, so a zero margin gradient cannot be blamed on a confident
+    softmax: something in the model (rounding, quantisation, a step function) blocks it.
+    """
+    zero_ce, finite_ce = _zero_gradient_fraction(model, x, y, ce_loss)
+    zero_margin, finite_margin = _zero_gradient_fraction(model, x, y, margin_loss)
+    if not (finite_ce and finite_margin):
+        return [
+            Finding(
+                "fail",
+                "gradients",
+                "the model's input gradient is NaN or infinite on clean images; gradient attacks cannot "
+                "run — look for log(0), division by zero or overflow inside the model",
+            )
+        ]
+    if zero_margin > ZERO_GRADIENT_WARN:
+        severity: Severity = "fail" if zero_margin > ZERO_GRADIENT_FAIL else "warning"
+        return [
+            Finding(
+                severity,
+                "gradients",
+                f"the input gradient is exactly zero for {zero_margin:.0%} of the samples, with the CE and the "
+                "margin loss alike: a non-differentiable step (rounding, quantisation, thresholding) masks the "
+                "gradient, so white-box numbers overstate robustness — trust black-box attacks (square) or "
+                "attack a differentiable approximation (BPDA)",
+            )
+        ]
+    if zero_ce > ZERO_GRADIENT_WARN:
+        return [
+            Finding(
+                "warning",
+                "gradients",
+                f"the cross-entropy gradient underflows to zero for {zero_ce:.0%} of the samples (the softmax is "
+                "saturated) while the margin gradient is not zero: CE attacks (fgsm, pgd) stall there — add a "
+                "margin or DLR attack (pgd-cw, apgd-dlr, apgd-t)",
+            )
+        ]
+    return [Finding("ok", "gradients", "input gradients are finite and non-zero")]
+
+
+def check_monotonic(curves: dict[str, Sequence[tuple[float, float]]], *, n: int, what: str) -> list[Finding]:
+    """Robust accuracy must not rise with eps: a larger ball contains every image of a smaller one.
+
+    curves: label -> [(eps, accuracy), ...]; n: samples behind each accuracy; what: "standalone"
+    or "cumulative" (how to read the numbers). Rises within `tolerance(n)` are sampling noise.
+    """
+    tol = tolerance(n)
+    findings: list[Finding] = []
+    for label, points in curves.items():
+        points = sorted(points)
+        for (eps_a, acc_a), (eps_b, acc_b) in zip(points, points[1:]):
+            rise = acc_b - acc_a
+            if rise > tol:
+                findings.append(
+                    Finding(
+                        "fail" if rise > FAIL_GAP else "warning",
+                        "monotonic-eps",
+                        f"{label} ({what}) accuracy rises from {acc_a:.2%} at eps={eps_a:g} to {acc_b:.2%} at "
+                        f"eps={eps_b:g} (tolerance {tol:.2%}); an attack that does worse with a larger budget is "
+                        "lost in the loss landscape (masked gradients or a too-large step) — add restarts or more "
+                        "steps, or a black-box attack",
+                    )
+                )
+    if not findings:
+        findings.append(
+            Finding("ok", "monotonic-eps", f"accuracy never rises with eps beyond {tol:.2%} ({what} numbers)")
+        )
+    return findings
+
+
+@dataclass(frozen=True)
+class StandaloneAccuracy:
+    """One attack's own robust accuracy at one eps (on the full set or a subset)."""
+
+    label: str
+    entry: AttackEntry
+    eps: float
+    accuracy: float
+
+
+def check_attack_strength(rows: Sequence[StandaloneAccuracy], *, n: int, scope: str) -> list[Finding]:
+    """Iterative must beat single-step; white-box must beat black-box and transfer attacks.
+
+    rows: standalone accuracies (each attack alone on the same samples); n: their sample count;
+    scope: where the numbers come from, e.g. "all samples" or "a subset of 200". Compared per
+    (norm, eps); a gap within `tolerance(n)` is noise.
+    """
+    tol = tolerance(n)
+    findings: list[Finding] = []
+    compared = False
+    keys = sorted({(r.entry.norm, r.eps) for r in rows})
+    for norm, eps in keys:
+        here = [r for r in rows if r.entry.norm == norm and r.eps == eps]
+        white = [r for r in here if r.entry.threat == "white-box"]
+        single = [r for r in white if not r.entry.iterative]
+        iterative = [r for r in white if r.entry.iterative]
+        for it in iterative:
+            for one in single:
+                compared = True
+                gap = it.accuracy - one.accuracy
+                if gap > tol:
+                    findings.append(
+                        Finding(
+                            "fail" if gap > FAIL_GAP else "warning",
+                            "iterative-vs-single-step",
+                            f"iterative {it.label} leaves {it.accuracy:.2%} at {norm} eps={eps:g}, more than "
+                            f"single-step {one.label} ({one.accuracy:.2%}); many steps should never do worse than "
+                            "one — a sign of masked gradients or a too-small step size / too few steps",
+                        )
+                    )
+        if not white:
+            continue
+        best_white = min(white, key=lambda r: r.accuracy)
+        for other in (r for r in here if r.entry.threat in ("black-box", "transfer")):
+            compared = True
+            gap = best_white.accuracy - other.accuracy
+            if gap > tol:
+                findings.append(
+                    Finding(
+                        "fail" if gap > FAIL_GAP else "warning",
+                        "white-box-vs-black-box",
+                        f"{other.entry.threat} attack {other.label} leaves {other.accuracy:.2%} at {norm} eps={eps:g}, "
+                        f"less than the best white-box attack ({best_white.label}: {best_white.accuracy:.2%}); "
+                        "with full access, gradients should do better than queries — the gradients are masked, "
+                        "so trust the lower number and try BPDA/EOT",
+                    )
+                )
+    if compared and not findings:
+        findings.append(
+            Finding(
+                "ok",
+                "attack-strength",
+                f"iterative attacks beat single-step ones and white-box beat black-box/transfer ({scope})",
+            )
+        )
+    return findings
+
+
+def check_cascade_gain(entry: AttackEntry, label: str, *, eps: float, n_new: int, n: int) -> list[Finding]:
+    """In the cascade, a black-box or transfer attack should add almost nothing after white-box ones.
+
+    n_new: samples it fooled that every earlier (white-box) attack missed; n: all samples.
+    """
+    if entry.threat == "white-box" or n_new / max(n, 1) <= tolerance(n):
+        return []
+    return [
+        Finding(
+            "fail" if n_new / n > FAIL_GAP else "warning",
+            "white-box-vs-black-box",
+            f"{entry.threat} attack {label} fooled {n_new} samples ({n_new / n:.2%}) at {entry.norm} eps={eps:g} "
+            "that every white-box attack before it missed: the gradients mislead the white-box attacks "
+            "(masking) — trust the worst case, not the white-box rows",
+        )
+    ]
+
+
+def check_eps_zero(run: AttackRunner, entry: AttackEntry, params: Any, indices: Tensor, *, label: str) -> list[Finding]:
+    """At eps = 0 the attack may not change anything: no sample of `indices` (all correct) is fooled."""
+    fooled = run(entry, dataclasses.replace(params, eps=0.0), indices)
+    n_fooled = int(fooled.sum().item())
+    if n_fooled:
+        return [
+            Finding(
+                "fail",
+                "eps-zero",
+                f"{label} at eps=0 fooled {n_fooled} of {len(indices)} correctly classified samples; with no "
+                "budget nothing may change — the attack leaves its ball or the model is random",
+            )
+        ]
+    return [Finding("ok", "eps-zero", f"{label} at eps=0 keeps the clean accuracy ({len(indices)} samples)")]
+
+
+def check_unbounded(run: AttackRunner, entry: AttackEntry, params: Any, indices: Tensor, *, label: str) -> list[Finding]:
+    """At L-inf eps = 1 every image is allowed; a gradient attack should fool (almost) every sample.
+
+    params: the attack's parameters; eps is set to 1 and any random start is turned off, so a
+    zero gradient cannot hide behind the random start's noise image.
+    """
+    changes: dict[str, Any] = {"eps": 1.0}
+    if any(f.name == "random_start" for f in dataclasses.fields(params)):
+        changes["random_start"] = False
+    fooled = run(entry, dataclasses.replace(params, **changes), indices)
+    accuracy = 1.0 - fooled.double().mean().item()
+    if accuracy <= UNBOUNDED_OK:
+        return [Finding("ok", "unbounded-eps", f"{label} at eps=1 leaves {accuracy:.1%} accuracy ({len(indices)} samples)")]
+    return [
+        Finding(
+            "fail" if accuracy > UNBOUNDED_FAIL else "warning",
+            "unbounded-eps",
+            f"{label} at L-inf eps=1, where any image is allowed, still leaves {accuracy:.1%} of {len(indices)} "
+            "samples correct: the gradient does not lead the attack (masked gradients), so every white-box "
+            "number is suspect — check the gradient findings and trust black-box attacks",
+        )
+    ]
+
+
+def stronger_params(params: Any) -> Any | None:
+    """The same attack with MORE_STEPS_FACTOR x steps and MORE_RESTARTS_FACTOR x restarts; None if it has neither."""
+    names = {f.name for f in dataclasses.fields(params)}
+    changes: dict[str, Any] = {}
+    for name in STEP_FIELDS:
+        if name in names:
+            changes[name] = getattr(params, name) * MORE_STEPS_FACTOR
+    for name in RESTART_FIELDS:
+        if name in names:
+            changes[name] = max(1, getattr(params, name)) * MORE_RESTARTS_FACTOR
+    return dataclasses.replace(params, **changes) if changes else None
+
+
+def check_more_steps(
+    run: AttackRunner, entry: AttackEntry, params: Any, survivors: Tensor, *, n_survivors: int, n: int, label: str
+) -> list[Finding]:
+    """Re-attack samples that survived every attack with a stronger budget; few should fall.
+
+    survivors: indices of (a subset of) the samples robust in the worst case at params.eps;
+    n_survivors: how many survived in all; n: all samples. The fraction fooled in the subset,
+    scaled to all survivors, reads as points of robust accuracy the evaluation overstates.
+    """
+    stronger = stronger_params(params)
+    if stronger is None or len(survivors) == 0:
+        return []
+    fooled = run(entry, stronger, survivors)
+    n_fooled = int(fooled.sum().item())
+    drop = n_fooled / len(survivors) * n_survivors / max(n, 1)
+    budget = ", ".join(
+        f"{name}={getattr(stronger, name)}" for name in STEP_FIELDS + RESTART_FIELDS if hasattr(stronger, name)
+    )
+    if drop > tolerance(n):
+        return [
+            Finding(
+                "fail" if drop > FAIL_GAP else "warning",
+                "more-steps",
+                f"{label} with {budget} fooled {n_fooled} of {len(survivors)} samples that survived every attack at "
+                f"eps={params.eps:g} (about -{drop:.2%} robust accuracy): the attacks have not converged — raise steps "
+                "and restarts until the number stops moving",
+            )
+        ]
+    return [
+        Finding(
+            "ok",
+            "more-steps",
+            f"{label} with {budget} fooled {n_fooled} of {len(survivors)} surviving samples at eps={params.eps:g}: converged",
+        )
+    ]

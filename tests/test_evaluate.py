@@ -1,0 +1,331 @@
+"""The evaluator: worst case over attacks, re-checked adversarial examples, sanity flags, certified bounds.
+
+References are recomputed here without the evaluator: attacks called directly on every sample,
+predictions from the model itself, a plain-PyTorch FGSM.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+from mlp_fixtures import trained_mlp
+from torch import Tensor, nn
+
+import redblue.attacks  # noqa: F401  (registers the attacks)
+from redblue.attacks.core import input_gradient
+from redblue.attacks.registry import ATTACKS, parse_attack, register
+from redblue.errors import ConfigError, ModelError
+from redblue.evaluate import PRESETS, evaluate, parse_attack_list
+
+N = 200  # samples of the fixture's evaluation set used here
+
+
+@pytest.fixture(scope="module")
+def mlp() -> tuple[nn.Module, Tensor, Tensor]:
+    model, x, y = trained_mlp()
+    return model, x[:N], y[:N]
+
+
+@pytest.fixture(scope="module")
+def mlp64(mlp) -> tuple[nn.Module, Tensor, Tensor]:
+    """The same MLP in float64, so that an attack's result on a sample cannot depend on its batch."""
+    model, x, y = mlp
+    return copy.deepcopy(model).double(), x.double(), y
+
+
+def predicted(model: nn.Module, x: Tensor) -> Tensor:
+    with torch.no_grad():
+        return model(x).argmax(dim=1)
+
+
+def standalone_robust(model: nn.Module, x: Tensor, y: Tensor, spec: str, eps: float) -> Tensor:
+    """Robust mask of one attack run alone on every sample, outside the evaluator."""
+    entry, params = parse_attack(spec, eps=eps)
+    kwargs = {name: value for name, value in vars(params).items()}
+    x_adv = entry.fn(model, x, y, **kwargs)
+    assert (x_adv - x).abs().max() <= eps + 1e-12 and 0 <= x_adv.min() and x_adv.max() <= 1
+    return (predicted(model, x) == y) & (predicted(model, x_adv) == y)
+
+
+# Deterministic attacks (no random start): a standalone run sees exactly what the cascade sees.
+DETERMINISTIC = ["fgsm", "bim:steps=5", "pgd:steps=10,random_start=false", "pgd-cw:steps=10,random_start=false"]
+
+
+@pytest.mark.parametrize("mode", ["worst-case", "per-attack"])
+def test_worst_case_is_the_per_sample_and_of_standalone_attacks(mlp64, mode):
+    model, x, y = mlp64
+    eps_list = [0.05, 0.1]
+    result = evaluate(model, x, y, ",".join(DETERMINISTIC), eps_list, mode=mode, checks=False, certify_method=None)
+    for eps in eps_list:
+        masks = {spec: standalone_robust(model, x, y, spec, eps) for spec in DETERMINISTIC}
+        expected = torch.stack(list(masks.values())).all(dim=0)
+        got = result.result(eps)
+        assert torch.equal(got.worst_case_mask, expected)
+        assert got.worst_case_accuracy == pytest.approx(expected.double().mean().item())
+        standalone = [m.double().mean().item() for m in masks.values()]
+        assert got.worst_case_accuracy <= min(standalone)
+        if mode == "per-attack":  # each row is that attack's own robust accuracy
+            for row, mask in zip(got.attacks, masks.values()):
+                assert torch.equal(row.robust_mask, mask)
+        else:  # cumulative rows only fall, and end at the worst case
+            accuracies = [row.accuracy for row in got.attacks]
+            assert accuracies == sorted(accuracies, reverse=True)
+            assert accuracies[-1] == got.worst_case_accuracy
+            # the cascade attacks only what is still robust: later stages see fewer samples
+            assert got.attacks[-1].n_attacked < got.attacks[0].n_attacked
+    # the worst case is strictly better than the best single attack somewhere, or this test is weak
+    assert result.result(0.05).worst_case_accuracy < min(
+        standalone_robust(model, x, y, spec, 0.05).double().mean().item() for spec in DETERMINISTIC
+    ) + 1e-12
+
+
+def test_fgsm_accuracy_matches_plain_pytorch(mlp):
+    model, x, y = mlp
+    x_var = x.clone().requires_grad_(True)
+    F.cross_entropy(model(x_var), y, reduction="sum").backward()
+    x_adv = (x + 0.1 * x_var.grad.sign()).clamp(0, 1)
+    expected = ((predicted(model, x) == y) & (predicted(model, x_adv) == y)).double().mean().item()
+    result = evaluate(model, x, y, "fgsm", [0.1], checks=False, certify_method=None)
+    assert abs(result.result(0.1).attacks[0].accuracy - expected) <= 0.001
+
+
+def test_pgd40_is_well_below_fgsm_on_a_clean_mlp(mlp):
+    model, x, y = mlp
+    result = evaluate(model, x, y, "fgsm,pgd:steps=40", [0.1], mode="per-attack", checks=False, certify_method=None,
+                      generator=torch.Generator().manual_seed(0))
+    fgsm_row, pgd_row = result.result(0.1).attacks
+    assert (fgsm_row.label, pgd_row.label) == ("fgsm", "pgd")
+    # measured: clean 84%, FGSM 15%, PGD-40 9.5% on these 200 MNIST images
+    assert pgd_row.accuracy <= fgsm_row.accuracy - 0.03
+    assert pgd_row.accuracy <= 0.75 * fgsm_row.accuracy
+
+
+# --- the evaluator re-checks every image ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BrokenParams:
+    eps: float
+
+
+def _leaves_ball(model, x, y, *, eps):
+    """A buggy attack: FGSM with three times the budget (fools more, outside the ball)."""
+    return (x + 3 * eps * input_gradient(model, x, y).sign()).clamp(0, 1).detach()
+
+
+def _leaves_box(model, x, y, *, eps):
+    """A buggy attack: FGSM that forgets to clip to [0, 1]."""
+    return (x + eps * input_gradient(model, x, y).sign()).detach()
+
+
+def _half_broken(model, x, y, *, eps):
+    """Leaves the ball on every even sample of its batch, behaves like FGSM on odd ones."""
+    sign = input_gradient(model, x, y).sign()
+    scale = torch.full((len(x), 1, 1, 1), eps, dtype=x.dtype)
+    scale[::2] = 3 * eps
+    return (x + scale * sign).clamp(0, 1).detach()
+
+
+@pytest.fixture
+def broken_attacks():
+    names = {"test-leaves-ball": _leaves_ball, "test-leaves-box": _leaves_box, "test-half-broken": _half_broken}
+    for name, fn in names.items():
+        register(name, BrokenParams, norm="linf", iterative=False)(fn)
+    try:
+        yield list(names)
+    finally:
+        for name in names:
+            ATTACKS.pop(name)
+
+
+def test_images_outside_the_ball_or_box_count_as_not_fooled(mlp, broken_attacks):
+    model, x, y = mlp
+    clean_correct = predicted(model, x) == y
+    result = evaluate(model, x, y, ",".join(broken_attacks), [0.1], mode="per-attack", checks=False,
+                      certify_method=None)
+    rows = {row.label: row for row in result.result(0.1).attacks}
+    n_correct = int(clean_correct.sum())
+    for name in ("test-leaves-ball", "test-leaves-box"):
+        row = rows[name]
+        assert row.n_attacked == n_correct and row.n_invalid == n_correct and row.n_fooled == 0
+        assert row.accuracy == pytest.approx(result.clean_accuracy)
+    # the buggy attacks really would fool samples if they were believed
+    assert (predicted(model, _leaves_ball(model, x, y, eps=0.1)) != y)[clean_correct].any()
+    # half broken: the odd samples of its one batch count, re-predicted here independently
+    x_adv = _half_broken(model, x[clean_correct], y[clean_correct], eps=0.1)
+    fooled = predicted(model, x_adv) != y[clean_correct]
+    expected_fooled = int(fooled[1::2].sum())
+    row = rows["test-half-broken"]
+    assert row.n_invalid == (n_correct + 1) // 2 and row.n_fooled == expected_fooled > 0
+    assert row.accuracy == pytest.approx((n_correct - expected_fooled) / N)
+    validity = [f for f in result.findings if f.check == "attack-validity"]
+    assert {f.severity for f in validity} == {"fail"}
+    messages = " ".join(f.message for f in validity)
+    for name in broken_attacks:
+        assert name in messages
+    assert "outside the eps-ball" in messages and "outside [0, 1]" in messages
+
+
+def test_broken_attack_is_deregistered_after_its_test():
+    assert not any(name.startswith("test-") for name in ATTACKS)
+
+
+# --- sanity checks on a masked model --------------------------------------------------------------
+
+
+class Quantise(nn.Module):
+    """Rounds pixels to 256 grey levels, a non-differentiable input step: the gradient is exactly zero."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.round(x * 255) / 255
+
+
+MASKING_PLAN = "fgsm,pgd:steps=20,square:n_queries=100"
+
+
+def _severities(result) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for f in result.findings:
+        found.setdefault(f.check, set()).add(f.severity)
+    return found
+
+
+def test_sanity_checks_flag_a_gradient_masked_model_and_not_the_same_mlp(mlp):
+    model, x, y = mlp
+    x, y = x[:60], y[:60]
+    masked = nn.Sequential(Quantise(), model).eval()
+    settings = dict(certify_method=None, check_subset=40)
+    plain_result = evaluate(model, x, y, MASKING_PLAN, [0.05, 0.1], generator=torch.Generator().manual_seed(0), **settings)
+    masked_result = evaluate(masked, x, y, MASKING_PLAN, [0.05, 0.1], generator=torch.Generator().manual_seed(0), **settings)
+    plain, flagged = _severities(plain_result), _severities(masked_result)
+    assert all(severities == {"ok"} for severities in plain.values()), plain_result.findings
+    for check in ("gradients", "unbounded-eps"):
+        assert flagged[check] == {"fail"}, masked_result.findings
+    # the quantiser barely changes what the model predicts: it is the gradients that differ
+    assert abs(masked_result.clean_accuracy - plain_result.clean_accuracy) <= 0.02
+    # and the masked model looks far more robust to gradient attacks than it is
+    assert masked_result.result(0.1).attacks[1].accuracy > plain_result.result(0.1).attacks[1].accuracy + 0.3
+    every_message = " ".join(f.message for f in masked_result.findings if f.severity == "fail")
+    assert "square" in every_message  # each failure says what to do
+
+
+def test_black_box_finding_what_gradients_miss_is_flagged(mlp):
+    model, x, y = mlp
+    masked = nn.Sequential(Quantise(), model).eval()
+    result = evaluate(masked, x[:50], y[:50], "fgsm,square:n_queries=150", [0.15], checks=False,
+                      certify_method=None, generator=torch.Generator().manual_seed(0))
+    findings = [f for f in result.findings if f.check == "white-box-vs-black-box"]
+    assert findings and findings[0].severity == "fail"
+    # black-box attacks run after the white-box ones in the cascade, whatever order they were given in
+    assert [row.attack for row in result.result(0.15).attacks] == ["fgsm", "square"]
+    reordered = evaluate(masked, x[:50], y[:50], "square:n_queries=150,fgsm", [0.15], checks=False,
+                         certify_method=None, generator=torch.Generator().manual_seed(0))
+    assert [row.attack for row in reordered.result(0.15).attacks] == ["fgsm", "square"]
+
+
+# --- certified beside empirical -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown"])
+def test_certified_never_above_empirical_at_any_eps(mlp, method):
+    model, x, y = mlp
+    eps_list = [0.0, 0.01, 0.03, 0.1]
+    result = evaluate(model, x, y, "fgsm,pgd:steps=10", eps_list, certify_method=method, checks=False,
+                      generator=torch.Generator().manual_seed(0))
+    clean_correct = predicted(model, x) == y
+    for r in result.results:
+        assert r.certified_mask is not None and r.certified_accuracy is not None
+        assert not (r.certified_mask & ~r.worst_case_mask).any()  # per sample, not only on average
+        low, high = r.interval
+        assert low <= high
+    at_zero = result.result(0.0)
+    assert torch.equal(at_zero.worst_case_mask, clean_correct)  # eps = 0 gives clean accuracy
+    assert at_zero.certified_accuracy == pytest.approx(result.clean_accuracy, abs=1 / N)
+    assert result.result(0.01).certified_accuracy > 0  # a bound that says something
+    assert not any(f.check == "certified-vs-empirical" for f in result.findings)
+
+
+# --- the standard preset --------------------------------------------------------------------------
+
+
+def test_standard_preset_is_autoattack_with_fixed_parameters():
+    plan, used_preset = parse_attack_list("standard", eps=0.3)
+    assert used_preset
+    assert [entry.name for entry, _ in plan] == ["apgd-ce", "apgd-t", "square"]
+    ce, targeted, square = (params for _, params in plan)
+    assert (ce.n_iter, ce.restarts, ce.eps) == (100, 1, 0.3)
+    assert (targeted.n_iter, targeted.n_target_classes, targeted.restarts) == (100, 9, 1)
+    assert (square.n_queries, square.p_init) == (5000, 0.8)
+    assert set(PRESETS) >= {"standard"}
+    with pytest.raises(ConfigError, match="takes no parameters"):
+        parse_attack_list("standard:n_iter=10", eps=0.3)
+
+
+@pytest.mark.slow
+def test_standard_worst_case_is_at_most_every_single_attack(mlp):
+    model, x, y = mlp
+    x, y = x[:100], y[:100]
+    worst = evaluate(model, x, y, "standard", [0.1], checks=False, certify_method=None,
+                     generator=torch.Generator().manual_seed(0)).result(0.1)
+    each = evaluate(model, x, y, "standard", [0.1], mode="per-attack", checks=False, certify_method=None,
+                    generator=torch.Generator().manual_seed(0)).result(0.1)
+    assert worst.worst_case_accuracy <= min(row.accuracy for row in each.attacks)
+    assert worst.worst_case_accuracy == each.worst_case_accuracy
+
+
+# --- bookkeeping and bad input --------------------------------------------------------------------
+
+
+def test_same_seed_same_numbers_and_model_mode_restored(mlp):
+    model, x, y = mlp
+    model.train()
+    try:
+        runs = [
+            evaluate(model, x[:64], y[:64], "pgd:steps=5", [0.1], checks=False, certify_method=None,
+                     generator=torch.Generator().manual_seed(3)).result(0.1).worst_case_mask
+            for _ in range(2)
+        ]
+        assert model.training
+    finally:
+        model.eval()
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_confidence_is_mean_top_probability_on_the_adversarial_images(mlp64):
+    model, x, y = mlp64
+    result = evaluate(model, x, y, "fgsm", [0.1], mode="per-attack", checks=False, certify_method=None)
+    x_adv = ATTACKS["fgsm"].fn(model, x, y, eps=0.1)
+    with torch.no_grad():
+        clean_top = model(x).softmax(dim=1).amax(dim=1)
+        adv_top = model(x_adv).softmax(dim=1).amax(dim=1)
+    correct = predicted(model, x) == y
+    # misclassified samples are not attacked: they keep their clean confidence
+    expected = torch.where(correct, adv_top, clean_top).mean().item()
+    assert result.result(0.1).attacks[0].confidence == pytest.approx(expected, abs=1e-9)
+    assert result.clean_confidence == pytest.approx(clean_top.mean().item(), abs=1e-9)
+
+
+def test_bad_input_raises_one_line_errors(mlp):
+    model, x, y = mlp
+    cases = [
+        ("nope", [0.1], ConfigError, "unknown attack 'nope'"),
+        ("fgsm:steps=3", [0.1], ConfigError, "has no parameter steps"),
+        ("fgsm:eps=0.1", [0.1], ConfigError, "give eps values with --eps"),
+        ("fgsm", [1.5], ConfigError, r"eps must be in \[0.0, 1.0\]"),
+        ("fgsm", [-0.1], ConfigError, "eps must be"),
+        ("fgsm", [], ConfigError, "no eps given"),
+    ]
+    for attacks, eps_list, error, message in cases:
+        with pytest.raises(error, match=message) as info:
+            evaluate(model, x, y, attacks, eps_list, checks=False)
+        assert "\n" not in str(info.value)
+    with pytest.raises(ModelError, match="remove the final softmax"):
+        evaluate(nn.Sequential(model, nn.Softmax(dim=1)), x, y, "fgsm", [0.1])
+    with pytest.raises(ConfigError, match="unknown mode"):
+        evaluate(model, x, y, "fgsm", [0.1], mode="best")
+    with pytest.raises(ConfigError, match=r"pixels must be in \[0, 1\]"):
+        evaluate(model, x * 255, y, "fgsm", [0.1])

@@ -1,0 +1,230 @@
+"""The gradient-masking sanity checks, one by one, on hand-made models and hand-made numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import redblue.attacks  # noqa: F401  (registers the attacks)
+from redblue import sanity
+from redblue.attacks.registry import ATTACKS
+from redblue.sanity import StandaloneAccuracy
+
+
+def _linear(weight: list[list[float]], *, scale: float = 1.0) -> nn.Module:
+    layer = nn.Linear(len(weight[0]), len(weight), bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        layer.weight.copy_(scale * torch.tensor(weight, dtype=torch.float64))
+    return nn.Sequential(nn.Flatten(), layer)
+
+
+class Quantise(nn.Module):
+    """Rounds pixels to `levels` grey levels: the gradient through round() is exactly zero."""
+
+    def __init__(self, levels: int = 256) -> None:
+        super().__init__()
+        self.levels = levels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.round(x * (self.levels - 1)) / (self.levels - 1)
+
+
+class Noisy(nn.Module):
+    """A randomised defense: fresh noise on the logits at every call."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.model(x)
+        return logits + torch.randn_like(logits)
+
+
+def _checks(findings: list[sanity.Finding]) -> dict[str, str]:
+    return {f.check: f.severity for f in findings}
+
+
+WEIGHT = [[1.0, -2.0, 0.5], [-1.0, 2.0, 0.0], [0.3, 0.3, -1.0]]
+X = torch.tensor([[0.2, 0.1, 0.9], [0.9, 0.1, 0.1], [0.1, 0.9, 0.4], [0.5, 0.5, 0.5]], dtype=torch.float64)
+
+
+def test_tolerance_is_half_a_point_or_three_samples():
+    assert sanity.tolerance(10_000) == 0.005
+    assert sanity.tolerance(200) == pytest.approx(3 / 200)
+    assert sanity.tolerance(0) == 3.0  # no samples: nothing can be told apart
+
+
+def test_spread_subset_is_even_and_deterministic():
+    indices = torch.arange(100, 200)
+    picked = sanity.spread_subset(indices, 5)
+    assert picked.tolist() == [100, 125, 150, 174, 199]  # linspace(0, 99, 5) = 0, 24.75, 49.5, 74.25, 99, rounded
+    assert sanity.spread_subset(indices[:3], 5).tolist() == [100, 101, 102]
+
+
+def test_probabilities_are_told_apart_from_logits():
+    logits = _linear(WEIGHT)(X)
+    assert not sanity.looks_like_probabilities(logits)
+    assert sanity.looks_like_probabilities(logits.softmax(dim=1))
+    assert not sanity.looks_like_probabilities(logits.log_softmax(dim=1))  # log-probabilities are logits
+    # sigmoid outputs are in [0, 1] but do not sum to 1: logits of a kind, not a softmax
+    assert not sanity.looks_like_probabilities(logits.sigmoid())
+
+
+def test_check_outputs_flags_softmax_constant_and_random_models():
+    model = _linear(WEIGHT)
+    assert _checks(sanity.check_outputs(model, X)) == {"logits": "ok", "deterministic": "ok"}
+    assert _checks(sanity.check_outputs(nn.Sequential(model, nn.Softmax(dim=1)), X))["logits"] == "fail"
+    constant = _linear([[0.0, 0.0, 0.0]] * 3)
+    assert _checks(sanity.check_outputs(constant, X))["input-dependent"] == "fail"
+    torch.manual_seed(0)
+    assert _checks(sanity.check_outputs(Noisy(model), X))["deterministic"] == "warning"
+
+
+def test_check_gradients_ok_on_a_linear_model():
+    y = torch.tensor([0, 0, 1, 2])
+    assert _checks(sanity.check_gradients(_linear(WEIGHT), X, y)) == {"gradients": "ok"}
+
+
+def test_check_gradients_fails_behind_a_quantiser():
+    y = torch.tensor([0, 0, 1, 2])
+    findings = sanity.check_gradients(nn.Sequential(Quantise(), _linear(WEIGHT)), X, y)
+    assert _checks(findings) == {"gradients": "fail"}
+    assert "100%" in findings[0].message and "square" in findings[0].message  # says what to do
+
+
+def test_check_gradients_warns_when_only_cross_entropy_saturates():
+    # logits scaled by 1e4: the softmax is exactly one-hot in float64, so the CE gradient is exactly
+    # zero, while the margin (a difference of logits) still has the gradient w_j - w_y
+    model = _linear(WEIGHT, scale=1e4)
+    logits = model(X)
+    y = logits.argmax(dim=1)
+    assert bool((logits.softmax(dim=1).amax(dim=1) == 1.0).all())
+    findings = sanity.check_gradients(model, X, y)
+    assert _checks(findings) == {"gradients": "warning"}
+    assert "apgd-dlr" in findings[0].message
+
+
+def test_check_gradients_fails_on_nan_gradients():
+    class Sqrt(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return torch.sqrt(x)  # d/dx sqrt at 0 is infinite
+
+    x = X.clone()
+    x[0, 0] = 0.0
+    findings = sanity.check_gradients(nn.Sequential(Sqrt(), _linear(WEIGHT)), x, torch.tensor([0, 0, 1, 2]))
+    assert _checks(findings) == {"gradients": "fail"} and "NaN or infinite" in findings[0].message
+
+
+def test_check_monotonic_tolerates_noise_and_flags_rises():
+    n = 1000  # tolerance 0.5 point
+    ok = sanity.check_monotonic({"pgd": [(0.1, 0.50), (0.2, 0.504), (0.3, 0.1)]}, n=n, what="standalone")
+    assert _checks(ok) == {"monotonic-eps": "ok"}
+    # points come in any order: 0.30 at eps 0.1, then 0.31 at eps 0.2 is a rise of 1 point
+    rise = sanity.check_monotonic({"pgd": [(0.2, 0.31), (0.1, 0.30)]}, n=n, what="standalone")
+    assert [f.severity for f in rise] == ["warning"]
+    big = sanity.check_monotonic({"pgd": [(0.1, 0.30), (0.2, 0.29), (0.3, 0.40)]}, n=n, what="cumulative")
+    assert [f.severity for f in big] == ["fail"] and "eps=0.3" in big[0].message
+
+
+def test_attack_strength_compares_iterative_single_step_white_and_black_box():
+    fgsm, pgd, square = ATTACKS["fgsm"], ATTACKS["apgd-ce"], ATTACKS["square"]
+    good = [
+        StandaloneAccuracy("fgsm", fgsm, 0.1, 0.40),
+        StandaloneAccuracy("apgd-ce", pgd, 0.1, 0.20),
+        StandaloneAccuracy("square", square, 0.1, 0.21),  # within tolerance of the white-box best
+    ]
+    assert _checks(sanity.check_attack_strength(good, n=1000, scope="all samples")) == {"attack-strength": "ok"}
+    bad = [
+        StandaloneAccuracy("fgsm", fgsm, 0.1, 0.40),
+        StandaloneAccuracy("apgd-ce", pgd, 0.1, 0.43),  # 3 points weaker than one step: a warning
+        StandaloneAccuracy("square", square, 0.1, 0.10),  # 30 points stronger than gradients: a failure
+        StandaloneAccuracy("apgd-ce", pgd, 0.2, 0.05),  # another eps, compared only with itself
+    ]
+    findings = sanity.check_attack_strength(bad, n=1000, scope="all samples")
+    assert sorted((f.check, f.severity) for f in findings) == [
+        ("iterative-vs-single-step", "warning"),
+        ("white-box-vs-black-box", "fail"),
+    ]
+    assert sanity.check_attack_strength([StandaloneAccuracy("fgsm", fgsm, 0.1, 0.4)], n=10, scope="x") == []
+
+
+def test_cascade_gain_only_counts_black_box_and_transfer():
+    square, pgd = ATTACKS["square"], ATTACKS["apgd-ce"]
+    assert sanity.check_cascade_gain(pgd, "apgd-ce", eps=0.1, n_new=500, n=1000) == []
+    assert sanity.check_cascade_gain(square, "square", eps=0.1, n_new=5, n=1000) == []  # 0.5 point: noise
+    assert _checks(sanity.check_cascade_gain(square, "square", eps=0.1, n_new=20, n=1000)) == {
+        "white-box-vs-black-box": "warning"
+    }
+    assert _checks(sanity.check_cascade_gain(square, "square", eps=0.1, n_new=60, n=1000)) == {
+        "white-box-vs-black-box": "fail"
+    }
+
+
+class RecordingRunner:
+    """A stand-in for the evaluator's runner: records what it was asked and fools the given samples."""
+
+    def __init__(self, fooled: Tensor) -> None:
+        self.fooled = fooled
+        self.calls: list[tuple[str, object, Tensor]] = []
+
+    def __call__(self, entry, params, indices: Tensor) -> Tensor:
+        self.calls.append((entry.name, params, indices))
+        return self.fooled[indices]
+
+
+def test_eps_zero_check_runs_at_eps_zero():
+    pgd = ATTACKS["apgd-ce"]
+    params = pgd.params(eps=0.3)
+    runner = RecordingRunner(torch.zeros(10, dtype=torch.bool))
+    assert _checks(sanity.check_eps_zero(runner, pgd, params, torch.arange(10), label="apgd-ce")) == {"eps-zero": "ok"}
+    assert runner.calls[0][1].eps == 0.0 and runner.calls[0][1].n_iter == params.n_iter
+    fooled = torch.zeros(10, dtype=torch.bool)
+    fooled[3] = True
+    findings = sanity.check_eps_zero(RecordingRunner(fooled), pgd, params, torch.arange(10), label="apgd-ce")
+    assert _checks(findings) == {"eps-zero": "fail"} and "1 of 10" in findings[0].message
+
+
+def test_unbounded_check_runs_at_eps_one_without_random_start():
+    pgd = ATTACKS["pgd"]
+    runner = RecordingRunner(torch.ones(100, dtype=torch.bool))
+    findings = sanity.check_unbounded(runner, pgd, pgd.params(eps=0.1), torch.arange(100), label="pgd")
+    assert _checks(findings) == {"unbounded-eps": "ok"}
+    params = runner.calls[0][1]
+    assert params.eps == 1.0 and params.random_start is False
+    # 5 of 100 left: a warning (above 2%); 50 of 100: a failure (above 10%)
+    for n_left, severity in ((5, "warning"), (50, "fail")):
+        fooled = torch.ones(100, dtype=torch.bool)
+        fooled[:n_left] = False
+        found = sanity.check_unbounded(RecordingRunner(fooled), pgd, pgd.params(eps=0.1), torch.arange(100), label="pgd")
+        assert _checks(found) == {"unbounded-eps": severity}
+
+
+def test_stronger_params_raise_steps_and_restarts():
+    pgd = ATTACKS["pgd"].params(eps=0.1, steps=40, restarts=1)
+    stronger = sanity.stronger_params(pgd)
+    assert (stronger.steps, stronger.restarts, stronger.eps) == (120, 2, 0.1)
+    apgd = sanity.stronger_params(ATTACKS["apgd-t"].params(eps=0.1))
+    assert (apgd.n_iter, apgd.restarts, apgd.n_target_classes) == (300, 2, 9)
+    assert sanity.stronger_params(ATTACKS["fgsm"].params(eps=0.1)) is None
+
+
+def test_more_steps_scales_subset_to_all_survivors():
+    pgd = ATTACKS["pgd"]
+    fooled = torch.zeros(50, dtype=torch.bool)
+    fooled[:5] = True  # 10% of the re-attacked subset falls
+    runner = RecordingRunner(fooled)
+    # 400 survivors of 1000 samples, 50 re-attacked: about 0.1 * 400 / 1000 = 4 points overstated
+    findings = sanity.check_more_steps(
+        runner, pgd, pgd.params(eps=0.1), torch.arange(50), n_survivors=400, n=1000, label="pgd"
+    )
+    assert _checks(findings) == {"more-steps": "warning"}
+    assert "-4.00%" in findings[0].message and runner.calls[0][1].steps == 120
+    none = sanity.check_more_steps(
+        RecordingRunner(torch.zeros(50, dtype=torch.bool)), pgd, pgd.params(eps=0.1), torch.arange(50),
+        n_survivors=400, n=1000, label="pgd",
+    )
+    assert _checks(none) == {"more-steps": "ok"}
+    assert sanity.check_more_steps(runner, ATTACKS["fgsm"], ATTACKS["fgsm"].params(eps=0.1), torch.arange(5),
+                                   n_survivors=5, n=10, label="fgsm") == []

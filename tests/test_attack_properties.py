@@ -1,0 +1,165 @@
+"""The attack contract (DESIGN.md), checked for EVERY registered attack: a new entry in
+redblue.attacks.ATTACKS inherits this suite without being named here.
+
+A tiny fixed-weight MLP and 8 images keep the file to a few seconds; iteration budgets are cut
+to a few steps through whichever of the common budget fields an attack's parameters have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from redblue.attacks import ATTACKS
+from redblue.attacks.core import per_sample_norm
+from redblue.models import MLPSpec, build_model, save_model
+
+NAMES = sorted(ATTACKS)
+EPS = {"linf": 0.1, "l2": 1.0}
+BIG_EPS = {"linf": 0.3, "l2": 3.0}
+# small budgets for whichever of these fields an attack has, so every attack runs in milliseconds
+CHEAP = {"steps": 3, "n_iter": 5, "n_queries": 40, "binary_search_steps": 2, "restarts": 2}
+# a transfer attack's inner attack, per norm (cheap, with restarts so that path runs too)
+INNER = {"linf": "pgd/steps=3/restarts=2", "l2": "pgd-l2/steps=3/restarts=2"}
+
+
+def tiny_model(dtype: torch.dtype = torch.float32) -> nn.Module:
+    """784-16-10 ReLU MLP with seeded weights and a dropout layer (which makes train mode visible)."""
+    gen = torch.Generator().manual_seed(123)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 10))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(0.3 * torch.randn(parameter.shape, generator=gen))
+    return model.to(dtype).eval()
+
+
+def images(model: nn.Module, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """8 images with some pixels exactly 0 and 1 (so clipping matters); labels are the model's
+    predictions except two, which the model gets wrong (already adversarial)."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.rand(8, 1, 28, 28, generator=gen, dtype=dtype)
+    x[:, :, :5] = 0.0
+    x[:, :, -5:] = 1.0
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    y[:2] = (y[:2] + 1) % 10
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def surrogate_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(5)
+    spec = MLPSpec(hidden=12, dropout_input=0.0, dropout_hidden=0.0)
+    path = tmp_path_factory.mktemp("surrogate") / "surrogate.safetensors"
+    save_model(path, build_model(spec), spec)
+    return path
+
+
+def params_for(name: str, eps: float, surrogate: Path, budget: dict[str, int] | None = None) -> Any:
+    entry = ATTACKS[name]
+    fields = {f.name for f in dataclasses.fields(entry.params_type)}
+    values: dict[str, Any] = {key: value for key, value in (budget or CHEAP).items() if key in fields}
+    if "surrogate" in fields:
+        values["surrogate"] = str(surrogate)
+    if "attack" in fields:
+        values["attack"] = INNER[entry.norm]
+    return entry.params(eps=eps, **values)
+
+
+def run(name: str, model: nn.Module, x: Tensor, y: Tensor, surrogate: Path, *, eps: float | None = None,
+        seed: int = 0, budget: dict[str, int] | None = None) -> Tensor:
+    entry = ATTACKS[name]
+    params = params_for(name, EPS[entry.norm] if eps is None else eps, surrogate, budget)
+    return entry(model, x, y, params, generator=torch.Generator(device=x.device).manual_seed(seed))
+
+
+def test_the_registry_holds_the_whole_arsenal():
+    expected = {"fgsm", "pgd", "pgd-l2", "pgd-t", "pgd-cw", "bim", "mim", "mim-l2", "cw-l2", "deepfool",
+                "deepfool-l2", "transfer", "transfer-l2"}
+    assert expected <= set(ATTACKS), f"not registered: {sorted(expected - set(ATTACKS))}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_output_inside_eps_ball_and_pixel_box(name: str, surrogate_path: Path):
+    model = tiny_model()
+    x, y = images(model)
+    norm = ATTACKS[name].norm
+    for eps in (EPS[norm], BIG_EPS[norm]):
+        x_adv = run(name, model, x, y, surrogate_path, eps=eps)
+        distance = per_sample_norm(x_adv - x, norm)
+        assert bool((distance <= eps * (1 + 1e-6) + 1e-6).all()), f"{name} left the {norm} ball: {distance.max()} > {eps}"
+        assert bool((x_adv >= 0).all()) and bool((x_adv <= 1).all()), f"{name} left [0, 1]"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_input_not_mutated(name: str, surrogate_path: Path):
+    model = tiny_model()
+    x, y = images(model)
+    x_before, y_before = x.clone(), y.clone()
+    run(name, model, x, y, surrogate_path)
+    assert torch.equal(x, x_before) and torch.equal(y, y_before)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_model_mode_flags_and_grads_restored(name: str, surrogate_path: Path):
+    model = tiny_model().train()
+    model[1].weight.requires_grad_(False)  # a mix of frozen and trainable parameters
+    flags_before = [p.requires_grad for p in model.parameters()]
+    x, y = images(tiny_model())
+    run(name, model, x, y, surrogate_path)
+    assert all(module.training for module in model.modules()), f"{name} left the model in eval mode"
+    assert [p.requires_grad for p in model.parameters()] == flags_before
+    assert all(p.grad is None for p in model.parameters()), f"{name} wrote weight gradients"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_eval_mode_model_stays_in_eval_mode(name: str, surrogate_path: Path):
+    model = tiny_model()
+    x, y = images(model)
+    run(name, model, x, y, surrogate_path)
+    assert not any(module.training for module in model.modules())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_eps_zero_returns_the_input(name: str, surrogate_path: Path):
+    model = tiny_model()
+    x, y = images(model)
+    x_adv = run(name, model, x, y, surrogate_path, eps=0.0)
+    assert torch.equal(x_adv, x), f"{name} at eps=0 moved pixels by up to {(x_adv - x).abs().max()}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_deterministic_for_a_seeded_generator(name: str, surrogate_path: Path):
+    model = tiny_model()
+    x, y = images(model)
+    torch.manual_seed(1)  # different global RNG states: only the explicit generator may matter
+    first = run(name, model, x, y, surrogate_path, seed=11)
+    torch.manual_seed(2)
+    second = run(name, model, x, y, surrogate_path, seed=11)
+    assert torch.equal(first, second), f"{name} is not reproducible from its generator"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", NAMES)
+def test_output_detached_on_device_and_dtype_of_x(name: str, dtype: torch.dtype, surrogate_path: Path):
+    model = tiny_model(dtype)
+    x, y = images(model, dtype)
+    x_adv = run(name, model, x, y, surrogate_path)
+    assert not x_adv.requires_grad and x_adv.grad_fn is None
+    assert x_adv.device == x.device and x_adv.dtype == dtype and x_adv.shape == x.shape
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if ATTACKS[n].threat == "white-box"])
+def test_white_box_attacks_fool_the_tiny_model_at_a_large_eps(name: str, surrogate_path: Path):
+    """Not a contract clause but a guard against an attack that returns x unchanged."""
+    model = tiny_model()
+    x, y = images(model)
+    x_adv = run(name, model, x, y, surrogate_path, eps=BIG_EPS[ATTACKS[name].norm], budget={**CHEAP, "steps": 20})
+    with torch.no_grad():
+        robust = model(x_adv).argmax(dim=1) == y
+    assert int(robust.sum()) <= 3, f"{name} left {int(robust.sum())} of 6 correct samples robust at a large eps"

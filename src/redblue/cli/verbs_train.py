@@ -38,12 +38,9 @@ def versions() -> dict[str, str]:
     return {"redblue": redblue.__version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
-def _subset(x: torch.Tensor, y: torch.Tensor, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    if n is None:
-        return x, y
-    if n < 1:
+def check_subset(n: int | None) -> None:
+    if n is not None and n < 1:
         raise ConfigError(f"--train-subset must be >= 1, got {n}")
-    return x[:n], y[:n]
 
 
 @app.command("train")
@@ -82,11 +79,12 @@ def train_command(
         seed=seed,
         optimizer=optimizer,  # type: ignore[arg-type]  # validated by TrainConfig
     )
+    check_subset(train_subset)
     check_writable(out)
     run_device = resolve_device(device)
     train_set = load_dataset(dataset, "train", data_dir=data_dir)
     test_set = load_dataset(dataset, "test", data_dir=data_dir)
-    x, y = _subset(train_set.x, train_set.y, train_subset)
+    x, y = train_set.x[:train_subset], train_set.y[:train_subset]  # [:None] is everything
     net = init_model(lambda: build_model(spec), seed=seed).to(run_device)
     started = time.perf_counter()
     result = train(net, x.to(run_device), y.to(run_device), config)

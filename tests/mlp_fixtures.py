@@ -47,11 +47,17 @@ def trained_mlp(seed: int = 0) -> tuple[nn.Module, Tensor, Tensor]:
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.ReLU(), nn.Dropout(0.2), nn.Linear(100, 10))
     optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9)
     order = torch.Generator().manual_seed(seed)
-    for _ in range(8):
-        for batch in torch.randperm(N_TRAIN, generator=order).split(128):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x_train[batch]), y_train[batch]).backward()
-            optimizer.step()
+    threads = torch.get_num_threads()
+    # batches of 128 gain nothing from a second thread; on a busy machine its spinning costs 10x
+    torch.set_num_threads(1)
+    try:
+        for _ in range(8):
+            for batch in torch.randperm(N_TRAIN, generator=order).split(128):
+                optimizer.zero_grad()
+                nn.functional.cross_entropy(model(x_train[batch]), y_train[batch]).backward()
+                optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
     for parameter in model.parameters():
         parameter.grad = None
     return model.eval(), x_eval, y_eval

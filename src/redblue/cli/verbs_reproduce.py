@@ -35,12 +35,14 @@ def reproduce_command(
     workers: Annotated[
         Optional[int], typer.Option("--workers", help="Cells trained in parallel processes (one torch thread each). Default: the cores.")
     ] = None,
-    config: Annotated[Path, typer.Option("--config", help="Experiment file.")] = PAPER_TOML,
+    config: Annotated[
+        Optional[Path], typer.Option("--config", help="Experiment file. Default: the packaged experiments/paper.toml.")
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Reuse a run folder that holds another config, retraining only the cells that changed.")
     ] = False,
     data_dir: DataDirOption = None,
-    device: DeviceOption = "cpu",
+    device: DeviceOption = "auto",
     as_json: JsonOption = False,
 ) -> None:
     """Reproduce the paper: train the lambda grid, FGSM every model, write tables (paper | ours | difference) and figures."""
@@ -48,7 +50,7 @@ def reproduce_command(
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
-    experiment = load_experiment(config, profile=profile, seeds=seeds)
+    experiment = load_experiment(config or PAPER_TOML, profile=profile, seeds=seeds)
     run_device = resolve_device(device)
     folder = out if out is not None else Path("runs") / f"reproduce-{profile}"
     result = reproduce(

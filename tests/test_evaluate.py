@@ -99,7 +99,7 @@ def test_pgd40_is_well_below_fgsm_on_a_clean_mlp(mlp):
                       generator=torch.Generator().manual_seed(0))
     fgsm_row, pgd_row = result.result(0.1).attacks
     assert (fgsm_row.label, pgd_row.label) == ("fgsm", "pgd")
-    # measured: clean 84%, FGSM 15%, PGD-40 9.5% on these 200 MNIST images
+    # measured: clean 93.5%, FGSM 22.5%, PGD-40 12.5% on these 200 MNIST images
     assert pgd_row.accuracy <= fgsm_row.accuracy - 0.03
     assert pgd_row.accuracy <= 0.75 * fgsm_row.accuracy
 

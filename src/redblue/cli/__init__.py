@@ -15,6 +15,7 @@ from redblue.errors import RedblueError
 from redblue.cli import verbs_info as _verbs_info  # noqa: E402,F401
 from redblue.cli import verbs_data as _verbs_data  # noqa: E402,F401
 from redblue.cli import verbs_train as _verbs_train  # noqa: E402,F401
+from redblue.cli import verbs_evaluate as _verbs_evaluate  # noqa: E402,F401
 from redblue.cli import verbs_reproduce as _verbs_reproduce  # noqa: E402,F401
 
 

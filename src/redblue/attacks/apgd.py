@@ -20,6 +20,7 @@ from torch import Generator, Tensor, nn
 
 from redblue.attacks.core import (
     LossFn,
+    all_finite,
     ce_loss,
     check_eps,
     dlr_loss,
@@ -61,6 +62,10 @@ def _where(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.where(_per_sample(mask, a), a, b)
 
 
+def _clamp(t: Tensor, *, lower: Tensor, upper: Tensor) -> Tensor:
+    return torch.clamp(t, lower, upper)
+
+
 def _steepest_direction(grad: Tensor, norm: str) -> Tensor:
     return grad.sign() if norm == "linf" else l2_normalize(grad)
 
@@ -85,7 +90,7 @@ def _apgd_run(
     gradient = partial(loss_and_input_gradient, model, loss=loss, check_finite=False)
     x_cur = random_start(x, eps, norm=norm, generator=generator)
     loss_cur, logits, grad = gradient(x_cur, y)
-    finite = torch.isfinite(grad).all() & torch.isfinite(loss_cur).all()
+    finite = all_finite(grad) & all_finite(loss_cur)
     x_prev = x_cur
     x_best, best_loss, grad_best = x_cur, loss_cur, grad
     is_adv = logits.argmax(dim=1) != y
@@ -98,13 +103,19 @@ def _apgd_run(
     best_loss_at_check = best_loss
     halved_at_check = torch.zeros(len(x), dtype=torch.bool, device=x.device)
 
+    if norm == "linf":  # the ball within [0, 1] as per-pixel bounds, once: one clamp per projection
+        lower, upper = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
+        into_ball = partial(_clamp, lower=lower, upper=upper)
+    else:
+        into_ball = partial(project, center=x, eps=eps, norm=norm)
+
     for k in range(1, n_iter + 1):
         alpha = 1.0 if k == 1 else MOMENTUM
-        z = project(x_cur + _per_sample(step_size, x) * _steepest_direction(grad, norm), center=x, eps=eps, norm=norm)
-        x_next = project(x_cur + alpha * (z - x_cur) + (1.0 - alpha) * (x_cur - x_prev), center=x, eps=eps, norm=norm)
+        z = into_ball(x_cur + _per_sample(step_size, x) * _steepest_direction(grad, norm))
+        x_next = into_ball(x_cur + alpha * (z - x_cur) + (1.0 - alpha) * (x_cur - x_prev))
         x_prev, x_cur = x_cur, x_next
         loss_next, logits, grad = gradient(x_cur, y)
-        finite = finite & torch.isfinite(grad).all() & torch.isfinite(loss_next).all()
+        finite = finite & all_finite(grad) & all_finite(loss_next)
 
         n_increases += loss_next > loss_cur
         n_since_check += 1

@@ -7,6 +7,7 @@ Training objectives call these same functions, so training and evaluation cannot
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -67,6 +68,18 @@ def targeted_dlr_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
     return -(true_logit - target_logit) / scale
 
 
+def all_finite(t: Tensor) -> Tensor:
+    """0-dim bool tensor: True when t has no NaN or infinity; no device sync.
+
+    One min/max reduction (NaN propagates into both): on CPU several times cheaper than
+    `torch.isfinite(t).all()`, which allocates a mask of t's size.
+    """
+    if t.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=t.device)
+    low, high = torch.aminmax(t)
+    return torch.isfinite(low) & torch.isfinite(high)
+
+
 def loss_and_input_gradient(
     model: nn.Module, x: Tensor, y: Tensor, *, loss: LossFn = ce_loss, check_finite: bool = True
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -82,7 +95,7 @@ def loss_and_input_gradient(
         logits = model(x_var)
         losses = loss(logits, y)
         (grad,) = torch.autograd.grad(losses.sum(), x_var)
-    if check_finite and not bool(torch.isfinite(grad).all()):
+    if check_finite and not bool(all_finite(grad)):
         raise AttackError(
             "the model's input gradient is NaN or infinite; check the model for log(0), "
             "division by zero or overflow before attacking it"
@@ -177,9 +190,12 @@ def check_inputs(x: Tensor, y: Tensor) -> None:
     """Validate attack inputs at the public boundary: finite pixels in [0, 1], one label each."""
     if x.dim() < 2 or len(x) != len(y):
         raise ConfigError(f"x has {len(x)} samples but y has {len(y)} labels; pass one label per image")
-    if not bool(torch.isfinite(x).all()):
+    if x.numel() == 0:
+        return
+    low, high = torch.stack(torch.aminmax(x)).tolist()  # one pass, one sync; NaN propagates into both
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise ConfigError("the input images contain NaN or infinite pixels; clean the data before attacking")
-    if bool((x < 0).any()) or bool((x > 1).any()):
+    if low < 0 or high > 1:
         raise ConfigError("pixels must be in [0, 1]; rescale the images (and put any normalisation inside the model)")
 
 

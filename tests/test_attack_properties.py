@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from mlp_fixtures import one_thread  # noqa: F401  (autouse: one thread per test)
 from torch import Tensor, nn
 
 from redblue.attacks import ATTACKS

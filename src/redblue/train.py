@@ -105,9 +105,10 @@ def _require_int(name: str, value: Any, *, minimum: int) -> None:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """One dict per epoch: epoch, loss (the objective without the penalty, mean over samples),
-    penalty (lambda1 * sum|w| + lambda2 * sum w^2 at the end of the epoch), accuracy (on the batches as trained: dropout on, adversarial inputs for fast-fgsm/pgd),
-    seconds; plus whatever `on_epoch` returned. seconds: the whole run's wall time."""
+    """What a run did. history: one dict per epoch with epoch, loss (the objective without the
+    penalty, mean over samples), penalty (lambda1 * sum|w| + lambda2 * sum w^2 at the end of the
+    epoch), accuracy (on the batches as trained: dropout on, adversarial inputs for fast-fgsm and
+    pgd), seconds, plus whatever `on_epoch` returned. seconds: the whole run's wall time."""
 
     history: list[dict[str, Any]]
     seconds: float

@@ -58,6 +58,7 @@ DETERMINISTIC = ["fgsm", "bim:steps=5", "pgd:steps=10,random_start=false", "pgd-
 @pytest.mark.parametrize("mode", ["worst-case", "per-attack"])
 def test_worst_case_is_the_per_sample_and_of_standalone_attacks(mlp64, mode):
     model, x, y = mlp64
+    x, y = x[:120], y[:120]
     eps_list = [0.05, 0.1]
     result = evaluate(model, x, y, ",".join(DETERMINISTIC), eps_list, mode=mode, checks=False, certify_method=None)
     for eps in eps_list:
@@ -196,9 +197,9 @@ def _severities(result) -> dict[str, set[str]]:
 
 def test_sanity_checks_flag_a_gradient_masked_model_and_not_the_same_mlp(mlp):
     model, x, y = mlp
-    x, y = x[:60], y[:60]
+    x, y = x[:50], y[:50]
     masked = nn.Sequential(Quantise(), model).eval()
-    settings = dict(certify_method=None, check_subset=40)
+    settings = dict(certify_method=None, check_subset=30)
     plain_result = evaluate(model, x, y, MASKING_PLAN, [0.05, 0.1], generator=torch.Generator().manual_seed(0), **settings)
     masked_result = evaluate(masked, x, y, MASKING_PLAN, [0.05, 0.1], generator=torch.Generator().manual_seed(0), **settings)
     plain, flagged = _severities(plain_result), _severities(masked_result)
@@ -225,6 +226,17 @@ def test_black_box_finding_what_gradients_miss_is_flagged(mlp):
     reordered = evaluate(masked, x[:50], y[:50], "square:n_queries=150,fgsm", [0.15], checks=False,
                          certify_method=None, generator=torch.Generator().manual_seed(0))
     assert [row.attack for row in reordered.result(0.15).attacks] == ["fgsm", "square"]
+    # per-attack mode compares sample by sample too: what square fooled and fgsm did not
+    each = evaluate(masked, x[:50], y[:50], "fgsm,square:n_queries=150", [0.15], mode="per-attack", checks=False,
+                    certify_method=None, generator=torch.Generator().manual_seed(0))
+    fgsm_row, square_row = each.result(0.15).attacks
+    n_new = int((fgsm_row.robust_mask & ~square_row.robust_mask).sum())
+    gain = [f for f in each.findings if f.check == "white-box-vs-black-box"]
+    assert n_new > 5 and len(gain) == 1 and f"fooled {n_new} samples" in gain[0].message
+    # a black-box attack alone has nothing to be compared with
+    alone = evaluate(masked, x[:20], y[:20], "square:n_queries=50", [0.15], checks=False, certify_method=None,
+                     generator=torch.Generator().manual_seed(0))
+    assert not [f for f in alone.findings if f.check == "white-box-vs-black-box"]
 
 
 # --- certified beside empirical -------------------------------------------------------------------

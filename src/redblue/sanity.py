@@ -276,9 +276,10 @@ def check_attack_strength(rows: Sequence[StandaloneAccuracy], *, n: int, scope: 
 
 
 def check_cascade_gain(entry: AttackEntry, label: str, *, eps: float, n_new: int, n: int) -> list[Finding]:
-    """In the cascade, a black-box or transfer attack should add almost nothing after white-box ones.
+    """A black-box or transfer attack should fool almost nothing that the white-box attacks missed.
 
-    n_new: samples it fooled that every earlier (white-box) attack missed; n: all samples.
+    n_new: correctly classified samples it fooled that every white-box attack left robust (in the
+    cascade: the samples it fooled, since it runs after them); n: all samples.
     """
     if entry.threat == "white-box" or n_new / max(n, 1) <= tolerance(n):
         return []
@@ -287,7 +288,7 @@ def check_cascade_gain(entry: AttackEntry, label: str, *, eps: float, n_new: int
             "fail" if n_new / n > FAIL_GAP else "warning",
             "white-box-vs-black-box",
             f"{entry.threat} attack {label} fooled {n_new} samples ({n_new / n:.2%}) at {entry.norm} eps={eps:g} "
-            "that every white-box attack before it missed: the gradients mislead the white-box attacks "
+            "that every white-box attack missed: the gradients mislead the white-box attacks "
             "(masking) — trust the worst case, not the white-box rows",
         )
     ]

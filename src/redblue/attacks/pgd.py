@@ -216,7 +216,9 @@ def _ascend(
             momentum = decay * momentum + grad / _per_sample(l1_mean, grad)
             grad = momentum
         if norm == "linf":
-            x_adv = torch.clamp(x_adv.add(grad.sign(), alpha=step_size), lower, upper)
+            # = linf_project(ascent_step(...)) with the ball's bounds computed once; in place on
+            # fresh tensors, since this loop's elementwise passes are PGD's only cost beyond the model
+            x_adv = x_adv.add(grad.sign() if momentum is not None else grad.sign_(), alpha=step_size).clamp_(lower, upper)
         else:
             x_adv = l2_project(x_adv.add(l2_normalize(grad), alpha=step_size), center=x, eps=eps)
     with torch.no_grad():

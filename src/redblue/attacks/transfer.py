@@ -23,7 +23,8 @@ import torch
 from torch import Generator, Tensor, nn
 
 from redblue.attacks.core import check_eps
-from redblue.attacks.registry import AttackEntry, parse_attack, register
+from redblue.attacks.registry import AttackEntry, get_attack, parse_attack, register
+from redblue.config import split_spec
 from redblue.errors import ConfigError, ModelError
 from redblue.models import load_model
 
@@ -37,20 +38,16 @@ def inner_spec(attack: str) -> str:
 def parse_inner(attack: str, *, eps: float, norm: str) -> tuple[AttackEntry, Any]:
     """The inner attack's entry and parameters (with transfer's eps), validated for a transfer."""
     text = inner_spec(attack)
-    if "eps" in parse_attack_keys(text):
-        raise ConfigError(f"set eps on the transfer attack itself, not inside attack={attack!r}")
-    entry, params = parse_attack(text, eps=eps)
+    name, values = split_spec(text)
+    entry = get_attack(name)
     if entry.threat == "transfer":
         raise ConfigError(f"a transfer attack cannot craft with another transfer attack ({entry.name}); pick e.g. attack=pgd")
     if entry.norm != norm:
         suggestion = "transfer-l2" if entry.norm == "l2" else "transfer"
         raise ConfigError(f"attack {entry.name!r} is {entry.norm} but this transfer is {norm}; use {suggestion}")
-    return entry, params
-
-
-def parse_attack_keys(text: str) -> set[str]:
-    _, _, rest = text.partition(":")
-    return {item.partition("=")[0].strip() for item in rest.split(",") if item.strip()}
+    if "eps" in values:
+        raise ConfigError(f"set eps on the transfer attack itself, not inside attack={attack!r}")
+    return parse_attack(text, eps=eps)
 
 
 @dataclass(frozen=True)

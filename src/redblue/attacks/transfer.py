@@ -123,7 +123,7 @@ def transfer(
     attack: str = "pgd",
     generator: Generator | None = None,
 ) -> Tensor:
-    """Transfer attack in L-inf: images crafted by a white-box attack on a surrogate model file.
+    """Transfer in L-inf: crafted on the surrogate file by `attack`, e.g. attack=pgd/steps=40/restarts=2.
 
     x: (N, ...) pixels in [0, 1]; y: (N,) labels. Returns x_adv under the inner attack's contract
     (detached, on x's device, in [0, 1], within eps of x in L-inf). `attack`: an L-inf attack spec
@@ -144,7 +144,7 @@ def transfer_l2(
     attack: str = "pgd-l2",
     generator: Generator | None = None,
 ) -> Tensor:
-    """Transfer attack in L2: images crafted by an L2 attack on a surrogate model file.
+    """Transfer in L2: crafted on the surrogate file by an L2 `attack`, e.g. attack=pgd-l2/steps=40.
 
     Same contract as `transfer`, with eps the L2 radius and `attack` an L2 attack spec.
     """

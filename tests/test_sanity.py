@@ -135,7 +135,13 @@ def test_attack_strength_compares_iterative_single_step_white_and_black_box():
         StandaloneAccuracy("apgd-ce", pgd, 0.1, 0.20),
         StandaloneAccuracy("square", square, 0.1, 0.21),  # within tolerance of the white-box best
     ]
-    assert _checks(sanity.check_attack_strength(good, n=1000, scope="all samples")) == {"attack-strength": "ok"}
+    (ok,) = sanity.check_attack_strength(good, n=1000, scope="all samples")
+    assert (ok.check, ok.severity) == ("attack-strength", "ok")
+    assert ok.message == (
+        "iterative attacks beat single-step ones and white-box attacks beat black-box/transfer ones (all samples)"
+    )
+    (only_white,) = sanity.check_attack_strength(good[:2], n=1000, scope="a subset")
+    assert "black-box" not in only_white.message
     bad = [
         StandaloneAccuracy("fgsm", fgsm, 0.1, 0.40),
         StandaloneAccuracy("apgd-ce", pgd, 0.1, 0.43),  # 3 points weaker than one step: a warning

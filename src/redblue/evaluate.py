@@ -449,7 +449,9 @@ def evaluate(
     replaced by each eps of eps_list (dataclasses.replace). Attacks of a norm are evaluated at every eps
     with that norm's worst case. In worst-case mode white-box attacks run first, cheapest first, then
     black-box and transfer ones, so what those add is a sign of masked gradients. Certified bounds
-    (L-inf only) come from `redblue.certify` when certify_method is "ibp", "crown" or "crown-ibp".
+    (L-inf only) come from `redblue.certify` when certify_method is "ibp", "crown" (the default) or
+    "crown-ibp", so each eps reads as an interval [certified, worst case]; None skips them. checks=False
+    skips the gradient-masking sanity checks (on by default; they cost about a third of the attacks).
     Raises ModelError when the model returns probabilities, ConfigError for a bad mode, method or eps.
     """
     require_choice("mode", mode, MODES)

@@ -226,7 +226,7 @@ def check_attack_strength(rows: Sequence[StandaloneAccuracy], *, n: int, scope: 
     """
     tol = tolerance(n)
     findings: list[Finding] = []
-    compared = False
+    compared: set[str] = set()
     keys = sorted({(r.entry.norm, r.eps) for r in rows})
     for norm, eps in keys:
         here = [r for r in rows if r.entry.norm == norm and r.eps == eps]
@@ -235,7 +235,7 @@ def check_attack_strength(rows: Sequence[StandaloneAccuracy], *, n: int, scope: 
         iterative = [r for r in white if r.entry.iterative]
         for it in iterative:
             for one in single:
-                compared = True
+                compared.add("iterative attacks beat single-step ones")
                 gap = it.accuracy - one.accuracy
                 if gap > tol:
                     findings.append(
@@ -251,7 +251,7 @@ def check_attack_strength(rows: Sequence[StandaloneAccuracy], *, n: int, scope: 
             continue
         best_white = min(white, key=lambda r: r.accuracy)
         for other in (r for r in here if r.entry.threat in ("black-box", "transfer")):
-            compared = True
+            compared.add("white-box attacks beat black-box/transfer ones")
             gap = best_white.accuracy - other.accuracy
             if gap > tol:
                 findings.append(
@@ -269,7 +269,7 @@ def check_attack_strength(rows: Sequence[StandaloneAccuracy], *, n: int, scope: 
             Finding(
                 "ok",
                 "attack-strength",
-                f"iterative attacks beat single-step ones and white-box beat black-box/transfer ({scope})",
+                f"{' and '.join(sorted(compared))} ({scope})",
             )
         )
     return findings

@@ -127,6 +127,7 @@ def test_evaluate_prints_a_table_with_findings(saved_model, capsys):
                             "--device", "cpu")
     assert code == 0, err
     assert "worst case" in stdout and "certified (crown)" in stdout and "sanity findings" in stdout
+    assert "robust accuracy in" in stdout
 
 
 class Softmaxed(nn.Module):

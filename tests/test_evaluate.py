@@ -341,3 +341,5 @@ def test_bad_input_raises_one_line_errors(mlp):
         evaluate(model, x, y, "fgsm", [0.1], mode="best")
     with pytest.raises(ConfigError, match=r"pixels must be in \[0, 1\]"):
         evaluate(model, x * 255, y, "fgsm", [0.1])
+    with pytest.raises(ConfigError, match="no samples"):
+        evaluate(model, x[:0], y[:0], "fgsm", [0.1])

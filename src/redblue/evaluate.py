@@ -468,6 +468,8 @@ def evaluate(
         for eps in eps_values:
             check_eps(eps, entry.norm)
     check_inputs(x, y)
+    if len(y) == 0:
+        raise ConfigError("no samples to evaluate on; pass at least one image")
     labels = _unique_labels(attacks)
     plan = list(zip(labels, attacks))
     if mode == "worst-case":

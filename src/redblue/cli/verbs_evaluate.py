@@ -301,6 +301,10 @@ def _print_evaluation(console: Console, result: Evaluation, *, title: str) -> No
                 f"certified ({result.certify_method})",
                 *[_cell(r.certified_accuracy) if r.certified_accuracy is not None else "—" for r in here],
             )
+            table.add_row(
+                "robust accuracy in",
+                *[f"[{r.interval[0]:.2%}, {r.interval[1]:.2%}]" if r.interval else "—" for r in here],
+            )
         console.print(table)
         notes = sorted({r.certified_note for r in here if r.certified_note})
         for note in notes:

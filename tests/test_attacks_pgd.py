@@ -258,3 +258,21 @@ def test_nan_gradients_raise_instead_of_silently_stalling():
     x = torch.full((2, 4), 0.55, dtype=torch.float64)
     with pytest.raises(AttackError, match="NaN or infinite"):
         pgd(NaNAfterOneStep(), x, torch.tensor([0, 1]), eps=0.3, steps=3, random_start=False)
+
+
+@pytest.mark.slow
+def test_pgd_40_is_well_below_fgsm_on_the_papers_mlp():
+    """The paper's MLP (784-625-10, dropout, RMSProp) trained 5 epochs on MNIST by redblue.train;
+    measured: clean 0.975, FGSM 0.505, PGD-40 0.365 at eps 0.1 on the first 1000 test images."""
+    from redblue.data import load_dataset
+    from redblue.models import MLPSpec, build_model
+    from redblue.train import TrainConfig, init_model, train
+
+    train_set, test_set = load_dataset("mnist", "train"), load_dataset("mnist", "test")
+    model = init_model(lambda: build_model(MLPSpec()), seed=0)
+    train(model, train_set.x, train_set.y, TrainConfig(epochs=5), progress=False)
+    x, y = test_set.x[:1000], test_set.y[:1000]
+    assert accuracy(model, x, y) > 0.95
+    fgsm_accuracy = accuracy(model, fgsm(model, x, y, eps=0.1), y)
+    pgd_accuracy = accuracy(model, pgd(model, x, y, eps=0.1, steps=40, generator=torch.Generator().manual_seed(0)), y)
+    assert pgd_accuracy <= fgsm_accuracy - 0.10 and pgd_accuracy <= 0.8 * fgsm_accuracy, (fgsm_accuracy, pgd_accuracy)

@@ -110,6 +110,7 @@ def test_evaluate_json_has_attacks_worst_case_certified_and_findings(saved_model
     at_01 = result["results"][1]
     fgsm_row = next(a for a in at_01["attacks"] if a["attack"] == "fgsm")
     assert fgsm_row["accuracy"] == pytest.approx(((clean_pred == y) & (adv_pred == y)).double().mean().item(), abs=0.001)
+    assert fgsm_row["adversarial_accuracy"] == pytest.approx((adv_pred == y).double().mean().item(), abs=0.001)
     for r in result["results"]:
         low, high = r["interval"]
         assert r["certified"]["method"] == "crown" and low == r["certified"]["accuracy"] <= high

@@ -90,8 +90,11 @@ def test_fgsm_accuracy_matches_plain_pytorch(mlp):
     F.cross_entropy(model(x_var), y, reduction="sum").backward()
     x_adv = (x + 0.1 * x_var.grad.sign()).clamp(0, 1)
     expected = ((predicted(model, x) == y) & (predicted(model, x_adv) == y)).double().mean().item()
-    result = evaluate(model, x, y, "fgsm", [0.1], checks=False, certify_method=None)
-    assert abs(result.result(0.1).attacks[0].accuracy - expected) <= 0.001
+    result = evaluate(model, x, y, "fgsm", [0.1], mode="per-attack", checks=False, certify_method=None)
+    row = result.result(0.1).attacks[0]
+    assert abs(row.accuracy - expected) <= 0.001
+    # the paper's number: accuracy on the FGSM images of every sample
+    assert abs(row.adversarial_accuracy - (predicted(model, x_adv) == y).double().mean().item()) <= 0.001
 
 
 def test_pgd40_is_well_below_fgsm_on_a_clean_mlp(mlp):
@@ -152,17 +155,20 @@ def test_images_outside_the_ball_or_box_count_as_not_fooled(mlp, broken_attacks)
     n_correct = int(clean_correct.sum())
     for name in ("test-leaves-ball", "test-leaves-box"):
         row = rows[name]
-        assert row.n_attacked == n_correct and row.n_invalid == n_correct and row.n_fooled == 0
+        assert row.n_attacked == N and row.n_invalid == N and row.n_fooled == 0
         assert row.accuracy == pytest.approx(result.clean_accuracy)
+        assert row.adversarial_accuracy == pytest.approx(result.clean_accuracy)
     # the buggy attacks really would fool samples if they were believed
     assert (predicted(model, _leaves_ball(model, x, y, eps=0.1)) != y)[clean_correct].any()
     # half broken: the odd samples of its one batch count, re-predicted here independently
-    x_adv = _half_broken(model, x[clean_correct], y[clean_correct], eps=0.1)
-    fooled = predicted(model, x_adv) != y[clean_correct]
-    expected_fooled = int(fooled[1::2].sum())
+    adv_correct = predicted(model, _half_broken(model, x, y, eps=0.1)) == y
+    odd = torch.arange(N) % 2 == 1
+    expected_fooled = int((clean_correct & ~adv_correct & odd).sum())
     row = rows["test-half-broken"]
-    assert row.n_invalid == (n_correct + 1) // 2 and row.n_fooled == expected_fooled > 0
+    assert row.n_invalid == (N + 1) // 2 and row.n_fooled == expected_fooled > 0
     assert row.accuracy == pytest.approx((n_correct - expected_fooled) / N)
+    expected_adversarial = torch.where(odd, adv_correct, clean_correct).double().mean().item()
+    assert row.adversarial_accuracy == pytest.approx(expected_adversarial)
     validity = [f for f in result.findings if f.check == "attack-validity"]
     assert {f.severity for f in validity} == {"fail"}
     messages = " ".join(f.message for f in validity)
@@ -314,10 +320,15 @@ def test_confidence_is_mean_top_probability_on_the_adversarial_images(mlp64):
     with torch.no_grad():
         clean_top = model(x).softmax(dim=1).amax(dim=1)
         adv_top = model(x_adv).softmax(dim=1).amax(dim=1)
+    # per-attack mode attacks every sample, misclassified ones included (the paper's protocol)
+    assert result.result(0.1).attacks[0].confidence == pytest.approx(adv_top.mean().item(), abs=1e-9)
+    adversarial_accuracy = (predicted(model, x_adv) == y).double().mean().item()
+    assert result.result(0.1).attacks[0].adversarial_accuracy == pytest.approx(adversarial_accuracy, abs=1e-9)
+    # the cascade never attacks misclassified samples: they keep their clean confidence
+    cascade = evaluate(model, x, y, "fgsm", [0.1], checks=False, certify_method=None).result(0.1).attacks[0]
     correct = predicted(model, x) == y
-    # misclassified samples are not attacked: they keep their clean confidence
     expected = torch.where(correct, adv_top, clean_top).mean().item()
-    assert result.result(0.1).attacks[0].confidence == pytest.approx(expected, abs=1e-9)
+    assert cascade.confidence == pytest.approx(expected, abs=1e-9) and cascade.adversarial_accuracy is None
     assert result.clean_confidence == pytest.approx(clean_top.mean().item(), abs=1e-9)
 
 

@@ -14,10 +14,12 @@ Two modes:
   left robust: white-box attacks first, cheapest first, then black-box and transfer attacks, so
   whatever those still find is a sign of masked gradients. The worst case per eps is exact and
   fast; the attack rows are *cumulative* (robust accuracy after this attack and all before it).
-* `per-attack`: each attack runs on every correctly classified sample, so each row is that
-  attack's own robust accuracy; the worst case per eps is the same per-sample minimum.
+* `per-attack`: each attack runs on every sample, so each row is that attack's own robust
+  accuracy, and also its `adversarial_accuracy` (accuracy on the attacked images of all samples,
+  misclassified ones included: the paper's protocol); the worst case per eps is the same
+  per-sample minimum.
 
-Samples the model misclassifies clean are non-robust at every eps and are never attacked.
+Samples the model misclassifies clean are non-robust at every eps; the cascade never attacks them.
 Robust accuracy and confidence are over all n samples; confidence is the mean top softmax
 probability on the images an attack produced (the paper's adversarial confidence), taking the
 sample's current worst-case image where the attack was not run or its image was invalid. The
@@ -313,14 +315,17 @@ class AttackResult:
     norm: str
     threat: str
     eps: float
-    accuracy: float
+    accuracy: float  # robust accuracy: correct on the clean image and on the attacked one
     confidence: float
     cumulative: bool
     n_attacked: int
-    n_fooled: int  # attacked samples this attack fooled with a valid image
+    n_fooled: int  # correctly classified samples this attack fooled with a valid image
     n_invalid: int  # images that failed verification (counted as not fooled)
     seconds: float
     robust_mask: Tensor = field(repr=False, compare=False)  # (n,) bool on CPU
+    # per-attack mode only: accuracy on the attacked images of every sample, misclassified ones
+    # included (the paper's protocol); None in the cascade, which never attacks misclassified samples
+    adversarial_accuracy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -574,27 +579,33 @@ def _evaluate_eps(
     n = len(y)
     worst = _WorstCase(clean_correct, clean_margin, clean_top)
     correct_idx = clean_correct.nonzero().squeeze(1)
+    all_idx = torch.arange(n, device=x.device)
     rows: list[AttackResult] = []
     white_box_ran = False
     for label, (entry, base_params) in plan:
         params = dataclasses.replace(base_params, eps=eps)
-        indices = (~worst.fooled).nonzero().squeeze(1) if mode == "worst-case" else correct_idx
+        # the cascade attacks what is still robust; per-attack mode attacks every sample (the paper's protocol)
+        indices = (~worst.fooled).nonzero().squeeze(1) if mode == "worst-case" else all_idx
         run = run_attack(model, entry, params, x, y, indices=indices, batch_size=batch_size, generator=generator)
         findings += validity_findings(label, run, eps=eps, norm=norm)
         # confidence: this attack's valid images; elsewhere the worst-case image (clean in per-attack mode)
         top_prob = (worst.top_prob if mode == "worst-case" else clean_top).clone().to(torch.float64)
         valid_idx = indices[run.valid]
         top_prob[valid_idx] = run.top_prob[run.valid].double()
+        adversarial_accuracy = None
         if mode == "worst-case":
-            n_new = int(run.fooled.sum().item())
+            n_fooled = int(run.fooled.sum().item())
             worst.update(indices, run)
             robust = ~worst.fooled
             if white_box_ran:  # what a black-box or transfer attack adds after gradients had their turn
-                findings += sanity.check_cascade_gain(entry, label, eps=eps, n_new=n_new, n=n)
+                findings += sanity.check_cascade_gain(entry, label, eps=eps, n_new=n_fooled, n=n)
         else:
-            worst.update(indices, run)
-            robust = clean_correct.clone()
-            robust[indices] = ~run.fooled
+            worst.update(correct_idx, _select(run, clean_correct))
+            robust = clean_correct & ~run.fooled
+            n_fooled = int((run.fooled & clean_correct).sum().item())
+            # an invalid image is no adversarial example: that sample keeps its clean prediction
+            adversarial_correct = torch.where(run.valid, run.predicted == y, clean_correct)
+            adversarial_accuracy = adversarial_correct.double().mean().item()
         white_box_ran |= entry.threat == "white-box"
         rows.append(
             AttackResult(
@@ -608,10 +619,11 @@ def _evaluate_eps(
                 confidence=top_prob.mean().item(),
                 cumulative=mode == "worst-case",
                 n_attacked=len(indices),
-                n_fooled=int(run.fooled.sum().item()),
+                n_fooled=n_fooled,
                 n_invalid=len(indices) - int(run.valid.sum().item()),
                 seconds=run.seconds,
                 robust_mask=robust.cpu(),
+                adversarial_accuracy=adversarial_accuracy,
             )
         )
     if mode == "per-attack":
@@ -644,6 +656,11 @@ def _evaluate_eps(
         certified_mask=None if certified_mask is None else certified_mask.cpu(),
         seconds_certify=time.perf_counter() - certify_start,
     )
+
+
+def _select(run: AttackRun, keep: Tensor) -> AttackRun:
+    """The rows of `run` where `keep` (bool, one per attacked sample) is True."""
+    return dataclasses.replace(run, **{name: getattr(run, name)[keep] for name in _PER_SAMPLE})
 
 
 def _black_box_gain(rows: list[AttackResult], clean_correct: Tensor, *, eps: float, n: int) -> list[Finding]:

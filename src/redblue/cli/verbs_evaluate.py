@@ -205,7 +205,7 @@ def evaluate_command(
         typer.Option(
             "--mode",
             help="worst-case: cascade, each attack only on samples still robust (fast; attack rows cumulative); "
-            "per-attack: every attack on every correct sample (exact per-attack rows). "
+            "per-attack: every attack on every sample (exact per-attack rows, plus adversarial_accuracy, the paper's protocol). "
             "auto: worst-case for presets, per-attack for a list you give.",
         ),
     ] = "auto",
@@ -288,7 +288,7 @@ def _print_evaluation(console: Console, result: Evaluation, *, title: str) -> No
             caption=(
                 "attack rows are cumulative: each attack ran only on the samples every row above left robust"
                 if cumulative
-                else "each attack ran on every correctly classified sample; worst case = per-sample minimum"
+                else "each attack ran on every sample; rows are robust accuracy (correct clean and attacked); worst case = per-sample minimum"
             ),
         )
         table.add_row("clean", *[_cell(result.clean_accuracy, result.clean_confidence)] * len(here))

@@ -212,6 +212,8 @@ def _ascend(
         if step > 0:
             best = _keep_better(best, x_adv, objective, _fooled(logits, y, target))
         if momentum is not None:
+            # the mean, not the sum, of |grad|: the same direction (the dimension is fixed), and a
+            # momentum of ordinary magnitude whatever the image size
             l1_mean = grad.abs().flatten(1).mean(dim=1).clamp_min(1e-12)
             momentum = decay * momentum + grad / _per_sample(l1_mean, grad)
             grad = momentum

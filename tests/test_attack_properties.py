@@ -155,6 +155,17 @@ def test_output_detached_on_device_and_dtype_of_x(name: str, dtype: torch.dtype,
     assert x_adv.device == x.device and x_adv.dtype == dtype and x_adv.shape == x.shape
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_and_single_sample_batches(name: str, surrogate_path: Path):
+    """An evaluation that attacks only the samples still robust can hand an attack 0 or 1 of them."""
+    model = tiny_model()
+    x, y = images(model)
+    assert run(name, model, x[:0], y[:0], surrogate_path).shape == (0, *x.shape[1:])
+    one = run(name, model, x[2:3], y[2:3], surrogate_path)
+    assert one.shape == x[2:3].shape
+    assert float(per_sample_norm(one - x[2:3], ATTACKS[name].norm)[0]) <= EPS[ATTACKS[name].norm] * (1 + 1e-6) + 1e-6
+
+
 @pytest.mark.parametrize("name", [n for n in NAMES if ATTACKS[n].threat == "white-box"])
 def test_white_box_attacks_fool_the_tiny_model_at_a_large_eps(name: str, surrogate_path: Path):
     """Not a contract clause but a guard against an attack that returns x unchanged."""

@@ -253,6 +253,8 @@ def attack_with_restarts(
     returned); otherwise the iterate with the highest objective is. Later restarts run only on
     samples not yet fooled, and stop early once all are.
     """
+    if len(x) == 0:  # an evaluation cascade may leave no sample to attack
+        return x.detach().clone()
     with eval_mode(model):
         targets = pick_targets(model, x, y, target, generator)
         best: Best | None = None

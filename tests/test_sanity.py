@@ -154,6 +154,12 @@ def test_attack_strength_compares_iterative_single_step_white_and_black_box():
         ("white-box-vs-black-box", "fail"),
     ]
     assert sanity.check_attack_strength([StandaloneAccuracy("fgsm", fgsm, 0.1, 0.4)], n=10, scope="x") == []
+    # an attack towards one random class is weaker than one step towards any wrong class, by design
+    targeted = [StandaloneAccuracy("fgsm", fgsm, 0.1, 0.40), StandaloneAccuracy("pgd-t", ATTACKS["pgd-t"], 0.1, 0.8, targeted=True)]
+    assert sanity.check_attack_strength(targeted, n=1000, scope="x") == []
+    assert sanity.is_targeted(ATTACKS["pgd-t"], ATTACKS["pgd-t"].params(eps=0.1))
+    assert sanity.is_targeted(ATTACKS["pgd"], ATTACKS["pgd"].params(eps=0.1, target="random"))
+    assert not sanity.is_targeted(ATTACKS["pgd"], ATTACKS["pgd"].params(eps=0.1))
 
 
 def test_cascade_gain_only_counts_black_box_and_transfer():

@@ -740,7 +740,9 @@ def _run_checks(
 
     if mode == "per-attack":
         rows = [
-            sanity.StandaloneAccuracy(a.label, _entry_of(plan, a.label), r.eps, a.accuracy)
+            sanity.StandaloneAccuracy(
+                a.label, _attack_of(plan, a.label)[0], r.eps, a.accuracy, targeted=sanity.is_targeted(*_attack_of(plan, a.label))
+            )
             for r in results
             for a in r.attacks
         ]
@@ -763,8 +765,8 @@ def _run_checks(
     return findings
 
 
-def _entry_of(plan: list[tuple[str, tuple[AttackEntry, Any]]], label: str) -> AttackEntry:
-    return next(entry for lab, (entry, _) in plan if lab == label)
+def _attack_of(plan: list[tuple[str, tuple[AttackEntry, Any]]], label: str) -> tuple[AttackEntry, Any]:
+    return next(attack for lab, attack in plan if lab == label)
 
 
 def _most_informative(results: list[EpsResult], norm: str) -> EpsResult:
@@ -794,7 +796,11 @@ def _strength_on_subset(run: sanity.AttackRunner, plan, results: list[EpsResult]
         eps = _most_informative(results, norm).eps
         for label, entry, params in white:
             fooled = run(entry, dataclasses.replace(params, eps=eps), sample)
-            rows.append(sanity.StandaloneAccuracy(label, entry, eps, 1.0 - fooled.double().mean().item()))
+            rows.append(
+                sanity.StandaloneAccuracy(
+                    label, entry, eps, 1.0 - fooled.double().mean().item(), targeted=sanity.is_targeted(entry, params)
+                )
+            )
     if not rows:
         return []
     return sanity.check_attack_strength(rows, n=len(sample), scope=f"standalone on {len(sample)} correct samples")
@@ -824,4 +830,7 @@ def _cheapest_iterative(plan) -> tuple[str, AttackEntry, Any] | None:
         for label, (entry, params) in plan
         if entry.threat == "white-box" and entry.iterative and sanity.stronger_params(params) is not None
     ]
+    # an attack towards one random class is no measure of convergence unless nothing else is there
+    untargeted = [m for m in candidates if not sanity.is_targeted(m[1], m[2])]
+    candidates = untargeted or candidates
     return min(candidates, key=lambda m: estimated_cost(m[1], m[2])) if candidates else None

@@ -41,8 +41,10 @@ def save_figure_one_png(path: str | os.PathLike[str], figure_one: FigureOne) -> 
         ax.set_yticks([])
         ax.set_title(f"({PANEL_LETTERS[i % 26]}) eps = {figure_one.eps[i]:g}", fontsize=8)
         ax.set_xlabel(f"pred {figure_one.predicted[i]}, conf {figure_one.confidence[i]:.2f}", fontsize=8)
+    outside = bool(((figure_one.images < 0) | (figure_one.images > 1)).any())
     figure.suptitle(
-        f"FGSM on the first test-set {figure_one.label} (index {figure_one.test_index}), model {figure_one.cell}",
+        f"FGSM on the first test-set {figure_one.label} (index {figure_one.test_index}), model {figure_one.cell}"
+        + ("; unclipped pixels outside [0, 1] shown saturated" if outside else ""),
         fontsize=9,
     )
     figure.tight_layout()

@@ -250,3 +250,13 @@ def test_seeds_give_mean_and_std_in_parallel_workers(tiny_toml, tmp_path):
     # one torch thread per cell either way: the same numbers when the cells run in this process
     here = reproduce(load_experiment(path, profile="tiny", seeds=2), tmp_path / "here", workers=1)
     assert here.results["models"][0]["curve"] == model["curve"]
+
+
+@pytest.mark.slow
+def test_full_profile_has_the_papers_shape(tmp_path):
+    """The paper's protocol end to end (~6 min on 2 cores): every shape check of the issue passes."""
+    result = reproduce(load_experiment(PAPER_TOML, profile="full"), tmp_path / "full")
+    checks = result.results["checks"]
+    assert len(checks) == 43
+    assert [c["check"] for c in checks if c["passed"] is not True] == []
+    assert result.results["clip_comparison"]["mean_abs_difference"]["unclipped"] < 0.06

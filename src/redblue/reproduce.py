@@ -20,6 +20,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from redblue.attacks.core import check_eps, eval_mode, loss_and_input_gradient
 from redblue.config import from_dict, read_toml, to_dict
 from redblue.data import get_spec, load_dataset
 from redblue.defenses import parse_objective
-from redblue.errors import AttackError, ConfigError, require_non_negative
+from redblue.errors import AttackError, ConfigError, RedblueError, require_non_negative
 from redblue.metrics import DEFAULT_BATCH, batches, correct_and_confidence
 from redblue.models import MLPSpec, build_model, load_model, save_model
 from redblue.report.paper_values import PAPER_FIGURE_EPS, PAPER_GRID, PAPER_TABLE3_EPS, PAPER_TABLE_EPS, same
@@ -458,6 +459,11 @@ def train_cells(
                 records.append(future.result())
                 if on_cell is not None:
                     on_cell(records[-1])
+        except BrokenProcessPool:
+            raise RedblueError(
+                "a worker process ended abruptly (interrupted, or killed for memory); finished cells are kept, "
+                "rerun the same command to resume (--workers 1 uses less memory)"
+            ) from None
         except BaseException:
             for future in futures:
                 future.cancel()

@@ -623,6 +623,7 @@ def reproduce(
             reused[cell.name] = record
     jobs = [CellJob(experiment, cell, str(folder.root), str(device)) for cell in cells if cell.name not in reused]
     n_workers = max(1, min(workers or default_workers(), len(jobs) or 1))
+    log.info("%s: %d of %d cells done before, %d to train with %d worker(s)", folder.root, len(reused), len(cells), len(jobs), n_workers)
     done = len(reused)
 
     def finished(record: dict[str, Any]) -> None:

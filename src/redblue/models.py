@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from redblue.config import from_dict, from_text_values, split_spec
+from redblue.config import default_file_mode, from_dict, from_text_values, split_spec
 from redblue.errors import ModelError, require_choice, require_in_range, require_positive
 
 FORMAT_VERSION = "1"
@@ -143,11 +143,18 @@ def save_model(path: str | os.PathLike[str], model: nn.Module, spec: Any, *, rec
         "redblue.spec": json.dumps(dataclasses.asdict(spec)),
         "redblue.record": json.dumps(record or {}, default=str),
     }
-    tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    save_tensors(path, model.state_dict(), metadata)
+
+
+def save_tensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write safetensors through a temporary file renamed into place: a killed run leaves no half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -14,7 +12,6 @@ import torch
 import typer
 from rich.console import Console
 from rich.table import Table
-from safetensors.torch import save_file
 
 import redblue
 from redblue.attacks import parse_attack
@@ -34,7 +31,7 @@ from redblue.evaluate import (
     validity_findings,
 )
 from redblue.metrics import DEFAULT_BATCH, predict_logits
-from redblue.models import load_model
+from redblue.models import load_model, save_tensors
 
 DatasetOption = Annotated[str, typer.Option("--dataset", help="mnist, fashion-mnist or kmnist.")]
 SplitOption = Annotated[str, typer.Option("--split", help="Which split to attack: test or train.")]
@@ -67,26 +64,6 @@ def _generator(seed: int, device: torch.device) -> torch.Generator:
 def _check_out_dir(out: Path | None) -> None:
     if out is not None and out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder to write the results into")
-
-
-def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """safetensors written to a temporary file and renamed, so a killed run leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -169,7 +146,7 @@ def attack_command(
     }
     if out is not None:
         indices = torch.arange(n)
-        _save_tensors(
+        save_tensors(
             out / "adversarial.safetensors",
             {"x_adv": run.x_adv, "y": y, "predicted": predicted, "indices": indices, "valid": run.valid.to(torch.uint8)},
             {"redblue.attack": label, "redblue.eps": repr(params.eps), "redblue.model": str(model_path)},
@@ -271,7 +248,7 @@ def evaluate_command(
                 masks[f"{r.norm}/eps={r.eps:g}/certified"] = r.certified_mask
             for a in r.attacks:
                 masks[f"{r.norm}/eps={r.eps:g}/{a.label}"] = a.robust_mask
-        _save_tensors(out / "masks.safetensors", {k: v.to(torch.uint8) for k, v in masks.items()}, {"redblue.model": str(model_path)})
+        save_tensors(out / "masks.safetensors", {k: v.to(torch.uint8) for k, v in masks.items()}, {"redblue.model": str(model_path)})
         _write_json(out / "evaluation.json", record)
     if as_json:
         print_json(record)

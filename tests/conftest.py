@@ -14,7 +14,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 if "REDBLUE_DATA_DIR" not in os.environ and (SHARED_DATA / "mnist").is_dir():
     os.environ["REDBLUE_DATA_DIR"] = str(SHARED_DATA)
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: the tests use small tensors, where a second thread mostly spins in synchronisation
+# (10-30x the CPU time on a shared 2-core machine); pytest-xdist gives the parallelism instead.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

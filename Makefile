@@ -43,7 +43,8 @@ test-slow: setup-test
 	$(BIN)/python -m pytest -q -m slow
 
 bench: setup-test
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/train_epoch.py
+	$(BIN)/python benchmarks/attacks.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

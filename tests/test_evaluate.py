@@ -19,7 +19,7 @@ import redblue.attacks  # noqa: F401  (registers the attacks)
 from redblue.attacks.core import input_gradient
 from redblue.attacks.registry import ATTACKS, parse_attack, register
 from redblue.errors import ConfigError, ModelError
-from redblue.evaluate import PRESETS, evaluate, parse_attack_list
+from redblue.evaluate import PRESETS, auto_certify_method, evaluate, parse_attack_list
 
 N = 200  # samples of the fixture's evaluation set used here
 
@@ -265,6 +265,14 @@ def test_certified_never_above_empirical_at_any_eps(mlp, method):
     assert at_zero.certified_accuracy == pytest.approx(result.clean_accuracy, abs=1 / N)
     assert result.result(0.01).certified_accuracy > 0  # a bound that says something
     assert not any(f.check == "certified-vs-empirical" for f in result.findings)
+
+
+def test_auto_certification_is_full_crown_for_mlps_and_crown_ibp_with_convolutions(mlp):
+    model, x, y = mlp
+    result = evaluate(model, x[:50], y[:50], "fgsm", [0.01], checks=False)
+    assert result.certify_method == "crown"
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 26 * 26, 10))
+    assert auto_certify_method(conv) == "crown-ibp"
 
 
 # --- the standard preset --------------------------------------------------------------------------

@@ -193,7 +193,7 @@ def evaluate_command(
             "auto: worst-case for presets, per-attack for a list you give.",
         ),
     ] = "auto",
-    certify: Annotated[str, typer.Option("--certify", help="Certified lower bound beside each eps: crown, crown-ibp, ibp or none.")] = "crown",
+    certify: Annotated[str, typer.Option("--certify", help="Certified lower bound beside each eps: auto (crown for MLPs, crown-ibp with convolutions), crown, crown-ibp, ibp or none.")] = "auto",
     no_checks: Annotated[bool, typer.Option("--no-checks", help="Skip the gradient-masking sanity checks.")] = False,
     dataset: DatasetOption = "mnist",
     split: SplitOption = "test",

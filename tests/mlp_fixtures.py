@@ -10,9 +10,7 @@ problem with overlapping classes when MNIST is not found, so the comparisons sti
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 
-import pytest
 import torch
 from torch import Tensor, nn
 
@@ -21,21 +19,6 @@ from redblue.errors import DataError
 
 N_TRAIN = 9500
 N_EVAL = 500
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Run a test on one thread (import this name into a test module to apply it there).
-
-    These tests run small batches on small models, where a second thread gains nothing; on a
-    machine shared with other jobs its spin-waiting made them 10-30x slower in CPU time.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @functools.lru_cache(maxsize=None)

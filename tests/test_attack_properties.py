@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import torch
-from mlp_fixtures import one_thread  # noqa: F401  (autouse: one thread per test)
 from torch import Tensor, nn
 
 from redblue.attacks import ATTACKS

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from mlp_fixtures import one_thread, accuracy, trained_mlp  # noqa: F401  (one_thread: autouse)
+from mlp_fixtures import accuracy, trained_mlp
 from torch import nn
 
 from redblue.attacks import parse_attack

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from mlp_fixtures import one_thread, accuracy, sign_pgd, trained_mlp  # noqa: F401  (one_thread: autouse)
+from mlp_fixtures import accuracy, sign_pgd, trained_mlp
 from torch import nn
 
 from redblue.attacks import fgsm, parse_attack

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from mlp_fixtures import accuracy, one_thread, trained_mlp  # noqa: F401  (one_thread: autouse)
+from mlp_fixtures import accuracy, trained_mlp
 from torch import nn
 
 from redblue.attacks import parse_attack

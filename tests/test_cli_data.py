@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from data_fixtures import TEST_LABELS, TRAIN_IMAGES, closed_port_url, http_mirror, tiny_files, tiny_spec, write_dataset
 
+from cli_helpers import run, one_error_line
 from redblue import data
-from redblue.cli import main
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -20,18 +20,6 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.setitem(data.DATASETS, "tiny", tiny_spec())
     return tmp_path
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(err: str) -> str:
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 def test_info_json_shows_roots_and_where_each_file_is(env, capsys, monkeypatch):

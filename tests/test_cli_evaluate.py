@@ -13,6 +13,7 @@ from torch import nn
 
 import redblue.cli.verbs_evaluate as verbs_evaluate
 import redblue.models
+from cli_helpers import run
 from redblue.cli import main
 from redblue.data import load_dataset
 from redblue.errors import DataError
@@ -38,12 +39,6 @@ def saved_model(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "mlp.safetensors"
     save_model(path, model, spec)
     return path
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def plain_fgsm(path: Path, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

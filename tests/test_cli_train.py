@@ -7,31 +7,10 @@ import json
 import pytest
 import torch
 
-from redblue.cli import main
+from cli_helpers import run, one_error_line
 from redblue.data import load_dataset
 from redblue.metrics import score
 from redblue.models import MLPSpec, load_model
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second thread only adds synchronisation, which is slow on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(err: str) -> str:
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 TINY = ("--model", "mlp:hidden=16,init=normal-0.01", "--train-subset", "600", "--epochs", "2", "--device", "cpu")

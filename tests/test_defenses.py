@@ -16,15 +16,6 @@ from redblue.errors import ConfigError
 D = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second thread only adds synchronisation, which is slow on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_mlp(seed: int = 0) -> nn.Sequential:
     """4 -> 5 (ReLU) -> 3 in float64, no dropout, so every objective is deterministic."""
     torch.manual_seed(seed)

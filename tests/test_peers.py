@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mlp_fixtures import accuracy, one_thread, trained_mlp  # noqa: F401  (one_thread: autouse)
+from mlp_fixtures import accuracy, trained_mlp
 
 from redblue.attacks import fgsm
 from redblue.attacks.pgd import pgd

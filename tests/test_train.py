@@ -19,15 +19,6 @@ from redblue.train import NewmuRMSprop, TrainConfig, init_model, make_optimizer,
 D = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second thread only adds synchronisation, which is slow on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def linear_model() -> nn.Module:
     """Flatten -> Linear(4, 3) in float64 with fixed weights: no dropout, one step is a formula."""
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).to(D)

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from redblue.attacks import ATTACKS, parse_attack
 from redblue.data import load_dataset
+from redblue.errors import RedblueError
 from redblue.evaluate import evaluate
 from redblue.models import MLPSpec, build_model, load_model
 
@@ -300,4 +301,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RedblueError as exc:  # missing data, a bad model file: one line, like the CLI
+        raise SystemExit(f"error: {exc}") from None

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from redblue.data import load_dataset
+from redblue.errors import RedblueError
 from redblue.models import MLPSpec, build_model
 from redblue.train import NewmuRMSprop, TrainConfig, init_model, train
 
@@ -67,4 +68,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RedblueError as exc:  # missing data, a bad model file: one line, like the CLI
+        raise SystemExit(f"error: {exc}") from None

@@ -165,7 +165,7 @@ def test_apgd_dlr_and_targeted_are_sensible():
 
 
 @pytest.mark.peers
-@pytest.mark.parametrize(("norm", "loss", "eps"), [("linf", "ce", 0.05), ("linf", "dlr", 0.1), ("l2", "ce", 1.5)])
+@pytest.mark.parametrize(("norm", "loss", "eps"), [("linf", "ce", 0.05), ("linf", "dlr", 0.1), pytest.param("l2", "ce", 1.5, marks=pytest.mark.slow)])
 def test_robust_accuracy_is_no_higher_than_torchattacks_apgd(norm, loss, eps):
     torchattacks = pytest.importorskip("torchattacks")
     model, x, y = _model_and_data()

@@ -153,7 +153,7 @@ def test_square_is_deterministic_for_a_seed():
 @pytest.mark.parametrize(
     ("norm", "eps"),
     # torchattacks' L2 Square takes ~10x longer than its L-inf one on CPU: a slow test
-    [("linf", 0.05), ("linf", 0.1), pytest.param("l2", 1.5, marks=pytest.mark.slow)],
+    [pytest.param("linf", 0.05, marks=pytest.mark.slow), ("linf", 0.1), pytest.param("l2", 1.5, marks=pytest.mark.slow)],
 )
 def test_robust_accuracy_is_no_higher_than_torchattacks_square(norm, eps):
     torchattacks = pytest.importorskip("torchattacks")

@@ -22,3 +22,15 @@ torch.set_num_threads(1)
 @pytest.fixture
 def generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """No REDBLUE_DATA_DIR, the user cache under tmp_path, and the tiny dataset registered."""
+    from data_fixtures import tiny_spec
+    from redblue import data
+
+    monkeypatch.delenv("REDBLUE_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.setitem(data.DATASETS, "tiny", tiny_spec())
+    return tmp_path

@@ -6,20 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from data_fixtures import TEST_LABELS, TRAIN_IMAGES, closed_port_url, http_mirror, tiny_files, tiny_spec, write_dataset
+from data_fixtures import TEST_LABELS, TRAIN_IMAGES, closed_port_url, http_mirror, tiny_files, write_dataset
 
 from cli_helpers import run, one_error_line
 from redblue import data
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.delenv("REDBLUE_DATA_DIR", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    monkeypatch.setitem(data.DATASETS, "tiny", tiny_spec())
-    return tmp_path
 
 
 def test_info_json_shows_roots_and_where_each_file_is(env, capsys, monkeypatch):

@@ -40,14 +40,6 @@ SHARED_MNIST = SHARED_DATA / "mnist"
 T10K_CLASS_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    """No REDBLUE_DATA_DIR, the user cache under tmp_path, and the tiny dataset registered."""
-    monkeypatch.delenv("REDBLUE_DATA_DIR", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    monkeypatch.setitem(data.DATASETS, "tiny", tiny_spec())
-    return tmp_path
-
 
 def expected_images(pixels: list[list[int]]) -> torch.Tensor:
     """Images as the reader must return them, computed in float64 from the pattern, then rounded."""

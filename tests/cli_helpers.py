@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from redblue.cli import main
 
 
@@ -16,3 +18,12 @@ def one_error_line(err: str) -> str:
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     return lines[0]
+
+
+def check_error_stdout(out: str, err_line: str, code: int, *, as_json: bool) -> None:
+    """stdout after a failed verb: nothing, or with --json exactly the JSON error object of the stderr line."""
+    if not as_json:
+        assert out == "", out
+        return
+    assert out.count("\n") == 1, out
+    assert json.loads(out) == {"error": err_line.removeprefix("error: "), "exit_code": code}

@@ -21,6 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from cli_helpers import check_error_stdout
 from redblue.cli import main
 from redblue.models import MLPSpec, build_model, save_model
 
@@ -73,13 +74,13 @@ def run(capsys, argv: list[str]) -> tuple[int, str, str]:
     return code, out, err
 
 
-def assert_one_line_error(code: int, out: str, err: str, fragment: str) -> None:
+def assert_one_line_error(code: int, out: str, err: str, fragment: str, argv: list[str]) -> None:
     assert "Traceback" not in out + err
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), err
     assert fragment.lower() in lines[0].lower(), lines[0]
     assert code == 2
-    assert out == ""
+    check_error_stdout(out, lines[0], code, as_json="--json" in argv)
 
 
 def assert_nothing_written(out_dir: Path) -> None:
@@ -163,8 +164,9 @@ def expand(argv: list[str], files: dict[str, Path], out_dir: Path) -> list[str]:
 @pytest.mark.parametrize("argv, fragment", CASES)
 def test_bad_input_is_one_error_line_and_exit_code_2(argv, fragment, files, tmp_path, capsys):
     out_dir = tmp_path / "out"
-    code, out, err = run(capsys, expand(argv, files, out_dir))
-    assert_one_line_error(code, out, err, fragment)
+    argv = expand(argv, files, out_dir)
+    code, out, err = run(capsys, argv)
+    assert_one_line_error(code, out, err, fragment, argv)
     assert_nothing_written(out_dir)
 
 
@@ -183,8 +185,9 @@ def test_a_pickle_is_refused_without_being_unpickled(files, tmp_path, capsys):
     disguised.write_bytes(pickled.read_bytes())
     for verb, weights in ((ATTACK, pickled), (EVALUATE, disguised), (ATTACK, disguised)):
         spec = ["--attack", "fgsm:eps=0.1"] if verb is ATTACK else ["--attacks", "fgsm", "--eps", "0.1"]
-        code, out, err = run(capsys, expand([*verb, str(weights), *spec], files, tmp_path / "out"))
-        assert_one_line_error(code, out, err, "safetensors")
+        argv = expand([*verb, str(weights), *spec], files, tmp_path / "out")
+        code, out, err = run(capsys, argv)
+        assert_one_line_error(code, out, err, "safetensors", argv)
         assert not marker.exists()
         assert_nothing_written(tmp_path / "out")
 
@@ -205,8 +208,9 @@ def test_missing_data_is_one_error_line_that_says_where_to_put_it(verb, files, n
         "train": TRAIN,
     }[verb]
     out_dir = tmp_path / "out"
-    code, out, err = run(capsys, [*expand(args, files, out_dir), "--data-dir", str(no_data_anywhere)])
-    assert_one_line_error(code, out, err, "not found")
+    argv = [*expand(args, files, out_dir), "--data-dir", str(no_data_anywhere)]
+    code, out, err = run(capsys, argv)
+    assert_one_line_error(code, out, err, "not found", argv)
     assert str(no_data_anywhere) in err and "redblue data fetch mnist" in err
     assert_nothing_written(out_dir)
 
@@ -227,7 +231,7 @@ def test_corrupt_data_file_is_one_error_line_naming_it(files, tmp_path, monkeypa
     out_dir = tmp_path / "out"
     argv = expand([*ATTACK, "{model}", "--attack", "fgsm:eps=0.1", "--data-dir", f"{tmp_path}/data"], files, out_dir)
     code, out, err = run(capsys, argv)
-    assert_one_line_error(code, out, err, "t10k-labels-idx1-ubyte")
+    assert_one_line_error(code, out, err, "t10k-labels-idx1-ubyte", argv)
     assert_nothing_written(out_dir)
 
 
@@ -237,8 +241,9 @@ def test_an_error_leaves_earlier_results_in_out_untouched(files, tmp_path, capsy
     assert code == 0 and out
     before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
     assert set(before) == {"adversarial.safetensors", "metrics.json"}
-    code, out, err = run(capsys, expand([*ATTACK, "{nan}", "--attack", "fgsm:eps=0.1"], files, out_dir))
-    assert_one_line_error(code, out, err, "nan")
+    argv = expand([*ATTACK, "{nan}", "--attack", "fgsm:eps=0.1"], files, out_dir)
+    code, out, err = run(capsys, argv)
+    assert_one_line_error(code, out, err, "nan", argv)
     assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before
 
 
@@ -253,5 +258,6 @@ def test_python_dash_m_redblue_shows_one_line_and_no_traceback(files, tmp_path):
     assert "Traceback" not in result.stdout + result.stderr
     assert result.stderr.splitlines() == [result.stderr.strip()] and result.stderr.startswith("error: ")
     assert "NaN" in result.stderr
-    assert result.returncode == 2 and result.stdout == ""
+    assert result.returncode == 2
+    check_error_stdout(result.stdout, result.stderr.strip(), 2, as_json=True)
     assert_nothing_written(out_dir)

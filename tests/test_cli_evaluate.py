@@ -13,7 +13,7 @@ from torch import nn
 
 import redblue.cli.verbs_evaluate as verbs_evaluate
 import redblue.models
-from cli_helpers import run
+from cli_helpers import check_error_stdout, run
 from redblue.cli import main
 from redblue.data import load_dataset
 from redblue.errors import DataError
@@ -161,9 +161,10 @@ BAD_INPUTS = [
 def test_bad_input_is_one_line_and_exit_2(saved_model, tmp_path, capsys, argv, message):
     argv = [a.format(model=saved_model, missing=tmp_path / "none.safetensors") for a in argv]
     code, stdout, err = run(capsys, *argv, "--device", "cpu", "--json")
-    assert code == 2 and stdout == ""
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert code == 2
+    check_error_stdout(stdout, lines[0], code, as_json=True)
     assert "Traceback" not in err
 
 

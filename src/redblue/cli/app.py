@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -29,6 +30,76 @@ DataDirOption = Annotated[
 ]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one machine-readable JSON result on stdout.")]
+ThreadsOption = Annotated[
+    str,
+    typer.Option(
+        "--threads",
+        help="CPU threads for torch: auto (one per core this process may use, at most 4) or a number. "
+        "On a busy shared machine, 1 is often fastest for small models.",
+    ),
+]
+
+MAX_AUTO_THREADS = 4  # past 4, the small MNIST models gain nothing from more threads (see README)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity), not the machine's total."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_threads(text: str) -> int:
+    """`auto` -> one thread per available core, at most MAX_AUTO_THREADS; else a positive integer."""
+    if text == "auto":
+        return max(1, min(available_cores(), MAX_AUTO_THREADS))
+    try:
+        threads = int(text)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise ConfigError(f"--threads must be auto or an integer >= 1, got {text!r}")
+    return threads
+
+
+def apply_threads(text: str) -> int:
+    """Set torch's intra-op thread count from a --threads value; returns the count set."""
+    threads = resolve_threads(text)
+    torch.set_num_threads(threads)
+    return threads
+
+
+# What is true after Ctrl-C depends on the verb and its options; a verb says it when it starts.
+DEFAULT_INTERRUPT_MESSAGE = "interrupted; nothing was saved"
+_interrupt_message = DEFAULT_INTERRUPT_MESSAGE
+
+
+def set_interrupt_message(text: str) -> None:
+    """The line `redblue` prints when the running verb is interrupted (Ctrl-C): what is kept, how to go on."""
+    global _interrupt_message
+    _interrupt_message = text
+
+
+def interrupt_message() -> str:
+    return _interrupt_message
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from redblue import __version__
+
+        sys.stdout.write(f"redblue {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Adversarial ML as red team (attacks) against blue team (defenses)."""
 
 
 def resolve_device(text: str) -> torch.device:
@@ -44,9 +115,26 @@ def resolve_device(text: str) -> torch.device:
     return device
 
 
+_json_printed = False
+
+
 def print_json(result: Any) -> None:
     """The one machine-readable line a verb prints with --json."""
+    global _json_printed
     sys.stdout.write(json.dumps(result, default=str) + "\n")
+    _json_printed = True
+
+
+def reset_run_state() -> None:
+    """Forget what an earlier in-process run set (tests call `main` many times)."""
+    global _json_printed, _interrupt_message
+    _json_printed = False
+    _interrupt_message = DEFAULT_INTERRUPT_MESSAGE
+
+
+def json_printed() -> bool:
+    """Whether the running verb has printed its JSON document (then an error adds no second one)."""
+    return _json_printed
 
 
 def parse_floats(name: str, text: str) -> list[float]:

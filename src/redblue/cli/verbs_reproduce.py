@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from redblue.cli.app import DataDirOption, DeviceOption, JsonOption, app, print_json, resolve_device
+from redblue.cli.app import DataDirOption, DeviceOption, JsonOption, app, print_json, resolve_device, set_interrupt_message
 from redblue.errors import ConfigError
 from redblue.reproduce import PAPER_TOML, load_experiment, reproduce
 
@@ -53,6 +53,7 @@ def reproduce_command(
     experiment = load_experiment(config or PAPER_TOML, profile=profile, seeds=seeds)
     run_device = resolve_device(device)
     folder = out if out is not None else Path("runs") / f"reproduce-{profile}"
+    set_interrupt_message(f"interrupted; finished cells are kept in {folder} and the same command resumes from them")
     result = reproduce(
         experiment,
         folder,

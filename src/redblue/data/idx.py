@@ -59,7 +59,8 @@ def gunzip(compressed: bytes, *, limit: int, source: str | os.PathLike[str]) -> 
     """The decompressed bytes of every gzip member, at most `limit + 1` of them.
 
     Returns `limit + 1` bytes when the content is longer than `limit` (the caller reports it);
-    never allocates more. Trailing zero bytes after the last member are ignored, as gzip does.
+    never allocates more. Accepts what `gzip.decompress` accepts (several members, zero padding),
+    except an empty input, and checks each member's CRC and length.
     """
     pieces: list[bytes] = []
     produced = 0
@@ -74,8 +75,8 @@ def gunzip(compressed: bytes, *, limit: int, source: str | os.PathLike[str]) -> 
                 break
             if not member.eof:
                 raise EOFError("the compressed stream ends early")
-            rest = member.unused_data
-            if not rest.strip(b"\0"):
+            rest = member.unused_data.lstrip(b"\0")  # zero padding between or after members, as gzip allows
+            if not rest:
                 break
     except (zlib.error, EOFError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

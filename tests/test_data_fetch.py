@@ -108,7 +108,6 @@ def test_a_corrupt_download_is_refused_and_leaves_nothing(env):
     files = tiny_files()
     bad = dict(files)
     bad[TEST_LABELS] = files[TEST_LABELS][:-1] + bytes([files[TEST_LABELS][-1] ^ 1])  # one label off
-    before = tree(env)
     with http_mirror(write_dataset(env / "served", bad, name="files")) as mirror:
         before = tree(env)
         with pytest.raises(DataError, match="is corrupt: it fails its checksum") as exc:

@@ -14,12 +14,12 @@ HYPOTHESIS_PROFILE=slow.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import struct
 import tracemalloc
 import zlib
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,7 +122,6 @@ def gzip_streams() -> st.SearchStrategy[bytes]:
 def gzip_member(raw: bytes, level: int, name: str | None) -> bytes:
     if name is None:
         return gzip.compress(raw, compresslevel=level, mtime=0)
-    import io
     buffer = io.BytesIO()
     with gzip.GzipFile(filename=name, mode="wb", fileobj=buffer, compresslevel=level, mtime=0) as handle:
         handle.write(raw)
@@ -271,16 +270,9 @@ def test_a_gz_far_larger_than_any_copy_is_refused_unread(env):
     assert peak < SLACK
 
 
-def test_the_fuzz_fixtures_are_what_they_claim():
+def test_the_fuzz_fixtures_are_what_they_claim(tmp_path):
     # the one content that passes: the tiny table's digest of the good bytes
-    assert read_verified(LABELS_SPEC, write_tmp(GOOD[TRAIN_LABELS])).array.tolist() == [3, 0, 9]
+    path = tmp_path / TRAIN_LABELS
+    path.write_bytes(GOOD[TRAIN_LABELS])
+    assert read_verified(LABELS_SPEC, path).array.tolist() == [3, 0, 9]
     assert (IMAGES_SPEC.nbytes, LABELS_SPEC.nbytes) == (16 + 3 * 784, 8 + 3) and COUNTS[TRAIN_IMAGES] == 3
-
-
-def write_tmp(raw: bytes) -> Path:
-    import tempfile
-
-    folder = Path(tempfile.mkdtemp())
-    path = folder / TRAIN_LABELS
-    path.write_bytes(raw)
-    return path

@@ -42,10 +42,6 @@ class FileSpec:
         item_bytes = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] if self.magic == IMAGES_MAGIC else 1
         return self.header_bytes + self.count * item_bytes
 
-    @property
-    def has_decompressed_digest(self) -> bool:
-        return self.sha256 is not None or self.md5 is not None
-
 
 @dataclass(frozen=True)
 class DatasetSpec:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from redblue.attacks import fgsm
-from redblue.attacks.pgd import pgd
+from redblue.attacks.pgd import pgd, pgd_last_iterate
 from redblue.defenses import (
     FGSMObjective,
     MARTObjective,
@@ -21,6 +21,7 @@ from redblue.defenses import (
     mart_loss,
     parse_objective,
 )
+from redblue.defenses.adversarial import kl_to
 
 D = torch.float64
 
@@ -144,6 +145,29 @@ def test_crafting_computes_no_weight_gradients(spec, during_call):
     assert all(p.grad is None for p in model.parameters())
     loss.backward()
     assert count[0] == during_call + 4  # then one gradient per parameter (2 weights, 2 biases)
+
+
+@pytest.mark.parametrize("spec", ["pgd:eps=0.2,steps=4", "fast-fgsm:eps=0.2", "mart:eps=0.2,steps=4", "trades:eps=0.2,steps=4"])
+def test_iterative_objectives_train_on_the_red_teams_pgd_images(spec):
+    """One implementation: the images each objective trains on are `pgd_last_iterate`'s (the
+    attacks' module) for the same generator, with the model in eval mode during crafting."""
+    model, (x, y) = small_mlp(dropout=0.3), batch()
+    model.train()
+    seen = record_inputs(model)
+    params = parse_objective(spec).resolved()
+    make_objective(params)(model, x, y, TrainStep(generator=torch.Generator().manual_seed(4)))
+    trained_on = seen[-1][len(x):] if params.name in ("mart", "trades") else seen[-1]
+    generator = torch.Generator().manual_seed(4)
+    steps = getattr(params, "steps", 1)
+    model.eval()
+    if params.name == "trades":
+        with torch.no_grad():
+            probs_clean = model(x).softmax(1)
+        x_start = (x + 0.001 * torch.randn(x.shape, generator=generator, dtype=D)).clamp(0, 1)
+        expected = pgd_last_iterate(model, x, y, eps=0.2, step_size=params.step_size, steps=steps, loss=kl_to(probs_clean), x_start=x_start)
+    else:
+        expected = pgd_last_iterate(model, x, y, eps=0.2, step_size=params.step_size, steps=steps, generator=generator)
+    torch.testing.assert_close(trained_on, expected, rtol=0, atol=0)
 
 
 # ---- MART -------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Adversarial training objectives: Goodfellow's FGSM mix, fast FGSM, PGD (Madry), TRADES and MART.
 
-Each attacks at eps * step.ramp (the loop's eps warm-up). The iterative ones craft with the red
-team's own training PGD (`pgd_last_iterate`: the step of the evaluator's `pgd`, last iterate, no
-per-call validation or device sync) with the model in eval mode (dropout off, batch-norm frozen),
-then compute the loss in the model's current (training) mode. Crafting computes input gradients
+Each attacks at eps * step.ramp (the loop's eps warm-up). The iterative ones (fast FGSM is PGD-1
+from a random start) craft with the red team's own `redblue.attacks.pgd.pgd_last_iterate` (the
+step of the evaluator's `pgd`, last iterate, no per-call validation or device sync) with the model
+in eval mode (dropout off, batch-norm frozen), then compute the loss in the model's current
+(training) mode. Crafting computes input gradients
 only, never weight gradients. A NaN gradient makes a NaN loss, which the loop reports at the end
 of the epoch.
 
@@ -23,22 +24,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Generator, Tensor, nn
+from torch import Tensor, nn
 
-from redblue.attacks.core import (
-    LossFn,
-    ascent_step,
-    ce_loss,
-    check_eps,
-    eval_mode,
-    linf_project,
-    linf_random_start,
-    loss_and_input_gradient,
-)
+from redblue.attacks.core import LossFn, ce_loss, check_eps, eval_mode
+from redblue.attacks.pgd import MADRY_STEP, pgd_last_iterate
 from redblue.defenses.objectives import Objective, ObjectiveParams, TrainStep, register_objective, require_steps
 from redblue.errors import require_in_range, require_non_negative, require_positive
-
-MADRY_STEP = 2.5  # step_size = 2.5 * eps / steps (Madry et al., 2018), as the attack `pgd`
 
 
 def _check_step_size(step_size: float | None) -> None:
@@ -148,7 +139,7 @@ class MARTObjective(ObjectiveParams):
 # ---- crafting ---------------------------------------------------------------------------------
 
 
-def pgd_last_iterate(
+def _pgd_in_eval_mode(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
@@ -156,33 +147,15 @@ def pgd_last_iterate(
     eps: float,
     step_size: float,
     steps: int,
-    random_start: bool = True,
+    step: TrainStep,
     loss: LossFn = ce_loss,
-    generator: Generator | None = None,
     x_start: Tensor | None = None,
 ) -> Tensor:
-    """L-inf PGD returning its last iterate, as Madry et al. train on; input gradients only.
-
-    TODO(#8): the attacks area is adding this very function to `redblue.attacks.pgd` (one
-    implementation of the step with the evaluator's `pgd`); import it from there once it lands.
-    Starts from x_start when given, else a uniform random point of the ball (random_start) or x.
-    Runs in the model's current mode; returns a detached tensor in [0, 1] within eps of x.
-    """
-    if x_start is None:
-        x_start = linf_random_start(x, eps, generator) if random_start else x
-    x_adv = x_start
-    for _ in range(steps):
-        grad = loss_and_input_gradient(model, x_adv, y, loss=loss, check_finite=False)[2]
-        x_adv = linf_project(ascent_step(x_adv, grad, step_size=step_size, norm="linf"), center=x, eps=eps)
-    return x_adv.detach()
-
-
-def _pgd_in_eval_mode(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, step_size: float, steps: int, step: TrainStep, **kwargs: Any
-) -> Tensor:
+    """The attack's last iterate at the warmed-up radius (eps and step scaled by step.ramp), dropout off."""
     with eval_mode(model):
         return pgd_last_iterate(
-            model, x, y, eps=eps * step.ramp, step_size=step_size * step.ramp, steps=steps, generator=step.generator, **kwargs
+            model, x, y, eps=eps * step.ramp, step_size=step_size * step.ramp, steps=steps,
+            loss=loss, generator=step.generator, x_start=x_start,
         )
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from redblue.bounds.network import Affine, Chain, MaxPool2d, Op, ReLU, Reshape
@@ -73,11 +74,11 @@ def input_box(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
 def interval_step(op: Op, lower: Tensor, upper: Tensor, *, sound: bool = False) -> tuple[Tensor, Tensor]:
     """Interval bounds on op's output from interval bounds (N, *in_shape) on its input."""
     if isinstance(op, ReLU):
-        return lower.clamp_min(0), upper.clamp_min(0)
+        return F.relu(lower), F.relu(upper)
     if isinstance(op, (MaxPool2d, Reshape)):  # monotone and exact
         return op.forward(lower), op.forward(upper)
     # centre-radius form: one pass with W and one with |W| instead of four with W+ and W-
-    mid, rad = (upper + lower) / 2, (upper - lower) / 2
+    mid, rad = (upper + lower) * 0.5, (upper - lower) * 0.5
     out_mid, out_rad = op.forward(mid), op.forward_abs(rad)
     if not sound:
         return out_mid - out_rad, out_mid + out_rad
@@ -261,7 +262,12 @@ def margin_bounds(
     if rounding is not None and tail_start == len(ops):
         rounding.record(len(ops), lower, upper)
 
-    ibp = backward_lower(ops, spec, {}, tail_box, start=tail_start, end=len(ops), rounding=rounding)
+    # IBP's rows through the affine tail: every ordered pair of classes at once, rows shared by
+    # the batch (matrix products, no per-sample coefficients), then each sample's rows e_y - e_j
+    pairs = (eye.unsqueeze(1) - eye[other_classes(torch.arange(classes, device=y.device), classes)]).flatten(0, 1)
+    every = backward_lower(ops, pairs.unsqueeze(0), {}, tail_box, start=tail_start, end=len(ops), rounding=rounding)
+    rows = (y * (classes - 1)).unsqueeze(1) + torch.arange(classes - 1, device=y.device)
+    ibp = every.gather(1, rows)  # (N, classes - 1)
     crown = None
     if method != "ibp":
         crown = backward_lower(ops, spec, relaxations, (box_lower, box_upper), start=0, end=len(ops), rounding=rounding)

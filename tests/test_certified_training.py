@@ -136,7 +136,7 @@ def train_briefly(model: nn.Module, objective, *, epochs: int, lr: float = 1e-3)
     x, y, _, _ = mnist_subset()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     order = torch.Generator().manual_seed(0)
-    steps, step = epochs * 20, 0
+    steps, step = epochs * -(-len(x) // 50), 0
     for _ in range(epochs):
         for index in torch.randperm(len(x), generator=order).split(50):
             ramp = min(1.0, step / (steps / 2))
@@ -157,13 +157,13 @@ def test_a_short_ibp_run_certifies_far_more_than_clean_training():
         torch.manual_seed(0)
         return nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
 
-    clean = train_briefly(mlp(), lambda m, x, y, ramp: F.cross_entropy(m(x), y), epochs=10)
-    robust = train_briefly(mlp(), lambda m, x, y, r: ibp_loss(m, x, y, eps=eps * r, kappa=1 - 0.5 * r)[0], epochs=10)
+    clean = train_briefly(mlp(), lambda m, x, y, ramp: F.cross_entropy(m(x), y), epochs=5)
+    robust = train_briefly(mlp(), lambda m, x, y, r: ibp_loss(m, x, y, eps=eps * r, kappa=1 - 0.5 * r)[0], epochs=5)
     method = choose_method(robust)
     assert method == "crown"
     certified = {name: certified_accuracy(m, x_eval, y_eval, eps=eps, method=method)
                  for name, m in (("clean", clean), ("ibp", robust))}
-    # measured: clean 0.12, IBP-trained 0.46 (CROWN, eps 0.1, 300 images)
+    # measured: clean 0.15, IBP-trained 0.44 (CROWN, eps 0.1, 300 images; clean accuracy 0.82)
     assert certified["ibp"] >= certified["clean"] + 0.2
     assert (robust(x_eval).argmax(dim=1) == y_eval).double().mean() >= 0.75  # still a classifier
 

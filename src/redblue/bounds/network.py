@@ -120,17 +120,16 @@ class Conv2d(Affine):
 
     def transpose(self, a: Tensor) -> Tensor:
         rows = a.shape[:2]
-        # the adjoint of a convolution is the transposed convolution with the same weights
-        a_in = F.conv_transpose2d(
-            a.reshape(rows.numel(), *self.out_shape),
-            self.weight,
-            None,
-            self.stride,
-            self.padding,
-            self.output_padding,
-            self.groups,
-            self.dilation,
-        )
+        a_out = a.reshape(rows.numel(), *self.out_shape)
+        # the adjoint of a convolution is the transposed convolution with the same weights; without
+        # gradients in float64 (certification), the convolution's input gradient is twice as fast
+        if a_out.dtype == torch.float64 and not torch.is_grad_enabled():
+            size = (rows.numel(), self.in_shape[0], *self.padded_size)
+            a_in = torch.nn.grad.conv2d_input(size, self.weight, a_out, self.stride, self.padding, self.dilation, self.groups)
+        else:
+            a_in = F.conv_transpose2d(
+                a_out, self.weight, None, self.stride, self.padding, self.output_padding, self.groups, self.dilation
+            )
         if self.explicit_pad is not None:
             left, _, top, _ = self.explicit_pad
             a_in = a_in[..., top : top + self.in_shape[1], left : left + self.in_shape[2]]

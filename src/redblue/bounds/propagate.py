@@ -38,6 +38,22 @@ METHODS: tuple[str, ...] = ("ibp", "crown", "crown-ibp")
 _MAX_COEFFICIENTS = 2**24
 
 
+def magnitude(lower: Tensor, upper: Tensor) -> Tensor:
+    """M = max(|lower|, |upper|): a bound on |z| for every z of the interval."""
+    return torch.maximum(lower.abs(), upper.abs())
+
+
+def allowance_vector(op: Op, m: Tensor) -> Tensor | None:
+    """R (N, *out_shape): the rounding of one step through op is at most |a| . R backwards, and R
+    elementwise forwards (IBP), given a magnitude bound m of op's input; None where op is exact.
+    See `redblue.bounds.rounding` for the derivation."""
+    if isinstance(op, ReLU):
+        return allowance_factor(op.terms) * m
+    if isinstance(op, Affine) and not isinstance(op, Reshape):
+        return allowance_factor(op.terms) * op.magnitude(m)
+    return None
+
+
 class Rounding:
     """Sound mode: the magnitude bound M (N, *in_shape) at the input of each operator, and the
     allowance vector R_k with which |a| . R_k bounds the rounding of one backward step."""
@@ -47,15 +63,15 @@ class Rounding:
         self.magnitude: dict[int, Tensor] = {}
         self.vector: dict[int, Tensor] = {}
 
-    def record(self, index: int, lower: Tensor, upper: Tensor) -> None:
-        """Record sound bounds on the input of ops[index] (index == len(ops): on the logits)."""
-        m = torch.maximum(lower.abs(), upper.abs())
+    def record(self, index: int, lower: Tensor, upper: Tensor) -> Tensor | None:
+        """Record sound bounds on the input of ops[index] (index == len(ops): on the logits);
+        returns the step's allowance vector."""
+        m = magnitude(lower, upper)
         self.magnitude[index] = m
-        op = self.ops[index] if index < len(self.ops) else None
-        if isinstance(op, ReLU):
-            self.vector[index] = allowance_factor(op.terms) * m
-        elif isinstance(op, Affine) and not isinstance(op, Reshape):
-            self.vector[index] = allowance_factor(op.terms) * op.magnitude(m)
+        vector = allowance_vector(self.ops[index], m) if index < len(self.ops) else None
+        if vector is not None:
+            self.vector[index] = vector
+        return vector
 
     def at_input(self, index: int) -> Tensor:
         """Allowance vector of a pass that ends at the input of ops[index] (the box term)."""
@@ -71,8 +87,14 @@ def input_box(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     return (x - eps).clamp_min(0.0), (x + eps).clamp_max(1.0)
 
 
-def interval_step(op: Op, lower: Tensor, upper: Tensor, *, sound: bool = False) -> tuple[Tensor, Tensor]:
-    """Interval bounds on op's output from interval bounds (N, *in_shape) on its input."""
+def interval_step(
+    op: Op, lower: Tensor, upper: Tensor, *, sound: bool = False, allowance: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Interval bounds on op's output from interval bounds (N, *in_shape) on its input.
+
+    sound: widen affine steps outward by their rounding allowance (float64; `allowance` is
+    allowance_vector(op, magnitude(lower, upper)) when the caller has it already).
+    """
     if isinstance(op, ReLU):
         return F.relu(lower), F.relu(upper)
     if isinstance(op, (MaxPool2d, Reshape)):  # monotone and exact
@@ -82,7 +104,9 @@ def interval_step(op: Op, lower: Tensor, upper: Tensor, *, sound: bool = False) 
     out_mid, out_rad = op.forward(mid), op.forward_abs(rad)
     if not sound:
         return out_mid - out_rad, out_mid + out_rad
-    slack = allowance_factor(op.terms) * op.magnitude(mid.abs() + rad) + UNDERFLOW
+    if allowance is None:
+        allowance = allowance_vector(op, magnitude(lower, upper))
+    slack = allowance + UNDERFLOW
     return (out_mid - out_rad) - slack, (out_mid + out_rad) + slack
 
 
@@ -135,16 +159,18 @@ def backward_lower(
     allowance = torch.zeros_like(constant)
     for index in range(end - 1, start - 1, -1):
         op = ops[index]
-        if rounding is not None and index in rounding.vector:
-            allowance = allowance + _dot(a.abs(), rounding.vector[index])
         if isinstance(op, ReLU):
             lower_slope, upper_slope, upper_intercept = relaxations[index]
             a_pos, a_neg = a.clamp_min(0), a.clamp_max(0)
+            if rounding is not None:
+                allowance = allowance + _dot(a_pos - a_neg, rounding.vector[index])  # |a|
             constant = constant + _dot(a_neg, upper_intercept)
             a = a_pos * lower_slope.unsqueeze(1) + a_neg * upper_slope.unsqueeze(1)
         elif isinstance(op, MaxPool2d):
             raise ModelError(f"CROWN has no relaxation for the max-pooling layer {op.name!r}; use method ibp")
         else:
+            if rounding is not None and index in rounding.vector:
+                allowance = allowance + _dot(a.abs(), rounding.vector[index])
             bias = op.bias_term(a)
             if bias is not None:
                 constant = constant + bias
@@ -254,9 +280,8 @@ def margin_bounds(
             relaxations[index] = relu_relaxation(lower, upper)
         if index == tail_start:
             tail_box = (lower, upper)
-        if rounding is not None:
-            rounding.record(index, lower, upper)
-        lower, upper = interval_step(op, lower, upper, sound=sound)
+        vector = None if rounding is None else rounding.record(index, lower, upper)
+        lower, upper = interval_step(op, lower, upper, sound=sound, allowance=vector)
     if rounding is None or tail_start == len(ops):  # training stopped there; or nothing to elide
         tail_box = (lower, upper)
     if rounding is not None and tail_start == len(ops):

@@ -17,26 +17,28 @@ Notation: u = 2^-53 is the unit roundoff, gamma(n) = n u / (1 - n u). Two facts 
 
 Every operator of the chain gets a term count n_k >= 2 (numel in + numel out) + 2 (ops) + 8,
 more than any sum it performs plus the sums of the bound's constant (`terms`), and the allowance
-factor is 4 gamma(n_k). M denotes a sound magnitude bound max(|lower|, |upper|) of a layer input.
+factor is 4 gamma(n_k). Bounds are written lo <= z <= hi; M = max(|lo|, |hi|) is a sound bound
+on |z| (computed exactly: abs and max do not round).
 
-IBP through an affine layer y = W z + b with l <= z <= u: with m = fl((l + u) / 2),
-r = fl((u - l) / 2), every z of the box lies within (r + u |m|)(1 + 2u) of m, so
-y >= fl(W m + b) - fl(|W| r) - E with, by (F1) and (F2), E <= (gamma(n+1) + 2 gamma(n) + 6u) S,
-S = |W| (|m| + r) + |b|, including the rounding of the two final subtractions (each at most
-u (|W m + b| + |W| r + E) <= u S (1 + 2 gamma(n))). The allowance 4 gamma(n_k) fl(S) >= 3 gamma(n + 3) S
-covers E; symmetrically for the upper bound. ReLU (a clamp), max-pooling (a max) and reshapes
-are exact.
+IBP through an affine layer y = W z + b, fan-in n: with m = fl((lo + hi) / 2) and
+r = fl((hi - lo) / 2), every z of the interval lies within (r + u |m|)(1 + 2u) of m, and
+|m| + r <= M (1 + u). By (F1) and (F2), y >= fl(W m + b) - fl(|W| r) - E with
+E <= (gamma(n + 1) + 2 gamma(n) + 6u) S, S = |W| M + |b|, which includes the rounding of the
+two final subtractions (each at most u (|W m + b| + |W| r + E) <= u S (1 + 2 gamma(n))). Since
+n_k >= n + 8, the allowance 4 gamma(n_k) fl(S) >= (4n + 31) u S covers E <= (3n + 9) u S;
+symmetrically for the upper bound. ReLU (a clamp), max-pooling (a max) and reshapes are exact.
 
 CROWN's backward pass keeps the invariant spec . f(x) >= a_k . z_k + c_k - A_k for every x in the
 box, with a_k the *computed* coefficients at layer k, so no error compounds:
   - through y = W z + b: a . y = fl(a W) . z + fl(a . b) + e with |e| <= gamma(n) |a| (|W| M + |b|)
     by (F1), since |z| <= M;
-  - through a ReLU relaxed on [l, u] (l, u sound): the lower lines (slope 0 or 1) are valid for
-    every z; the computed chord g(z) = s z + t, s = fl(u / fl(u - l)), t = fl(-s l) satisfies
-    relu(z) <= g(z) + 4u (|l| + |u|) on [l, u] (check the two end points: g(l) = -s l delta,
-    u - g(u) <= gamma(2) u + u |s l|; relu is convex), and a_neg * s rounds by u |a|; with the
-    d-term intercept sum, the step errs by at most (9u + gamma(d + 1)) |a| . M;
-  - at the input box: fl(a+ . lower + a- . upper) errs by gamma(2d) |a| . M;
+  - through a ReLU relaxed on [lo, hi] (sound bounds): the lower lines (slope 0 or 1) hold for
+    every z; the computed chord g(z) = s z + t, s = fl(hi / fl(hi - lo)), t = fl(-s lo)
+    satisfies relu(z) <= g(z) + 4u (|lo| + |hi|) on [lo, hi] (check the two end points,
+    g(lo) = -s lo delta and hi - g(hi) <= gamma(2) hi + u |s lo|; relu is convex), and
+    a_neg * s rounds by u |a|; with the d-term intercept sum, the step errs by at most
+    (9u + gamma(d + 1)) |a| . M;
+  - at the input box: fl(a+ . lo + a- . hi) errs by gamma(2d) |a| . M;
   - the constant c is a sum of at most 2 (ops) + 2 terms, each at most |a_k| . V_k in size
     (V_k = |W| M + |b| or M), so its rounding is below gamma(2 ops + 2) sum_k |a_k| . V_k.
 Summed, the error is below sum_k gamma(n_k) |a_k| . V_k; the allowance subtracted is

@@ -413,7 +413,7 @@ def build_page(folder: str | os.PathLike[str], *, options: PageOptions = PageOpt
         return builder(results, folder, options)
     except (KeyError, TypeError, IndexError) as exc:
         raise RunFolderError(
-            f"{folder}: its results do not have the shape a {kind} report needs ({type(exc).__name__}: {exc}); "
+            f"{folder}: its results do not have the shape a report of a {kind} run needs ({type(exc).__name__}: {exc}); "
             "was it written by another redblue version?"
         ) from None
 

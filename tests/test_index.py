@@ -15,7 +15,7 @@ import time
 import pytest
 from run_fixtures import EVAL_EPS, copy_runs, real_runs  # noqa: F401 (fixture)
 
-from redblue import index
+from redblue import index, ranking
 from redblue.config import tomllib
 from redblue.runfolders import normalize_time, utc_iso
 
@@ -184,7 +184,7 @@ def test_find_run_takes_an_id_prefix_a_path_or_a_name_and_refuses_an_ambiguous_o
 
 def test_leaderboard_ranks_models_by_their_lowest_worst_case_with_the_highest_certificate(runs):
     index.sync(runs.root)
-    board = index.leaderboard(runs.root)
+    board = ranking.leaderboard(runs.root)
     assert (board.norm, board.eps) == ("linf", 0.1)  # the only eps both models were evaluated at
     assert board.available == tuple(("linf", e, 2 if e == 0.1 else 1) for e in EVAL_EPS)
     a_runs = [runs.results("evaluate-a"), runs.results("evaluate-a-fgsm")]
@@ -203,10 +203,10 @@ def test_leaderboard_ranks_models_by_their_lowest_worst_case_with_the_highest_ce
     assert got == expected
     assert [r["worst_case_accuracy"] for r in board.rows] == sorted((v[0] for v in expected.values()), reverse=True)
     assert [r["rank"] for r in board.rows] == [1, 2]
-    only_a = index.leaderboard(runs.root, eps=0.2)
+    only_a = ranking.leaderboard(runs.root, eps=0.2)
     assert [r["model"] for r in only_a.rows] == [str(runs.model_a)]
     with pytest.raises(index.RunIndexError, match="no model was evaluated at eps 0.3; evaluated: linf 0.05, linf 0.1, linf 0.2"):
-        index.leaderboard(runs.root, eps=0.3)
+        ranking.leaderboard(runs.root, eps=0.3)
 
 
 WRITER = textwrap.dedent("""

@@ -5,7 +5,8 @@ for listing, filtering and ranking, rebuilt from them at any time (`rebuild`). I
 `<root>/index.sqlite` in WAL mode: readers never block the writer, and writers wait for each
 other (busy timeout) inside `BEGIN IMMEDIATE` transactions, so concurrent runs lose no rows.
 
-The engines feed it while they run (the CLI passes these as callbacks):
+`redblue.ranking` ranks the evaluated models it holds. The engines feed it while they run (the
+CLI passes these as callbacks):
     upsert_run(folder)          # when a run starts (after run.json/config.toml) and when it ends
     upsert_cell(folder, record) # after each cells/<id>.json is written
 Without a `root`, both use the nearest folder above `folder` that holds index.sqlite, else the
@@ -18,7 +19,6 @@ import hashlib
 import json
 import os
 import sqlite3
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
@@ -42,7 +42,6 @@ INDEX_FILE = "index.sqlite"
 SCHEMA_VERSION = "1"
 BUSY_TIMEOUT_S = 60.0
 ANCESTORS_SEARCHED = 3
-TIE_EPS = 0.1  # the leaderboard's default eps among equally common ones: the nearest to this
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -344,7 +343,8 @@ def _run_from_row(row: sqlite3.Row, cells: Sequence[dict[str, Any]] = ()) -> Ind
     )
 
 
-def _reader(root: Path) -> sqlite3.Connection:
+def reader(root: Path) -> sqlite3.Connection:
+    """A connection to the index under `root` whose rows are sqlite3.Row (columns by name)."""
     conn = connect(root)
     conn.row_factory = sqlite3.Row
     return conn
@@ -371,7 +371,7 @@ def list_runs(
         clauses.append("started >= ?")
         params.append(parse_since(since))
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    with closing(_reader(Path(root))) as conn:
+    with closing(reader(Path(root))) as conn:
         rows = conn.execute(f"SELECT * FROM runs {where} ORDER BY started DESC, path", params).fetchall()
     return [_run_from_row(row) for row in rows]
 
@@ -380,7 +380,7 @@ def find_run(root: str | os.PathLike[str], ref: str) -> IndexedRun:
     """The run whose id, path or name is `ref`, else the one whose id, path or name starts with it; with its cells."""
     ref = ref.rstrip("/")
     pattern = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    with closing(_reader(Path(root))) as conn:
+    with closing(reader(Path(root))) as conn:
         rows = conn.execute("SELECT * FROM runs WHERE ? IN (id, path, name)", (ref,)).fetchall()
         if not rows:
             rows = conn.execute(
@@ -397,76 +397,3 @@ def find_run(root: str | os.PathLike[str], ref: str) -> IndexedRun:
             " WHERE run_id = ? ORDER BY id", (rows[0]["id"],)
         ).fetchall()
     return _run_from_row(rows[0], [{**dict(c), "metrics": json.loads(c["metrics"])} for c in cells])
-
-
-def _or_below(value: float | None) -> float:
-    """Accuracies sort descending; a missing one below every real one."""
-    return -1.0 if value is None else value
-
-
-@dataclass(frozen=True)
-class Leaderboard:
-    """Every evaluated model at one (norm, eps), best worst-case robust accuracy first."""
-
-    norm: str
-    eps: float
-    rows: tuple[dict[str, Any], ...]
-    available: tuple[tuple[str, float, int], ...]  # (norm, eps, models evaluated there)
-
-
-def leaderboard(root: str | os.PathLike[str], *, eps: float | None = None, norm: str | None = None) -> Leaderboard:
-    """Rank evaluated models by worst-case robust accuracy at `eps` (default: the eps most models have;
-    among equals L-inf first, then the eps nearest 0.1, the paper's and the arena's budget).
-
-    A model is one (model, dataset, split, n); evaluated several times, it takes the lowest worst
-    case (every attack tried is a valid upper bound on its robust accuracy) and the highest
-    certified accuracy (every certificate is a valid lower bound).
-    """
-    with closing(_reader(Path(root))) as conn:
-        counts = conn.execute(
-            "SELECT norm, eps, COUNT(DISTINCT model || '|' || IFNULL(dataset, '') || '|' || IFNULL(split, '') || '|' ||"
-            " IFNULL(n, '')) AS models FROM evaluations GROUP BY norm, eps ORDER BY norm, eps"
-        ).fetchall()
-        available = tuple((r["norm"], r["eps"], r["models"]) for r in counts)
-        if not available:
-            raise RunIndexError(f"no evaluated models in {index_path(root)}; run `redblue evaluate MODEL --out runs/NAME` first")
-        candidates = [a for a in available if norm is None or a[0] == norm]
-        if eps is None:
-            if not candidates:
-                raise RunIndexError(f"no evaluations in norm {norm!r}; the index has {', '.join(sorted({a[0] for a in available}))}")
-            most = Counter({(a[0], a[1]): a[2] for a in candidates}).most_common()
-            tied = [k for k, c in most if c == most[0][1]]
-            chosen_norm, chosen_eps = min(tied, key=lambda k: (k[0] != "linf", abs(k[1] - TIE_EPS), k[1]))
-        else:
-            matches = [a for a in candidates if abs(a[1] - eps) <= 1e-9 * max(1.0, abs(eps))]
-            if not matches:
-                shown = ", ".join(f"{a[0]} {a[1]:g}" for a in available)
-                raise RunIndexError(f"no model was evaluated at eps {eps:g}; evaluated: {shown}")
-            chosen_norm, chosen_eps = matches[0][0], matches[0][1]
-        rows = conn.execute(
-            "SELECT e.*, r.id AS run_id, r.path AS run_path FROM evaluations e JOIN runs r ON r.id = e.run_id"
-            " WHERE e.norm = ? AND e.eps = ? ORDER BY r.started", (chosen_norm, chosen_eps)
-        ).fetchall()
-    models: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for row in rows:
-        key = (row["model"], row["dataset"], row["split"], row["n"])
-        entry = models.setdefault(key, {
-            "model": row["model"], "dataset": row["dataset"], "split": row["split"], "n": row["n"],
-            "worst_case_accuracy": row["worst_case_accuracy"], "clean_accuracy": row["clean_accuracy"],
-            "certified_accuracy": None, "certified_method": None, "attacks": [], "runs": [],
-        })
-        if row["worst_case_accuracy"] < entry["worst_case_accuracy"]:
-            entry["worst_case_accuracy"] = row["worst_case_accuracy"]
-        certified = row["certified_accuracy"]
-        if certified is not None and (entry["certified_accuracy"] is None or certified > entry["certified_accuracy"]):
-            entry["certified_accuracy"], entry["certified_method"] = certified, row["certified_method"]
-        if row["attacks"] and row["attacks"] not in entry["attacks"]:
-            entry["attacks"].append(row["attacks"])
-        entry["runs"].append(row["run_id"])
-    ranked = sorted(
-        models.values(),
-        key=lambda e: (-e["worst_case_accuracy"], -_or_below(e["certified_accuracy"]), -_or_below(e["clean_accuracy"]), e["model"]),
-    )
-    for rank, entry in enumerate(ranked, start=1):
-        entry["rank"] = rank
-    return Leaderboard(norm=chosen_norm, eps=chosen_eps, rows=tuple(ranked), available=available)

@@ -14,7 +14,8 @@ from rich.table import Table
 
 from redblue.cli.app import DataDirOption, JsonOption, app, print_json, set_interrupt_message
 from redblue.errors import ConfigError, require_choice
-from redblue.index import SyncReport, find_run, index_path, leaderboard, list_runs, parse_since, rebuild, sync
+from redblue.index import SyncReport, find_run, index_path, list_runs, parse_since, rebuild, sync
+from redblue.ranking import leaderboard
 from redblue.report.leaderboard import (
     LEADERBOARD_HEADER,
     RUN_HEADER,

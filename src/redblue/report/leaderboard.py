@@ -6,7 +6,8 @@ import csv
 import io
 from typing import Any
 
-from redblue.index import IndexedRun, Leaderboard
+from redblue.index import IndexedRun
+from redblue.ranking import Leaderboard
 
 CSV_COLUMNS = ("rank", "model", "dataset", "split", "n", "worst_case_accuracy", "certified_accuracy", "certified_method",
                "clean_accuracy", "attacks", "runs")

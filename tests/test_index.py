@@ -253,3 +253,19 @@ def test_two_processes_writing_at_once_lose_no_rows(tmp_path):
     assert counts == {"left": n, "right": n, "shared": 2 * n}
     with sqlite3.connect(index.index_path(root)) as conn:
         assert conn.execute("SELECT COUNT(*) FROM cells").fetchone()[0] == 4 * n
+
+
+def test_an_arena_lists_its_evaluated_models_for_the_leaderboard(tmp_path):
+    root = tmp_path / "runs"
+    folder = _write_run(root / "arena-1", kind="arena", status="done")
+    rows = [
+        {"model": "blue/pgd-at", "norm": "linf", "eps": 0.1, "worst_case_accuracy": 0.81, "certified_accuracy": 0.42,
+         "clean_accuracy": 0.97, "attacks": "standard"},
+        {"model": "blue/clean", "norm": "linf", "eps": 0.1, "worst_case_accuracy": 0.02, "clean_accuracy": 0.98},
+    ]
+    (folder / "results.json").write_text(json.dumps({"summary": {"winner": "blue"}, "evaluations": rows}))
+    index.sync(root)
+    board = ranking.leaderboard(root)
+    assert [(r["model"], r["worst_case_accuracy"], r["certified_accuracy"]) for r in board.rows] == [
+        ("blue/pgd-at", 0.81, 0.42), ("blue/clean", 0.02, None)]
+    assert index.find_run(root, "arena-1").metrics == {"winner": "blue"}

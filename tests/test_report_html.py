@@ -153,3 +153,42 @@ def test_write_reports_leaves_the_old_pair_when_the_results_are_broken(runs):
     with pytest.raises(RunFolderError, match="do not have the shape a report of a evaluate run needs"):
         write_reports(folder)
     assert (folder / "report.html").read_bytes() == before
+
+
+ARENA_LIKE = {
+    "summary": {"rounds": 2, "winner": "blue", "budget_eps": 0.1},
+    "evaluations": [
+        {"model": "blue/pgd-at", "norm": "linf", "eps": 0.1, "worst_case_accuracy": 0.81, "certified_accuracy": 0.42, "clean_accuracy": 0.97},
+        {"model": "blue/clean", "norm": "linf", "eps": 0.1, "worst_case_accuracy": 0.02, "certified_accuracy": None, "clean_accuracy": 0.98},
+    ],
+    "findings": [{"severity": "warning", "check": "attack-strength", "message": "square beat pgd on blue/clean"}],
+    "matrix": {"defenses": ["blue/clean", "blue/pgd-at"], "attacks": ["fgsm", "pgd"], "accuracy": [[0.1, 0.02], [0.85, 0.81]]},
+}
+
+
+def test_a_kind_without_a_builder_gets_the_generic_page_and_a_registered_builder_takes_over(tmp_path, monkeypatch):
+    import json
+
+    from redblue.report import pages
+
+    folder = tmp_path / "arena-1"
+    folder.mkdir()
+    (folder / "run.json").write_text(json.dumps({"kind": "arena", "name": "arena-1", "status": "done", "host": "box"}))
+    (folder / "results.json").write_text(json.dumps(ARENA_LIKE))
+    monkeypatch.delitem(pages.BUILDERS, "arena", raising=False)
+    page = build_page(folder)
+    assert [s.id for s in page.sections] == ["summary", "evaluations", "findings", "environment"]
+    table = _blocks(page, Table)[0]
+    assert [row[:4] for row in table.rows] == [("blue/pgd-at", "linf", 0.1, 0.81), ("blue/clean", "linf", 0.1, 0.02)]
+
+    def arena_page(results, folder, options):  # what the arena's builder looks like
+        matrix = results["matrix"]
+        heatmap = Heatmap("Robust accuracy: defenses × attacks", tuple(matrix["defenses"]), tuple(matrix["attacks"]),
+                          tuple(map(tuple, matrix["accuracy"])), row_header="defense", col_header="attack")
+        return Page("Arena", "arena", (Section("matrix", "Matrix", (heatmap,)), pages.environment_section(folder)))
+
+    monkeypatch.setitem(pages.BUILDERS, "arena", arena_page)
+    paths = write_reports(folder)
+    html = paths["html"].read_text()
+    assert 'data-kind="arena"' in html and "defense \\ attack" in html and html.count('class="heatmap"') == 1
+    assert "| blue/pgd-at | 85.0% | 81.0% |" in paths["markdown"].read_text()

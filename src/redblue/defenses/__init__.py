@@ -2,21 +2,39 @@
 
 from redblue.defenses.objectives import (
     OBJECTIVES,
+    CleanObjective,
+    FastFGSMObjective,
+    FGSMObjective,
     Objective,
-    ObjectiveConfig,
+    ObjectiveParams,
+    PGDObjective,
+    TRADESObjective,
+    TrainStep,
+    is_adversarial,
     make_objective,
-    make_objective_with_logits,
+    objective_from_record,
+    objective_record,
     parse_objective,
+    register_objective,
 )
 from redblue.defenses.penalties import penalized_parameters, weight_penalty
 
 __all__ = [
     "OBJECTIVES",
+    "CleanObjective",
+    "FGSMObjective",
+    "FastFGSMObjective",
     "Objective",
-    "ObjectiveConfig",
+    "ObjectiveParams",
+    "PGDObjective",
+    "TRADESObjective",
+    "TrainStep",
+    "is_adversarial",
     "make_objective",
-    "make_objective_with_logits",
+    "objective_from_record",
+    "objective_record",
     "parse_objective",
     "penalized_parameters",
+    "register_objective",
     "weight_penalty",
 ]

@@ -19,6 +19,12 @@ OUT ?= runs/reproduce-$(PROFILE)
 
 setup: $(VENV)/.setup-done
 setup-test: $(VENV)/.setup-test-done
+	@# The report test opens report.html in headless Chromium: Debian's package, installed when missing
+	@# (CI runs as root on a clean Debian machine; about 20 s and 113 MB of packages). REDBLUE_CHROMIUM
+	@# may name another Chromium binary instead.
+	@test -n "$$REDBLUE_CHROMIUM" || command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		(apt-get update && apt-get install -y --no-install-recommends chromium) || \
+		(echo "setup-test: could not install Chromium; install Debian's chromium package or set REDBLUE_CHROMIUM" >&2; exit 1)
 
 $(VENV)/.setup-done: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

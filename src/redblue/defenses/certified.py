@@ -22,18 +22,20 @@ over the same steps as eps (deepmind/interval-bound-propagation, `utils.py`: nom
 1 -> 0.5 and eps 0 -> eps_train over `rampup_steps`), and Zhang et al. set
 kappa = 1 - (eps_t / eps_train) * (1 - final_kappa) and beta = 1 - (eps_t / eps_train) * (1 - final_beta)
 per batch (huanzhang12/CROWN-IBP, `train.py`; `defaults.json`: final-kappa 0.5, final-beta 0).
-Both papers ramp over a long stretch: Gowal et al. 10k steps after a 2k-step clean warm-up
-(about 17 + 3 epochs of MNIST at batch 100, of 100k steps in all); Zhang et al. 50 epochs from
-epoch 10 of 200 (`config/mnist_dm-large_0.4.json`), or 60 of 100 (`config/mnist_crown.json`).
+Both ramp over a long stretch: Gowal et al.'s example (`examples/train.py`: batch 200, 60k steps)
+trains cleanly for 2k steps, then ramps over 10k (about 7 and 33 of its 200 epochs); Zhang et al.
+ramp over 50 epochs from epoch 10 of 200 (`config/mnist_dm-large_0.4.json`), or 60 of 100
+(`config/mnist_crown.json`).
 The loop's `--eps-warmup-epochs` is that ramp; without one (r = 1 throughout) the objective
 trains at the full radius with kappa_end and beta_end from the first batch.
 
-The train radius: Gowal et al. train MNIST at 0.2 for a test eps of 0.1 and at 0.4 for 0.2-0.4
+The train radius: Gowal et al. train MNIST at 0.4 for a test eps of 0.2-0.4 and at 0.2 for 0.1
 (their Section 5; the same in CROWN-IBP's reproductions of their large model,
-`config/mnist_dm-large_0.2.json` and `_0.4.json`), i.e. factors 2 and 4/3; their released example
-trains 0.3 at 0.33 (1.1x, as for CIFAR-10). `train_eps_factor` defaults to that MNIST table,
-train eps = min(2 eps, 0.4) and never below eps, so `ibp:eps=0.3` trains at 0.4 and `ibp:eps=0.1`
-at 0.2 (`objective_record` writes the factor used).
+`config/mnist_dm-large_0.4.json` and `_0.2.json`); their released example trains 0.3 at 0.33
+(1.1x, as for CIFAR-10). `train_eps_factor` defaults to 4/3, their MNIST 0.3 -> 0.4, for every
+eps: on the paper's MLP at eps 0.1 (784-625-10; 10 epochs of Adam, 5 of them ramp; CROWN on 1000
+test images), 4/3 certified 0.796 (clean 0.953) where their 2 certified 0.744 (clean 0.922). For a
+large CNN at eps 0.1, `train_eps_factor=2` follows them exactly.
 
 The clean term runs the model in its current mode (dropout on while training); the bounds are
 those of the network in eval mode (dropout the identity), the network that gets certified.
@@ -42,7 +44,6 @@ x: (N, ...) pixels in [0, 1]; y: (N,) labels; eps in pixel units.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch.nn.functional as F
@@ -53,9 +54,7 @@ from redblue.bounds import crown_ibp_margins, ibp_margins, worst_case_logits
 from redblue.defenses.objectives import Objective, ObjectiveParams, TrainStep, register_objective
 from redblue.errors import require_in_range, require_positive
 
-# Gowal et al.'s MNIST radii: train at twice the test eps, at most 0.4 (and never below the test eps)
-TRAIN_EPS_MULTIPLE = 2.0
-TRAIN_EPS_CAP = 0.4
+TRAIN_EPS_FACTOR = 4 / 3  # Gowal et al.'s MNIST 0.3 -> 0.4 (see above)
 
 
 def ibp_loss(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, kappa: float) -> tuple[Tensor, Tensor]:
@@ -94,13 +93,6 @@ def crown_ibp_loss(
 # ---- the registered objectives ----------------------------------------------------------------
 
 
-def published_train_eps_factor(eps: float) -> float:
-    """Gowal et al.'s MNIST train radius over the test radius: min(2 eps, 0.4) / eps, at least 1 (1 at eps 0)."""
-    if eps == 0:
-        return 1.0
-    return max(1.0, min(TRAIN_EPS_MULTIPLE * eps, TRAIN_EPS_CAP) / eps)
-
-
 def _ramped(start: float, end: float, ramp: float) -> float:
     return start + ramp * (end - start)
 
@@ -109,34 +101,26 @@ def _ramped(start: float, end: float, ramp: float) -> float:
 class IBPObjective(ObjectiveParams):
     """kappa * CE(x) + (1 - kappa) * CE(IBP worst case at the train eps) (Gowal et al., 2018).
 
-    eps: the test radius; the bounds use eps * train_eps_factor * ramp (default factor: Gowal et
-    al.'s MNIST table, see the module). kappa goes kappa_start -> kappa_end with the ramp.
+    eps: the test radius (the loop validates at it); the bounds use eps * train_eps_factor * ramp.
+    kappa goes kappa_start -> kappa_end with the ramp. Defaults: see the module.
     """
 
     name: str = field(default="ibp", init=False)
     eps: float = 0.1  # type: ignore[assignment]  # a field here, a property on the base
-    train_eps_factor: float | None = None
+    train_eps_factor: float = TRAIN_EPS_FACTOR
     kappa_start: float = 1.0
     kappa_end: float = 0.5
 
     def __post_init__(self) -> None:
         check_eps(self.eps, "linf")
-        if self.train_eps_factor is not None:
-            require_positive("train_eps_factor", self.train_eps_factor)
+        require_positive("train_eps_factor", self.train_eps_factor)
         require_in_range("kappa_start", self.kappa_start, 0.0, 1.0)
         require_in_range("kappa_end", self.kappa_end, 0.0, 1.0)
-
-    def resolved(self) -> IBPObjective:
-        if self.train_eps_factor is not None:
-            return self
-        return dataclasses.replace(self, train_eps_factor=published_train_eps_factor(self.eps))
 
     @property
     def train_eps(self) -> float:
         """The radius the bounds reach at the end of the ramp."""
-        factor = self.resolved().train_eps_factor
-        assert factor is not None
-        return self.eps * factor
+        return self.eps * self.train_eps_factor
 
     def schedule(self, step: TrainStep) -> dict[str, float]:
         return {"train_eps": self.train_eps * step.ramp, "kappa": _ramped(self.kappa_start, self.kappa_end, step.ramp)}
@@ -164,8 +148,6 @@ class CROWNIBPObjective(IBPObjective):
 @register_objective("ibp", IBPObjective)
 def _ibp_objective(params: IBPObjective) -> Objective:
     """Returns the clean logits (the training accuracy is the clean one)."""
-    params = params.resolved()
-
     def objective(model: nn.Module, x: Tensor, y: Tensor, step: TrainStep = TrainStep()) -> tuple[Tensor, Tensor]:
         values = params.schedule(step)
         return ibp_loss(model, x, y, eps=values["train_eps"], kappa=values["kappa"])
@@ -176,8 +158,6 @@ def _ibp_objective(params: IBPObjective) -> Objective:
 @register_objective("crown-ibp", CROWNIBPObjective)
 def _crown_ibp_objective(params: CROWNIBPObjective) -> Objective:
     """Returns the clean logits. Once beta reaches 0 each batch costs what an IBP batch costs."""
-    params = params.resolved()
-
     def objective(model: nn.Module, x: Tensor, y: Tensor, step: TrainStep = TrainStep()) -> tuple[Tensor, Tensor]:
         values = params.schedule(step)
         return crown_ibp_loss(model, x, y, eps=values["train_eps"], kappa=values["kappa"], beta=values["beta"])

@@ -98,14 +98,10 @@ def _ramped(start: float, end: float, ramp: float) -> float:
 
 
 @dataclass(frozen=True)
-class IBPObjective(ObjectiveParams):
-    """kappa * CE(x) + (1 - kappa) * CE(IBP worst case at the train eps) (Gowal et al., 2018).
+class CertifiedParams(ObjectiveParams):
+    """The keys IBP and CROWN-IBP share. eps: the test radius (the loop validates at it); the bounds
+    use eps * train_eps_factor * ramp, and kappa goes kappa_start -> kappa_end with the ramp."""
 
-    eps: the test radius (the loop validates at it); the bounds use eps * train_eps_factor * ramp.
-    kappa goes kappa_start -> kappa_end with the ramp. Defaults: see the module.
-    """
-
-    name: str = field(default="ibp", init=False)
     eps: float = 0.1  # type: ignore[assignment]  # a field here, a property on the base
     train_eps_factor: float = TRAIN_EPS_FACTOR
     kappa_start: float = 1.0
@@ -127,7 +123,14 @@ class IBPObjective(ObjectiveParams):
 
 
 @dataclass(frozen=True)
-class CROWNIBPObjective(IBPObjective):
+class IBPObjective(CertifiedParams):
+    """kappa * CE(x) + (1 - kappa) * CE(IBP worst case at the train eps) (Gowal et al., 2018)."""
+
+    name: str = field(default="ibp", init=False)
+
+
+@dataclass(frozen=True)
+class CROWNIBPObjective(CertifiedParams):
     """IBP's loss with the margin bound beta * CROWN-IBP + (1 - beta) * IBP (Zhang et al., 2020);
     beta goes beta_start -> beta_end with the ramp, as kappa does. Needs a model without max-pooling
     while beta > 0."""

@@ -151,6 +151,7 @@ class CROWNIBPObjective(CertifiedParams):
 @register_objective("ibp", IBPObjective)
 def _ibp_objective(params: IBPObjective) -> Objective:
     """Returns the clean logits (the training accuracy is the clean one)."""
+
     def objective(model: nn.Module, x: Tensor, y: Tensor, step: TrainStep = TrainStep()) -> tuple[Tensor, Tensor]:
         values = params.schedule(step)
         return ibp_loss(model, x, y, eps=values["train_eps"], kappa=values["kappa"])
@@ -161,6 +162,7 @@ def _ibp_objective(params: IBPObjective) -> Objective:
 @register_objective("crown-ibp", CROWNIBPObjective)
 def _crown_ibp_objective(params: CROWNIBPObjective) -> Objective:
     """Returns the clean logits. Once beta reaches 0 each batch costs what an IBP batch costs."""
+
     def objective(model: nn.Module, x: Tensor, y: Tensor, step: TrainStep = TrainStep()) -> tuple[Tensor, Tensor]:
         values = params.schedule(step)
         return crown_ibp_loss(model, x, y, eps=values["train_eps"], kappa=values["kappa"], beta=values["beta"])

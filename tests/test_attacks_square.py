@@ -1,11 +1,12 @@
 """Square Attack (Andriushchenko et al., 2020): its schedule and window pattern by hand, its query
 budget counted by a model that records every image it is shown, and its robust accuracy against
-torchattacks' Square on the same model and images."""
+torchattacks' Square on the same model and images (a missing peer fails the import; CI has it)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torchattacks
 from torch import Tensor, nn
 
 from mlp_fixtures import accuracy, trained_mlp
@@ -156,7 +157,6 @@ def test_square_is_deterministic_for_a_seed():
     [pytest.param("linf", 0.05, marks=pytest.mark.slow), ("linf", 0.1), pytest.param("l2", 1.5, marks=pytest.mark.slow)],
 )
 def test_robust_accuracy_is_no_higher_than_torchattacks_square(norm, eps):
-    torchattacks = pytest.importorskip("torchattacks")
     model, x, y = _model_and_data()
     n_queries = 300
     theirs = torchattacks.Square(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, n_queries=n_queries, seed=0)

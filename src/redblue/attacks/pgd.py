@@ -1,12 +1,13 @@
 """Projected gradient attacks in L-inf and L2: BIM, PGD with random restarts, MIM, PGD on the
 Carlini-Wagner margin, and their targeted variants.
 
-All of them share one loop (`_ascend`): take steepest-ascent steps on a per-sample objective,
-project into the eps-ball and [0, 1], and keep, per sample, the best iterate seen: a fooled
-iterate beats any that is not, and among equals the higher objective wins. The logits of the
-gradient's own forward pass judge each iterate, so tracking costs no extra forward per step
-(one extra forward judges the last iterate). Restarts run only on the samples no earlier
-restart fooled, and the only device syncs are between restarts.
+All of them share one step (`_ascent`): steepest ascent on a per-sample objective, projected
+into the eps-ball and [0, 1]. The attacks keep, per sample, the best iterate seen (the random
+start included): a fooled iterate beats any that is not, and among equals the higher objective
+wins. The logits of the gradient's own forward pass judge each iterate, so tracking costs no
+extra forward per step (one extra forward judges the last iterate). Restarts run only on the
+samples no earlier restart fooled. Training objectives call `pgd_last_iterate`, the same step
+without the tracking.
 """
 
 from __future__ import annotations
@@ -271,19 +272,21 @@ def _ascend(
 ) -> tuple[Best, Tensor]:
     """One run of projected steepest ascent; returns the per-sample best and a 'stayed finite' flag.
 
-    The start is no candidate, only the iterates after each step are: so one step of size eps
-    from x is exactly FGSM. The caller runs the model in eval mode.
+    Every iterate is a candidate, a random start included (a sample fooled only there is kept);
+    x itself is not (it is no attack), so one step of size eps from x is exactly FGSM. The
+    caller runs the model in eval mode.
     """
     objective_fn = _objective(loss, target)
     x_start = draw_random_start(x, eps, norm=norm, generator=generator) if start_random else x
     best: Best = (x, torch.full((len(x),), -torch.inf, device=x.device, dtype=x.dtype), torch.zeros_like(y, dtype=torch.bool))
-    seen = 0
+
+    is_candidate = start_random  # the start is a candidate when it is random; x itself is not
 
     def keep(x_k: Tensor, objective: Tensor, logits: Tensor) -> None:
-        nonlocal best, seen
-        if seen > 0:
+        nonlocal best, is_candidate
+        if is_candidate:
             best = _keep_better(best, x_k, objective, _fooled(logits, y, target))
-        seen += 1
+        is_candidate = True
 
     x_adv = _ascent(model, x, y, x_start, loss=objective_fn, eps=eps, norm=norm, steps=steps, step_size=step_size,
                     decay=decay, on_iterate=keep)  # fmt: skip

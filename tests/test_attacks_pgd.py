@@ -11,7 +11,8 @@ from torch import nn
 
 from redblue.attacks import fgsm, parse_attack
 from redblue.attacks.core import ce_loss, input_gradient, linf_project, linf_random_start, margin_loss
-from redblue.attacks.pgd import bim, mim, mim_l2, pgd, pgd_cw, pgd_l2, pgd_last_iterate, pgd_targeted
+from redblue.attacks.bim import bim, mim, mim_l2
+from redblue.attacks.pgd import pgd, pgd_cw, pgd_l2, pgd_last_iterate, pgd_targeted
 from redblue.errors import AttackError, ConfigError
 
 # a 3-class linear model on 4 inputs, and an input the model classifies as class 0

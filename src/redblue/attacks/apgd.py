@@ -32,6 +32,7 @@ import torch
 from torch import Generator, Tensor, nn
 
 from redblue.attacks.core import (
+    NORMS,
     LossFn,
     all_finite,
     ce_loss,
@@ -42,7 +43,7 @@ from redblue.attacks.core import (
     per_sample,
     targeted_dlr_loss,
 )
-from redblue.attacks.registry import register
+from redblue.attacks.registry import register, run_attack
 from redblue.errors import AttackError, require_choice, require_in_range, require_positive
 
 APGD_LOSSES = ("ce", "dlr", "targeted-dlr")
@@ -179,34 +180,19 @@ def _apgd_run(
     return _RunResult(x_best=x_best, best_loss=best_loss, is_adv=is_adv, x_found=x_found, finite=finite)
 
 
-def apgd(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    eps: float,
-    norm: str = "linf",
-    loss: str = "ce",
-    n_iter: int = 100,
-    restarts: int = 1,
-    rho: float = 0.75,
-    n_target_classes: int = 9,
-    generator: Generator | None = None,
-) -> Tensor:
-    """Auto-PGD (Croce & Hein, 2020) with `restarts` random restarts, each on the samples not yet fooled.
+def run_apgd(
+    model: nn.Module, x: Tensor, y: Tensor, params: APGDParams, generator: Generator | None, *, loss: str
+) -> tuple[Tensor, Tensor]:
+    """APGD's runner (see `registry`): `restarts` runs, each on the samples not yet fooled.
 
-    x: (N, ...) pixels in [0, 1]; y: (N,) labels. loss "ce" and "dlr" are untargeted; loss
-    "targeted-dlr" is APGD-T: for each of the `n_target_classes` highest other classes of the clean
-    logits in turn, `restarts` runs of targeted DLR (any misclassification counts as success).
-    Returns x_adv (detached, in [0, 1], within eps of x in `norm`): for a fooled sample the last
-    misclassified iterate of the run that fooled it, for a robust one its highest-loss point
-    over all runs, and x itself for a sample the model already misclassifies.
+    loss "ce" and "dlr" are untargeted; "targeted-dlr" is APGD-T: for each of the
+    `n_target_classes` highest other classes of the clean logits in turn, `restarts` runs of
+    targeted DLR (any misclassification counts as success). Returns (x_adv, finite): for a fooled
+    sample the last misclassified iterate of the run that fooled it, for a robust one its
+    highest-loss point over all runs, x itself for a sample the model already misclassifies.
+    One device sync per run, to attack only the samples still robust (as the reference does).
     """
-    check_eps(eps, norm)
-    require_choice("loss", loss, APGD_LOSSES)
-    require_positive("n_iter", n_iter)
-    require_positive("restarts", restarts)
-    require_in_range("rho", rho, 0.0, 1.0)
+    norm, eps = params.norm, params.eps
     x = x.detach()
     with torch.no_grad(), eval_mode(model):
         clean_logits = model(x)
@@ -220,16 +206,15 @@ def apgd(
     best_loss = torch.full((len(x),), -math.inf, dtype=x.dtype, device=x.device)
     finite = torch.ones((), dtype=torch.bool, device=x.device)
     if loss == "targeted-dlr":
-        require_positive("n_target_classes", n_target_classes)
         # the reference's order: classes sorted ascending, the target of rank r read at -(r + 1)
         ascending = clean_logits.sort(dim=1).indices  # (N, C)
-        runs = [(rank, r) for rank in range(1, min(n_target_classes, n_classes - 1) + 1) for r in range(restarts)]
+        n_targets = min(params.n_target_classes, n_classes - 1)
+        runs = [(rank, r) for rank in range(1, n_targets + 1) for r in range(params.restarts)]
     else:
-        runs = [(0, r) for r in range(restarts)]
+        runs = [(0, r) for r in range(params.restarts)]
 
     with eval_mode(model):
         for target_rank, _ in runs:
-            # one sync per run: running only the samples not yet fooled pays for itself many times
             todo = (~is_adv).nonzero().squeeze(1)
             if len(todo) == 0:
                 break
@@ -237,21 +222,15 @@ def apgd(
                 loss_fn: LossFn = partial(_targeted_dlr, target=ascending[todo, -(target_rank + 1)])
             else:
                 loss_fn = ce_loss if loss == "ce" else dlr_loss
-            run = _apgd_run(
-                model, x[todo], y[todo], eps=eps, norm=norm, loss=loss_fn, n_iter=n_iter, rho=rho, generator=generator
-            )
+            run = _apgd_run(model, x[todo], y[todo], eps=eps, norm=norm, loss=loss_fn, n_iter=params.n_iter,
+                            rho=params.rho, generator=generator)  # fmt: skip
             finite &= run.finite
             better = run.best_loss > best_loss[todo]
             keep = _where(better, run.x_best, x_adv[todo])
             x_adv[todo] = _where(run.is_adv, run.x_found, keep)
             best_loss[todo] = torch.where(better, run.best_loss, best_loss[todo])
             is_adv[todo] = run.is_adv
-    if not bool(finite):
-        raise AttackError(
-            "APGD met a NaN or infinite loss or gradient; check the model for log(0), "
-            "division by zero or overflow before attacking it"
-        )
-    return x_adv
+    return x_adv, finite
 
 
 def _targeted_dlr(logits: Tensor, y: Tensor, *, target: Tensor) -> Tensor:
@@ -294,61 +273,47 @@ class APGDTL2Params(APGDTParams):
     norm: ClassVar[str] = "l2"
 
 
-@register("apgd-ce", APGDParams, norm="linf")
-def apgd_ce(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, n_iter: int = 100, restarts: int = 1, rho: float = 0.75,
+_PARAMS_TYPES = {("linf", False): APGDParams, ("l2", False): APGDL2Params, ("linf", True): APGDTParams, ("l2", True): APGDTL2Params}
+
+
+def apgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    loss: str = "ce",
+    n_iter: int = APGDParams.n_iter,
+    restarts: int = APGDParams.restarts,
+    rho: float = APGDParams.rho,
+    n_target_classes: int = APGDTParams.n_target_classes,
     generator: Generator | None = None,
 ) -> Tensor:
-    """Auto-PGD on the cross-entropy loss, L-inf (Croce & Hein, 2020; AutoAttack's apgd-ce)."""
-    return apgd(model, x, y, eps=eps, norm="linf", loss="ce", n_iter=n_iter, restarts=restarts, rho=rho,
-                generator=generator)
+    """Auto-PGD (Croce & Hein, 2020) with `restarts` random restarts, each on the samples not yet fooled.
+
+    x: (N, ...) pixels in [0, 1]; y: (N,) labels. norm "linf" or "l2"; loss "ce", "dlr" or
+    "targeted-dlr" (APGD-T, over the `n_target_classes` highest other classes; see `run_apgd`).
+    Returns x_adv (detached, in [0, 1], within eps of x in `norm`).
+    """
+    require_choice("norm", norm, NORMS)
+    require_choice("loss", loss, APGD_LOSSES)
+    targeted = loss == "targeted-dlr"
+    values = {"eps": eps, "n_iter": n_iter, "restarts": restarts, "rho": rho}
+    params = _PARAMS_TYPES[(norm, targeted)](**values, **({"n_target_classes": n_target_classes} if targeted else {}))
+    return run_attack(f"apgd ({loss}, {norm})", partial(run_apgd, loss=loss), model, x, y, params, generator)
 
 
-@register("apgd-dlr", APGDParams, norm="linf")
-def apgd_dlr(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, n_iter: int = 100, restarts: int = 1, rho: float = 0.75,
-    generator: Generator | None = None,
-) -> Tensor:
-    """Auto-PGD on the difference-of-logits-ratio loss, L-inf (Croce & Hein, 2020; apgd-dlr)."""
-    return apgd(model, x, y, eps=eps, norm="linf", loss="dlr", n_iter=n_iter, restarts=restarts, rho=rho,
-                generator=generator)
-
-
-@register("apgd-t", APGDTParams, norm="linf")
-def apgd_t(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, n_iter: int = 100, restarts: int = 1, rho: float = 0.75,
-    n_target_classes: int = 9, generator: Generator | None = None,
-) -> Tensor:
-    """Auto-PGD on the targeted DLR loss over the top other classes in turn, L-inf (AutoAttack's apgd-t)."""
-    return apgd(model, x, y, eps=eps, norm="linf", loss="targeted-dlr", n_iter=n_iter, restarts=restarts, rho=rho,
-                n_target_classes=n_target_classes, generator=generator)
-
-
-@register("apgd-ce-l2", APGDL2Params, norm="l2")
-def apgd_ce_l2(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, n_iter: int = 100, restarts: int = 1, rho: float = 0.75,
-    generator: Generator | None = None,
-) -> Tensor:
-    """Auto-PGD on the cross-entropy loss, L2 (Croce & Hein, 2020)."""
-    return apgd(model, x, y, eps=eps, norm="l2", loss="ce", n_iter=n_iter, restarts=restarts, rho=rho,
-                generator=generator)
-
-
-@register("apgd-dlr-l2", APGDL2Params, norm="l2")
-def apgd_dlr_l2(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, n_iter: int = 100, restarts: int = 1, rho: float = 0.75,
-    generator: Generator | None = None,
-) -> Tensor:
-    """Auto-PGD on the difference-of-logits-ratio loss, L2 (Croce & Hein, 2020)."""
-    return apgd(model, x, y, eps=eps, norm="l2", loss="dlr", n_iter=n_iter, restarts=restarts, rho=rho,
-                generator=generator)
-
-
-@register("apgd-t-l2", APGDTL2Params, norm="l2")
-def apgd_t_l2(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, n_iter: int = 100, restarts: int = 1, rho: float = 0.75,
-    n_target_classes: int = 9, generator: Generator | None = None,
-) -> Tensor:
-    """Auto-PGD on the targeted DLR loss over the top other classes in turn, L2 (Croce & Hein, 2020)."""
-    return apgd(model, x, y, eps=eps, norm="l2", loss="targeted-dlr", n_iter=n_iter, restarts=restarts, rho=rho,
-                n_target_classes=n_target_classes, generator=generator)
+# AutoAttack's six APGD attacks: one runner and one keyword function (`apgd`), the norm from the
+# parameter dataclass, the loss fixed per name
+for _name, _params_type, _loss, _summary in (
+    ("apgd-ce", APGDParams, "ce", "Auto-PGD on the cross-entropy loss, L-inf (Croce & Hein, 2020; AutoAttack's apgd-ce)."),
+    ("apgd-dlr", APGDParams, "dlr", "Auto-PGD on the difference-of-logits-ratio loss, L-inf (Croce & Hein, 2020; apgd-dlr)."),
+    ("apgd-t", APGDTParams, "targeted-dlr", "Auto-PGD on the targeted DLR loss over the top other classes in turn, L-inf (AutoAttack's apgd-t)."),
+    ("apgd-ce-l2", APGDL2Params, "ce", "Auto-PGD on the cross-entropy loss, L2 (Croce & Hein, 2020)."),
+    ("apgd-dlr-l2", APGDL2Params, "dlr", "Auto-PGD on the difference-of-logits-ratio loss, L2 (Croce & Hein, 2020)."),
+    ("apgd-t-l2", APGDTL2Params, "targeted-dlr", "Auto-PGD on the targeted DLR loss over the top other classes in turn, L2 (Croce & Hein, 2020)."),
+):
+    register(_name, _params_type, run=partial(run_apgd, loss=_loss), norm=_params_type.norm, summary=_summary)(
+        partial(apgd, norm=_params_type.norm, loss=_loss)
+    )

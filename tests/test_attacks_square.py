@@ -33,6 +33,9 @@ def test_p_schedule_halves_at_the_papers_iterations():
     # other budgets are rescaled to 10,000: at 1,000 queries iteration 1 is "10", iteration 2 is "20"
     assert p_schedule(1, 1000, 0.8) == pytest.approx(0.8)
     assert p_schedule(2, 1000, 0.8) == pytest.approx(0.4)
+    # without rescaling (AutoAttack's standard version) the iteration counts as it is, whatever the budget
+    for iteration, p in expected.items():
+        assert p_schedule(iteration, 1000, 0.8, rescale=False) == pytest.approx(p), iteration
 
 
 def test_l2_window_pattern_matches_hand_computed_rectangles():

@@ -24,8 +24,10 @@ def run_fgsm(model: nn.Module, x: Tensor, y: Tensor, params: FGSMParams, generat
     """FGSM's runner (see `registry`): x_adv and whether the input gradient was finite."""
     with eval_mode(model):
         _, _, grad = loss_logits_and_gradient(model, x, y)
-    x_adv = x + params.eps * grad.sign()
-    return (x_adv.clamp(0.0, 1.0) if params.clip else x_adv).detach(), all_finite(grad)
+    finite = all_finite(grad)
+    # in place on the fresh tensors: these passes are FGSM's only cost beyond the model's
+    x_adv = x.add(grad.sign_(), alpha=params.eps)
+    return (x_adv.clamp_(0.0, 1.0) if params.clip else x_adv).detach(), finite
 
 
 @register("fgsm", FGSMParams, run=run_fgsm, norm="linf", iterative=False)

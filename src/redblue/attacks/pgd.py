@@ -177,7 +177,8 @@ def _ascent(
     around x and [0, 1]; direction is sign(grad) in L-inf, grad / |grad|_2 in L2. With `decay`,
     the steps follow the momentum of L1-normalised gradients (Dong et al., 2018).
     `on_iterate(x_k, loss_k, logits_k)` sees every point a gradient was taken at (k = 0..steps-1),
-    from the forward pass the gradient needed anyway.
+    from the forward pass the gradient needed anyway; x_k is valid during the call only (the loop
+    then updates it in place).
     """
     x_adv = x_start
     if norm == "linf":  # the L-inf ball within [0, 1], as bounds per pixel, once
@@ -194,9 +195,12 @@ def _ascent(
             momentum = decay * momentum + grad / per_sample(l1_mean, grad)
             grad = momentum
         if norm == "linf":
-            # = linf_project(ascent_step(...)) with the ball's bounds computed once; in place on
-            # fresh tensors, since these elementwise passes are PGD's only cost beyond the model
-            x_adv = x_adv.add(grad.sign() if momentum is not None else grad.sign_(), alpha=step_size).clamp_(lower, upper)
+            # = linf_project(ascent_step(...)) with the ball's bounds computed once; in place after
+            # the first step (x_start is the caller's), since these elementwise passes are PGD's
+            # only cost beyond the model: 3 instead of 5 per step
+            direction = grad.sign() if momentum is not None else grad.sign_()
+            x_adv = x_adv.add(direction, alpha=step_size) if x_adv is x_start else x_adv.add_(direction, alpha=step_size)
+            x_adv.clamp_(lower, upper)
         else:
             x_adv = l2_project(x_adv.add(l2_normalize(grad), alpha=step_size), center=x, eps=eps)
     return x_adv

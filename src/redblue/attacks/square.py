@@ -27,11 +27,12 @@ from redblue.errors import ConfigError, require_choice, require_in_range, requir
 _P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
-def p_schedule(iteration: int, n_queries: int, p_init: float) -> float:
+def p_schedule(iteration: int, n_queries: int, p_init: float, *, rescale: bool = True) -> float:
     """Fraction of pixels changed at `iteration` (from 0): the paper's piecewise-constant schedule,
-    with the iteration rescaled to a 10,000-query budget as in the reference implementation."""
-    rescaled = int(iteration / n_queries * 10000)
-    return p_init / 2 ** sum(rescaled > threshold for threshold in _P_HALVINGS)
+    with the iteration rescaled to a 10,000-query budget when `rescale` (the reference
+    SquareAttack's default; AutoAttack's standard version turns it off)."""
+    counted = int(iteration / n_queries * 10000) if rescale else iteration
+    return p_init / 2 ** sum(counted > threshold for threshold in _P_HALVINGS)
 
 
 def _as_images(x: Tensor) -> Tensor:
@@ -202,7 +203,7 @@ def _l2_proposal(x: Tensor, x_best: Tensor, side: int, draws: tuple[Tensor, ...]
 
 
 def _square_run(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str, n_queries: int, p_init: float,
+    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str, n_queries: int, p_init: float, rescale: bool,
     generator: Generator | None, input_shape: tuple[int, ...],
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One run: n_queries forwards per sample at most (the start counts); returns (x_best, margin, is_adv).
@@ -232,7 +233,7 @@ def _square_run(
             adv_act = adv_act[keep]
         if len(active) == 0:
             break
-        side = _window_side(p_schedule(iteration, n_queries, p_init), height, width, norm=norm)
+        side = _window_side(p_schedule(iteration, n_queries, p_init, rescale=rescale), height, width, norm=norm)
         draws = [d[active] for d in _draw(len(x), x, norm, generator)]
         if norm == "linf":  # the proposal differs from x_best in one window: edit it in place
             positions, old_window, new_window = _linf_window(x_act, best_act, side, draws, eps=eps)
@@ -258,6 +259,9 @@ class SquareParams:
     n_queries: int = 5000  # AutoAttack's standard budget
     p_init: float = 0.8  # AutoAttack's standard version, for L-inf and L2 alike
     restarts: int = 1
+    # p's schedule rescaled to n_queries (pyautoattack's SquareAttack default); AutoAttack's
+    # standard version runs Square with rescale off (its schedule is counted on 10,000 queries)
+    rescale: bool = True
 
     norm: ClassVar[str] = "linf"
 
@@ -296,7 +300,7 @@ def run_square(
                 break
             x_run, margin, fooled = _square_run(
                 model, images[todo], y[todo], eps=params.eps, norm=params.norm, n_queries=params.n_queries,
-                p_init=params.p_init, generator=generator, input_shape=tuple(x.shape[1:]),
+                p_init=params.p_init, rescale=params.rescale, generator=generator, input_shape=tuple(x.shape[1:]),
             )  # fmt: skip
             finite &= all_finite(margin)
             better = (margin > best_margin[todo]) | fooled
@@ -316,6 +320,7 @@ def square(
     n_queries: int = SquareParams.n_queries,
     p_init: float = SquareParams.p_init,
     restarts: int = SquareParams.restarts,
+    rescale: bool = SquareParams.rescale,
     generator: Generator | None = None,
 ) -> Tensor:
     """Square Attack (Andriushchenko et al., 2020): black-box random search on the margin loss.
@@ -327,7 +332,7 @@ def square(
     """
     require_choice("norm", norm, NORMS)
     params_type = SquareParams if norm == "linf" else SquareL2Params
-    params = params_type(eps=eps, n_queries=n_queries, p_init=p_init, restarts=restarts)
+    params = params_type(eps=eps, n_queries=n_queries, p_init=p_init, restarts=restarts, rescale=rescale)
     return run_attack(f"square ({norm})", run_square, model, x, y, params, generator)
 
 

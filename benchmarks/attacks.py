@@ -330,16 +330,16 @@ def table_d(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> tuple[float, 
                       generator=torch.Generator(device=x.device).manual_seed(0))  # fmt: skip
     _sync(x.device)
     seconds["ours"], robust["ours"] = time.perf_counter() - start, result.result(eps).worst_case_accuracy
+    print(f"{'':<14}{'seconds':>9}{'robust acc':>12}")
+    print(f"{'redblue':<14}{seconds['ours']:9.2f}{robust['ours']:12.4f}", flush=True)
 
     reference = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=0, device=x.device)
     start = time.perf_counter()
-    x_theirs = reference.run_standard_evaluation(x, y, bs=len(x))
+    x_theirs, _ = reference.run_standard_evaluation(x, y, batch_size=len(x))
     _sync(x.device)
     seconds["theirs"], robust["theirs"] = time.perf_counter() - start, accuracy(model, x_theirs, y)
 
     ratio = seconds["ours"] / seconds["theirs"]
-    print(f"{'':<14}{'seconds':>9}{'robust acc':>12}")
-    print(f"{'redblue':<14}{seconds['ours']:9.2f}{robust['ours']:12.4f}")
     print(f"{'AutoAttack':<14}{seconds['theirs']:9.2f}{robust['theirs']:12.4f}")
     print(f"time ours/theirs {ratio:.3f} (target <= {STANDARD_TARGET}); robust accuracy ours <= theirs + 0.001: "
           f"{robust['ours'] <= robust['theirs'] + 0.001}; after: {load()}")

@@ -188,7 +188,7 @@ def specs(draw: st.DrawFn) -> str:
 
 
 # parsing takes microseconds: many more examples than the attack suites, in either profile
-PARSER_SETTINGS = settings(max_examples=40 * settings.default.max_examples)
+PARSER_SETTINGS = settings(max_examples=15 * settings.default.max_examples)
 
 
 @PARSER_SETTINGS

@@ -7,9 +7,9 @@ import torch
 from torch import Tensor, nn
 
 import redblue.attacks  # noqa: F401  (registers the attacks)
-from redblue import sanity
+from redblue.evaluate import checks as sanity
 from redblue.attacks.registry import ATTACKS
-from redblue.sanity import StandaloneAccuracy
+from redblue.evaluate.checks import StandaloneAccuracy
 
 
 def _linear(weight: list[list[float]], *, scale: float = 1.0) -> nn.Module:

@@ -1,0 +1,112 @@
+"""What an evaluation returns: one row per attack and eps, the worst case per eps, the whole Evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+from redblue.evaluate.checks import Finding
+from redblue.evaluate.verify import BALL_ATOL, BALL_RTOL, BOX_ATOL
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """One attack at one eps. In worst-case mode `cumulative` is True: accuracy is after this and all earlier attacks."""
+
+    label: str
+    attack: str
+    params: dict[str, Any]
+    norm: str
+    threat: str
+    eps: float
+    accuracy: float  # robust accuracy: correct on the clean image and on the attacked one
+    confidence: float
+    cumulative: bool
+    n_attacked: int
+    n_fooled: int  # correctly classified samples this attack fooled with a valid image
+    n_invalid: int  # images that failed verification (counted as not fooled)
+    seconds: float
+    robust_mask: Tensor = field(repr=False, compare=False)  # (n,) bool on CPU
+    # per-attack mode only: accuracy on the attacked images of every sample, misclassified ones
+    # included (the paper's protocol); None in the cascade, which never attacks misclassified samples
+    adversarial_accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class EpsResult:
+    """All attacks of one norm at one eps, the per-sample worst case and the certified lower bound."""
+
+    norm: str
+    eps: float
+    attacks: tuple[AttackResult, ...]
+    worst_case_accuracy: float
+    worst_case_confidence: float
+    certified_accuracy: float | None
+    certified_note: str | None
+    worst_case_mask: Tensor = field(repr=False, compare=False)  # (n,) bool on CPU
+    certified_mask: Tensor | None = field(default=None, repr=False, compare=False)
+    seconds_certify: float = 0.0
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """[certified, empirical worst case]: the true robust accuracy lies in between."""
+        if self.certified_accuracy is None:
+            return None
+        return (self.certified_accuracy, self.worst_case_accuracy)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The result of `evaluate`: clean scores, one EpsResult per (norm, eps), and the findings."""
+
+    n: int
+    mode: str
+    clean_accuracy: float
+    clean_confidence: float
+    results: tuple[EpsResult, ...]
+    findings: tuple[Finding, ...]
+    certify_method: str | None
+    checks: bool
+    seconds_attacks: float
+    seconds_checks: float
+    seconds_certify: float
+    clean_mask: Tensor = field(repr=False, compare=False)
+
+    def result(self, eps: float, norm: str = "linf") -> EpsResult:
+        for r in self.results:
+            if r.eps == eps and r.norm == norm:
+                return r
+        raise KeyError(f"no result for {norm} eps={eps}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data (the per-sample masks are left out)."""
+
+        def attack_dict(a: AttackResult) -> dict[str, Any]:
+            return {f.name: getattr(a, f.name) for f in dataclasses.fields(a) if f.name != "robust_mask"}
+
+        return {
+            "n": self.n,
+            "mode": self.mode,
+            "clean": {"accuracy": self.clean_accuracy, "confidence": self.clean_confidence},
+            "results": [
+                {
+                    "norm": r.norm,
+                    "eps": r.eps,
+                    "attacks": [attack_dict(a) for a in r.attacks],
+                    "worst_case": {"accuracy": r.worst_case_accuracy, "confidence": r.worst_case_confidence},
+                    "certified": {"method": self.certify_method, "accuracy": r.certified_accuracy, "note": r.certified_note},
+                    "interval": list(r.interval) if r.interval else None,
+                }
+                for r in self.results
+            ],
+            "findings": [dataclasses.asdict(f) for f in self.findings],
+            "settings": {
+                "checks": self.checks,
+                "ball_tolerance": {"atol": BALL_ATOL, "rtol": BALL_RTOL},
+                "box_tolerance": BOX_ATOL,
+            },
+            "seconds": {"attacks": self.seconds_attacks, "checks": self.seconds_checks, "certify": self.seconds_certify},
+        }

@@ -1,16 +1,28 @@
-"""Sanity checks that run attacks: which checks run, on which attacks, samples and eps."""
+"""Sanity checks that run attacks: which checks run for a plan, on which attacks, samples and eps.
+
+The checks themselves (`checks`) take a runner `(entry, params, indices) -> fooled`; here that runner
+is the evaluator's verified `run_attack`, and here the plan decides which attack each check uses.
+Every check runs on a small, evenly spread subset of the correctly classified samples.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
-from torch import Generator, Tensor, nn
+from torch import Tensor, nn
 
 from redblue.attacks.registry import ATTACKS, AttackEntry
 from redblue.evaluate import checks as sanity
+from redblue.evaluate.cascade import CascadeSettings, CleanPass
 from redblue.evaluate.checks import Finding
-from redblue.evaluate.plan import attack_label, cascade_order, estimated_cost
+from redblue.evaluate.plan import (
+    PlannedAttack,
+    attack_label,
+    cascade_order,
+    estimated_cost,
+)
 from redblue.evaluate.results import EpsResult
 from redblue.evaluate.verify import run_attack, validity_findings
 
@@ -19,22 +31,27 @@ def run_checks(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
-    plan: list[tuple[str, tuple[AttackEntry, Any]]],
-    results: list[EpsResult],
+    plan: Sequence[PlannedAttack],
+    results: Sequence[EpsResult],
     *,
-    mode: str,
-    clean_correct: Tensor,
-    batch_size: int,
-    generator: Generator | None,
+    clean: CleanPass,
+    settings: CascadeSettings,
     subset: int,
 ) -> list[Finding]:
+    """Every check that needs attacks or the finished results; returns their findings, in a fixed order.
+
+    subset: at most this many correctly classified samples are attacked by each check.
+    """
     findings: list[Finding] = []
     n = len(y)
-    correct_idx = clean_correct.nonzero().squeeze(1)
-    sample = sanity.spread_subset(correct_idx, subset)
+    mode = settings.mode
+    sample = sanity.spread_subset(clean.correct_indices, subset)
 
     def run(entry: AttackEntry, params: Any, indices: Tensor) -> Tensor:
-        attack_run = run_attack(model, entry, params, x, y, indices=indices, batch_size=batch_size, generator=generator)
+        attack_run = run_attack(
+            model, entry, params, x, y, indices=indices, batch_size=settings.batch_size, generator=settings.generator
+        )
+        # an attack that breaks its contract inside a check is as much a bug as inside the evaluation
         findings.extend(validity_findings(attack_label(entry, params), attack_run, eps=params.eps, norm=entry.norm))
         return attack_run.fooled
 
@@ -42,23 +59,25 @@ def run_checks(
     for norm in dict.fromkeys(r.norm for r in results):
         here = [r for r in results if r.norm == norm]
         curves: dict[str, list[tuple[float, float]]] = {"worst case": [(r.eps, r.worst_case_accuracy) for r in here]}
-        for label, _ in plan:
-            points = [(r.eps, a.accuracy) for r in here for a in r.attacks if a.label == label]
+        for planned in plan:
+            points = [(r.eps, a.accuracy) for r in here for a in r.attacks if a.label == planned.label]
             if points:
-                curves[label] = points
+                curves[planned.label] = points
         findings += sanity.check_monotonic(curves, n=n, what=what)
 
     if len(sample) == 0:
         return findings + [Finding("warning", "sanity", "no sample is classified correctly; the attack checks did not run")]
 
     # the cheapest attack (white-box first) at eps = 0: a check, not a second evaluation
-    first_label, (first_entry, first_params) = min(plan, key=cascade_order)
-    findings += sanity.check_eps_zero(run, first_entry, first_params, sample[: max(1, subset // 4)], label=first_label)
+    first = min(plan, key=cascade_order)
+    findings += sanity.check_eps_zero(run, first.entry, first.params, sample[: max(1, subset // 4)], label=first.label)
 
     if mode == "per-attack":
+        by_label = {planned.label: planned for planned in plan}
         rows = [
             sanity.StandaloneAccuracy(
-                a.label, _attack_of(plan, a.label)[0], r.eps, a.accuracy, targeted=sanity.is_targeted(*_attack_of(plan, a.label))
+                a.label, by_label[a.label].entry, r.eps, a.accuracy,
+                targeted=sanity.is_targeted(by_label[a.label].entry, by_label[a.label].params),
             )
             for r in results
             for a in r.attacks
@@ -82,18 +101,16 @@ def run_checks(
     return findings
 
 
-def _attack_of(plan: list[tuple[str, tuple[AttackEntry, Any]]], label: str) -> tuple[AttackEntry, Any]:
-    return next(attack for lab, attack in plan if lab == label)
-
-
-def _most_informative(results: list[EpsResult], norm: str) -> EpsResult:
+def _most_informative(results: Sequence[EpsResult], norm: str) -> EpsResult:
     """The eps whose worst-case accuracy is nearest half of its maximum: attacks are tested hardest there."""
     here = [r for r in results if r.norm == norm]
     top = max(r.worst_case_accuracy for r in here)
     return min(here, key=lambda r: abs(r.worst_case_accuracy - top / 2))
 
 
-def _strength_on_subset(run: sanity.AttackRunner, plan, results: list[EpsResult], sample: Tensor) -> list[Finding]:
+def _strength_on_subset(
+    run: sanity.AttackRunner, plan: Sequence[PlannedAttack], results: Sequence[EpsResult], sample: Tensor
+) -> list[Finding]:
     """In the cascade, standalone numbers exist only on a subset: run each white-box attack there at one eps per norm.
 
     Without a single-step attack in the plan, FGSM (one gradient) joins as the reference for L-inf.
@@ -102,7 +119,7 @@ def _strength_on_subset(run: sanity.AttackRunner, plan, results: list[EpsResult]
     """
     rows: list[sanity.StandaloneAccuracy] = []
     for norm in dict.fromkeys(r.norm for r in results):
-        white = [(label, entry, params) for label, (entry, params) in plan if entry.norm == norm and entry.threat == "white-box"]
+        white = [(p.label, p.entry, p.params) for p in plan if p.norm == norm and p.threat == "white-box"]
         if not any(entry.iterative for _, entry, _ in white):
             continue
         if not any(not entry.iterative for _, entry, _ in white):
@@ -123,19 +140,19 @@ def _strength_on_subset(run: sanity.AttackRunner, plan, results: list[EpsResult]
     return sanity.check_attack_strength(rows, n=len(sample), scope=f"standalone on {len(sample)} correct samples")
 
 
-def _unbounded_attack(plan) -> tuple[str, AttackEntry, Any]:
+def _unbounded_attack(plan: Sequence[PlannedAttack]) -> tuple[str, AttackEntry, Any]:
     """The registry's default PGD (else the plan's strongest L-inf gradient attack, else FGSM) for the eps = 1 check."""
     if "pgd" in ATTACKS:
         entry = ATTACKS["pgd"]
         return "pgd", entry, entry.params(eps=1.0)
-    linf = [(label, entry, params) for label, (entry, params) in plan if entry.norm == "linf" and entry.threat == "white-box"]
+    linf = [(p.label, p.entry, p.params) for p in plan if p.norm == "linf" and p.threat == "white-box"]
     if linf:
         return max(linf, key=lambda m: estimated_cost(m[1], m[2]))
     entry = ATTACKS["fgsm"]
     return "fgsm", entry, entry.params(eps=1.0)
 
 
-def _cheapest_iterative(plan) -> tuple[str, AttackEntry, Any] | None:
+def _cheapest_iterative(plan: Sequence[PlannedAttack]) -> tuple[str, AttackEntry, Any] | None:
     """The white-box iterative attack with the smallest budget that has steps or restarts to raise.
 
     The samples re-attacked survived every attack of the plan, the strongest included, so whatever
@@ -143,9 +160,9 @@ def _cheapest_iterative(plan) -> tuple[str, AttackEntry, Any] | None:
     cheapest keeps the check a fraction of the evaluation's cost.
     """
     candidates = [
-        (label, entry, params)
-        for label, (entry, params) in plan
-        if entry.threat == "white-box" and entry.iterative and sanity.stronger_params(params) is not None
+        (p.label, p.entry, p.params)
+        for p in plan
+        if p.threat == "white-box" and p.entry.iterative and sanity.stronger_params(p.params) is not None
     ]
     # an attack towards one random class is no measure of convergence unless nothing else is there
     untargeted = [m for m in candidates if not sanity.is_targeted(m[1], m[2])]

@@ -1,4 +1,4 @@
-"""The cascade at one eps: attacks in plan order, the per-sample worst case, and the certified bound beside it.
+"""The cascade at one eps: the plan's attacks in order, the per-sample worst case, the certified bound beside it.
 
 * `worst-case` mode: each attack runs only on the samples every earlier attack left robust (white-box
   attacks first, cheapest first, then black-box and transfer attacks, so whatever those still find
@@ -18,22 +18,20 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Generator, Tensor, nn
 
-from redblue.attacks.registry import AttackEntry, get_attack
+from redblue.attacks.registry import get_attack
 from redblue.errors import ModelError
-from redblue.evaluate import checks as sanity
+from redblue.evaluate import checks
 from redblue.evaluate.checks import Finding
+from redblue.evaluate.plan import PlannedAttack
 from redblue.evaluate.results import AttackResult, EpsResult
-from redblue.evaluate.verify import (
-    _PER_SAMPLE,
-    AttackRun,
-    run_attack,
-    validity_findings,
-)
+from redblue.evaluate.verify import AttackRun, run_attack, select, validity_findings
+from redblue.metrics import WorstCase, correct_and_confidence, true_class_margin
 
 CERTIFY_METHODS = ("auto", "ibp", "crown", "crown-ibp")
 
@@ -45,135 +43,164 @@ def auto_certify_method(model: nn.Module) -> str:
     return "crown-ibp" if any(isinstance(m, nn.Conv2d) for m in model.modules()) else "crown"
 
 
-class _WorstCase:
-    """Per-sample worst case so far at one eps: fooled, true-class margin and top prob of the worst image."""
+@dataclass(frozen=True, eq=False)
+class CleanPass:
+    """What the model does on the clean images, per sample (n,): correct, true-class margin (float64), top prob."""
 
-    def __init__(self, clean_correct: Tensor, clean_margin: Tensor, clean_top: Tensor) -> None:
-        self.fooled = ~clean_correct
-        self.margin = clean_margin.clone()
-        self.top_prob = clean_top.clone()
+    correct: Tensor
+    margin: Tensor
+    top_prob: Tensor
 
-    def update(self, indices: Tensor, run: AttackRun) -> None:
-        cur_fooled, cur_margin = self.fooled[indices], self.margin[indices]
-        better = run.valid & (
-            (run.fooled & ~cur_fooled) | ((run.fooled == cur_fooled) & (run.margin < cur_margin))
-        )
-        self.fooled[indices] = cur_fooled | run.fooled
-        self.margin[indices] = torch.where(better, run.margin, cur_margin)
-        self.top_prob[indices] = torch.where(better, run.top_prob.to(self.top_prob.dtype), self.top_prob[indices])
+    @classmethod
+    def from_logits(cls, logits: Tensor, y: Tensor) -> CleanPass:
+        correct, top_prob = correct_and_confidence(logits, y)
+        return cls(correct=correct, margin=true_class_margin(logits, y), top_prob=top_prob)
 
-
-def _margin(logits: Tensor, y: Tensor) -> Tensor:
-    logits = logits.double()
-    true_logit = logits.gather(1, y[:, None]).squeeze(1)
-    return true_logit - logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+    @property
+    def correct_indices(self) -> Tensor:
+        return self.correct.nonzero().squeeze(1)
 
 
-def _evaluate_eps(
+@dataclass(frozen=True)
+class CascadeSettings:
+    """How the attacks run: mode, batch size, the generator every random start draws from, and the
+    certification method (None: no certified bound)."""
+
+    mode: str
+    batch_size: int
+    generator: Generator | None
+    certify_method: str | None
+
+
+@dataclass(frozen=True, eq=False)
+class RowOutcome:
+    """One attack at one eps: its row, the worst case after it, and the findings it raised."""
+
+    row: AttackResult
+    worst: WorstCase
+    findings: tuple[Finding, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class EpsOutcome:
+    """Every attack at one eps: the result and the findings raised on the way."""
+
+    result: EpsResult
+    findings: tuple[Finding, ...]
+
+
+def attack_row(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
-    plan: list[tuple[str, tuple[AttackEntry, Any]]],
-    norm: str,
+    planned: PlannedAttack,
     eps: float,
     *,
-    mode: str,
-    clean_correct: Tensor,
-    clean_margin: Tensor,
-    clean_top: Tensor,
-    batch_size: int,
-    generator: Generator | None,
-    certify_method: str | None,
-    findings: list[Finding],
-) -> EpsResult:
+    worst: WorstCase,
+    clean: CleanPass,
+    settings: CascadeSettings,
+    after_white_box: bool,
+) -> RowOutcome:
+    """Run `planned` at `eps` on the samples the mode attacks and fold its verified images into `worst`.
+
+    after_white_box: a white-box attack ran earlier at this eps, so in the cascade whatever this
+    (black-box or transfer) attack still fools is what the gradients missed.
+    """
     n = len(y)
-    worst = _WorstCase(clean_correct, clean_margin, clean_top)
-    correct_idx = clean_correct.nonzero().squeeze(1)
-    all_idx = torch.arange(n, device=x.device)
+    params = planned.at(eps)
+    cascade = settings.mode == "worst-case"
+    # the cascade attacks what is still robust; per-attack mode attacks every sample (the paper's protocol)
+    indices = worst.robust.nonzero().squeeze(1) if cascade else torch.arange(n, device=x.device)
+    run = run_attack(
+        model, planned.entry, params, x, y, indices=indices, batch_size=settings.batch_size, generator=settings.generator
+    )
+    findings = validity_findings(planned.label, run, eps=eps, norm=planned.norm)
+    # confidence: this attack's valid images; elsewhere the worst-case image (clean in per-attack mode)
+    top_prob = (worst.top_prob if cascade else clean.top_prob).clone().to(torch.float64)
+    top_prob[indices[run.valid]] = run.top_prob[run.valid].double()
+    adversarial_accuracy = None
+    if cascade:
+        n_fooled = int(run.fooled.sum().item())
+        worst = _fold(worst, indices, run)
+        robust = worst.robust
+        if after_white_box:
+            findings += checks.check_cascade_gain(planned.entry, planned.label, eps=eps, n_new=n_fooled, n=n)
+    else:
+        keep = clean.correct
+        worst = _fold(worst, clean.correct_indices, select(run, keep))
+        robust = clean.correct & ~run.fooled
+        n_fooled = int((run.fooled & clean.correct).sum().item())
+        # an invalid image is no adversarial example: that sample keeps its clean prediction
+        adversarial_correct = torch.where(run.valid, run.predicted == y, clean.correct)
+        adversarial_accuracy = adversarial_correct.double().mean().item()
+    row = AttackResult(
+        label=planned.label,
+        attack=planned.entry.name,
+        params=dataclasses.asdict(params),
+        norm=planned.norm,
+        threat=planned.threat,
+        eps=eps,
+        accuracy=robust.double().mean().item(),
+        confidence=top_prob.mean().item(),
+        cumulative=cascade,
+        n_attacked=len(indices),
+        n_fooled=n_fooled,
+        n_invalid=len(indices) - int(run.valid.sum().item()),
+        seconds=run.seconds,
+        robust_mask=robust.cpu(),
+        adversarial_accuracy=adversarial_accuracy,
+    )
+    return RowOutcome(row=row, worst=worst, findings=tuple(findings))
+
+
+def evaluate_eps(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    plan: Sequence[PlannedAttack],
+    eps: float,
+    *,
+    clean: CleanPass,
+    settings: CascadeSettings,
+) -> EpsOutcome:
+    """Every attack of `plan` (one norm) at `eps`, in order; then the certified bound for that eps."""
+    norm = plan[0].norm
+    worst = WorstCase.clean(clean.correct, clean.margin, clean.top_prob)
     rows: list[AttackResult] = []
-    white_box_ran = False
-    for label, (entry, base_params) in plan:
-        params = dataclasses.replace(base_params, eps=eps)
-        # the cascade attacks what is still robust; per-attack mode attacks every sample (the paper's protocol)
-        indices = (~worst.fooled).nonzero().squeeze(1) if mode == "worst-case" else all_idx
-        run = run_attack(model, entry, params, x, y, indices=indices, batch_size=batch_size, generator=generator)
-        findings += validity_findings(label, run, eps=eps, norm=norm)
-        # confidence: this attack's valid images; elsewhere the worst-case image (clean in per-attack mode)
-        top_prob = (worst.top_prob if mode == "worst-case" else clean_top).clone().to(torch.float64)
-        valid_idx = indices[run.valid]
-        top_prob[valid_idx] = run.top_prob[run.valid].double()
-        adversarial_accuracy = None
-        if mode == "worst-case":
-            n_fooled = int(run.fooled.sum().item())
-            worst.update(indices, run)
-            robust = ~worst.fooled
-            if white_box_ran:  # what a black-box or transfer attack adds after gradients had their turn
-                findings += sanity.check_cascade_gain(entry, label, eps=eps, n_new=n_fooled, n=n)
-        else:
-            worst.update(correct_idx, _select(run, clean_correct))
-            robust = clean_correct & ~run.fooled
-            n_fooled = int((run.fooled & clean_correct).sum().item())
-            # an invalid image is no adversarial example: that sample keeps its clean prediction
-            adversarial_correct = torch.where(run.valid, run.predicted == y, clean_correct)
-            adversarial_accuracy = adversarial_correct.double().mean().item()
-        white_box_ran |= entry.threat == "white-box"
-        rows.append(
-            AttackResult(
-                label=label,
-                attack=entry.name,
-                params=dataclasses.asdict(params),
-                norm=norm,
-                threat=entry.threat,
-                eps=eps,
-                accuracy=robust.double().mean().item(),
-                confidence=top_prob.mean().item(),
-                cumulative=mode == "worst-case",
-                n_attacked=len(indices),
-                n_fooled=n_fooled,
-                n_invalid=len(indices) - int(run.valid.sum().item()),
-                seconds=run.seconds,
-                robust_mask=robust.cpu(),
-                adversarial_accuracy=adversarial_accuracy,
-            )
+    findings: list[Finding] = []
+    for planned in plan:
+        after_white_box = any(row.threat == "white-box" for row in rows)
+        outcome = attack_row(
+            model, x, y, planned, eps, worst=worst, clean=clean, settings=settings, after_white_box=after_white_box
         )
-    if mode == "per-attack":
-        findings += _black_box_gain(rows, clean_correct, eps=eps, n=n)
-    worst_mask = ~worst.fooled
-    certified_mask, note = None, None
+        worst = outcome.worst
+        rows.append(outcome.row)
+        findings += outcome.findings
+    if settings.mode == "per-attack":
+        findings += black_box_gain(rows, clean.correct, eps=eps, n=len(y))
     certify_start = time.perf_counter()
-    if certify_method is not None:
-        certified_mask, note = _certified(model, x, y, correct_idx, eps=eps, norm=norm, method=certify_method)
-        if certified_mask is not None:
-            contradicted = int((certified_mask & ~worst_mask).sum().item())
-            if contradicted:
-                findings.append(
-                    Finding(
-                        "fail",
-                        "certified-vs-empirical",
-                        f"{contradicted} samples certified robust at {norm} eps={eps:g} were fooled by a verified "
-                        f"adversarial image: the certifier ({certify_method}) or the model's determinism is wrong",
-                    )
-                )
-    return EpsResult(
+    certified_mask, note, certify_findings = _certify_against(model, x, y, worst, clean, eps=eps, norm=norm, method=settings.certify_method)
+    findings += certify_findings
+    result = EpsResult(
         norm=norm,
         eps=eps,
         attacks=tuple(rows),
-        worst_case_accuracy=worst_mask.double().mean().item(),
+        worst_case_accuracy=worst.robust.double().mean().item(),
         worst_case_confidence=worst.top_prob.double().mean().item(),
         certified_accuracy=None if certified_mask is None else certified_mask.double().mean().item(),
         certified_note=note,
-        worst_case_mask=worst_mask.cpu(),
+        worst_case_mask=worst.robust.cpu(),
         certified_mask=None if certified_mask is None else certified_mask.cpu(),
         seconds_certify=time.perf_counter() - certify_start,
     )
+    return EpsOutcome(result=result, findings=tuple(findings))
 
 
-def _select(run: AttackRun, keep: Tensor) -> AttackRun:
-    """The rows of `run` where `keep` (bool, one per attacked sample) is True."""
-    return dataclasses.replace(run, **{name: getattr(run, name)[keep] for name in _PER_SAMPLE})
+def _fold(worst: WorstCase, indices: Tensor, run: AttackRun) -> WorstCase:
+    return worst.update(indices, fooled=run.fooled, valid=run.valid, margin=run.margin, top_prob=run.top_prob)
 
 
-def _black_box_gain(rows: list[AttackResult], clean_correct: Tensor, *, eps: float, n: int) -> list[Finding]:
+def black_box_gain(rows: Sequence[AttackResult], clean_correct: Tensor, *, eps: float, n: int) -> list[Finding]:
     """Per-attack mode: samples each black-box or transfer attack fooled that no white-box attack did."""
     white = [row.robust_mask for row in rows if row.threat == "white-box"]
     if not white:
@@ -183,11 +210,33 @@ def _black_box_gain(rows: list[AttackResult], clean_correct: Tensor, *, eps: flo
     for row in rows:
         if row.threat != "white-box":
             n_new = int((white_robust & ~row.robust_mask).sum().item())
-            findings += sanity.check_cascade_gain(get_attack(row.attack), row.label, eps=eps, n_new=n_new, n=n)
+            findings += checks.check_cascade_gain(get_attack(row.attack), row.label, eps=eps, n_new=n_new, n=n)
     return findings
 
 
-def _certified(
+def _certify_against(
+    model: nn.Module, x: Tensor, y: Tensor, worst: WorstCase, clean: CleanPass, *, eps: float, norm: str, method: str | None
+) -> tuple[Tensor | None, str | None, list[Finding]]:
+    """The certified mask (or None and why not), and a failure if it certifies a sample an attack fooled."""
+    if method is None:
+        return None, None, []
+    certified_mask, note = certified(model, x, y, clean.correct_indices, eps=eps, norm=norm, method=method)
+    if certified_mask is None:
+        return None, note, []
+    contradicted = int((certified_mask & worst.fooled).sum().item())
+    if not contradicted:
+        return certified_mask, note, []
+    return certified_mask, note, [
+        Finding(
+            "fail",
+            "certified-vs-empirical",
+            f"{contradicted} samples certified robust at {norm} eps={eps:g} were fooled by a verified "
+            f"adversarial image: the certifier ({method}) or the model's determinism is wrong",
+        )
+    ]
+
+
+def certified(
     model: nn.Module, x: Tensor, y: Tensor, correct_idx: Tensor, *, eps: float, norm: str, method: str
 ) -> tuple[Tensor | None, str | None]:
     """Per-sample certified mask (n,) on x's device, or None with a note saying why there is none."""

@@ -15,26 +15,19 @@ from redblue.evaluate import checks as sanity
 from redblue.evaluate.audit import run_checks
 from redblue.evaluate.cascade import (
     CERTIFY_METHODS,
-    _evaluate_eps,
-    _margin,
+    CascadeSettings,
+    CleanPass,
     auto_certify_method,
+    evaluate_eps,
 )
 from redblue.evaluate.checks import Finding
-from redblue.evaluate.plan import (
-    MODES,
-    cascade_order,
-    norms_of,
-    parse_attack_list,
-    unique_labels,
-)
+from redblue.evaluate.plan import MODES, make_plan, parse_attack_list
 from redblue.evaluate.results import EpsResult, Evaluation
 from redblue.evaluate.verify import require_logits
-from redblue.metrics import DEFAULT_BATCH, correct_and_confidence, predict_logits
+from redblue.metrics import DEFAULT_BATCH, predict_logits
 
 # Sanity checks that run attacks use at most this many samples.
 CHECK_SUBSET = 200
-
-
 # Outputs and gradients are inspected on this many images.
 PROBE_SIZE = 256
 
@@ -83,54 +76,39 @@ def evaluate(
     check_inputs(x, y)
     if len(y) == 0:
         raise ConfigError("no samples to evaluate on; pass at least one image")
-    labels = unique_labels(attacks)
-    plan = list(zip(labels, attacks))
-    if mode == "worst-case":
-        plan.sort(key=cascade_order)  # stable: equal keys keep the user's order
-    n = len(y)
+    plan = make_plan(attacks, mode=mode)
+    norms = list(dict.fromkeys(entry.norm for entry, _ in attacks))  # in the order given
+    settings = CascadeSettings(mode=mode, batch_size=batch_size, generator=generator, certify_method=certify_method)
 
     with eval_mode(model):
         require_logits(model, x[:PROBE_SIZE])
-        findings: list[Finding] = []
         check_start = time.perf_counter()
-        clean_logits = predict_logits(model, x, batch_size=batch_size)
-        clean_correct, clean_top = correct_and_confidence(clean_logits, y)
-        clean_margin = _margin(clean_logits, y)
-        correct_idx = clean_correct.nonzero().squeeze(1)
-        if checks:
-            findings += sanity.check_outputs(model, x[:PROBE_SIZE])
-            probe = sanity.spread_subset(correct_idx, PROBE_SIZE)
-            if len(probe):
-                findings += sanity.check_gradients(model, x[probe], y[probe])
+        clean = CleanPass.from_logits(predict_logits(model, x, batch_size=batch_size), y)
+        findings = _model_findings(model, x, y, clean) if checks else []
         seconds_checks = time.perf_counter() - check_start
 
         attack_start = time.perf_counter()
         results: list[EpsResult] = []
-        for norm in norms_of(attacks):
+        for norm in norms:
             for eps in eps_values:
-                results.append(
-                    _evaluate_eps(
-                        model, x, y, [item for item in plan if item[1][0].norm == norm], norm, eps,
-                        mode=mode, clean_correct=clean_correct, clean_margin=clean_margin, clean_top=clean_top,
-                        batch_size=batch_size, generator=generator, certify_method=certify_method, findings=findings,
-                    )
+                outcome = evaluate_eps(
+                    model, x, y, [p for p in plan if p.norm == norm], eps, clean=clean, settings=settings
                 )
+                results.append(outcome.result)
+                findings += outcome.findings
         seconds_certify = sum(r.seconds_certify for r in results)
         seconds_attacks = time.perf_counter() - attack_start - seconds_certify
 
         if checks:
             check_start = time.perf_counter()
-            findings += run_checks(
-                model, x, y, plan, results, mode=mode, clean_correct=clean_correct,
-                batch_size=batch_size, generator=generator, subset=check_subset,
-            )
+            findings += run_checks(model, x, y, plan, results, clean=clean, settings=settings, subset=check_subset)
             seconds_checks += time.perf_counter() - check_start
 
     return Evaluation(
-        n=n,
+        n=len(y),
         mode=mode,
-        clean_accuracy=clean_correct.double().mean().item(),
-        clean_confidence=clean_top.double().mean().item(),
+        clean_accuracy=clean.correct.double().mean().item(),
+        clean_confidence=clean.top_prob.double().mean().item(),
         results=tuple(results),
         findings=tuple(findings),
         certify_method=certify_method,
@@ -138,5 +116,14 @@ def evaluate(
         seconds_attacks=seconds_attacks,
         seconds_checks=seconds_checks,
         seconds_certify=seconds_certify,
-        clean_mask=clean_correct.cpu(),
+        clean_mask=clean.correct.cpu(),
     )
+
+
+def _model_findings(model: nn.Module, x: Tensor, y: Tensor, clean: CleanPass) -> list[Finding]:
+    """Checks of the model alone, before any attack: logits, determinism, input gradients."""
+    findings = sanity.check_outputs(model, x[:PROBE_SIZE])
+    probe = sanity.spread_subset(clean.correct_indices, PROBE_SIZE)
+    if len(probe):
+        findings += sanity.check_gradients(model, x[probe], y[probe])
+    return findings

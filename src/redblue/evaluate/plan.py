@@ -1,9 +1,10 @@
-"""The evaluation plan: attack lists parsed from text, the presets, labels and the cascade's cost order."""
+"""The evaluation plan: attack lists parsed from text, the presets, each attack's label and the cascade's cost order."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redblue.attacks.core import check_eps
@@ -25,11 +26,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
 }
 
 _COST_FIELDS = ("steps", "iterations", "n_iter", "max_iter", "iters")
-
-
 _MULTIPLIER_FIELDS = ("restarts", "n_restarts", "n_target_classes", "n_targets")
-
-
 _QUERY_FIELDS = ("queries", "n_queries", "max_queries")
 
 
@@ -106,12 +103,44 @@ def estimated_cost(entry: AttackEntry, params: Any) -> float:
     return cost * threat_rank
 
 
-def cascade_order(item: tuple[str, tuple[AttackEntry, Any]]) -> tuple[bool, float]:
-    entry, params = item[1]
-    return (entry.threat != "white-box", estimated_cost(entry, params))
+@dataclass(frozen=True)
+class PlannedAttack:
+    """One attack of an evaluation: its unique label, its registry entry and its parameters.
+
+    params.eps is a placeholder: `at(eps)` gives the parameters for each eps of the evaluation.
+    """
+
+    label: str
+    entry: AttackEntry
+    params: Any
+
+    @property
+    def norm(self) -> str:
+        return self.entry.norm
+
+    @property
+    def threat(self) -> str:
+        return self.entry.threat
+
+    def at(self, eps: float) -> Any:
+        return dataclasses.replace(self.params, eps=eps)
 
 
-def unique_labels(attacks: Sequence[tuple[AttackEntry, Any]]) -> list[str]:
+def cascade_order(planned: PlannedAttack) -> tuple[bool, float]:
+    """White-box attacks before black-box and transfer ones, cheapest first within each."""
+    return (planned.threat != "white-box", estimated_cost(planned.entry, planned.params))
+
+
+def make_plan(attacks: Sequence[tuple[AttackEntry, Any]], *, mode: str) -> tuple[PlannedAttack, ...]:
+    """Label each attack (`pgd:steps=100`, a repeat gets `#2`); in worst-case mode, sort into cascade
+    order (stable: attacks of equal cost keep the order they were given in)."""
+    plan = [PlannedAttack(label, entry, params) for label, (entry, params) in zip(_unique_labels(attacks), attacks)]
+    if mode == "worst-case":
+        plan.sort(key=cascade_order)
+    return tuple(plan)
+
+
+def _unique_labels(attacks: Sequence[tuple[AttackEntry, Any]]) -> list[str]:
     labels: list[str] = []
     for entry, params in attacks:
         label = attack_label(entry, params)
@@ -121,5 +150,6 @@ def unique_labels(attacks: Sequence[tuple[AttackEntry, Any]]) -> list[str]:
     return labels
 
 
-def norms_of(attacks: Sequence[tuple[AttackEntry, Any]]) -> list[str]:
-    return list(dict.fromkeys(entry.norm for entry, _ in attacks))
+def norms_of(plan: Sequence[PlannedAttack]) -> list[str]:
+    """The norms of the plan, in the order they first appear."""
+    return list(dict.fromkeys(planned.norm for planned in plan))

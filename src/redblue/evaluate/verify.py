@@ -10,8 +10,10 @@ reported as a warning.)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,16 +25,12 @@ from redblue.attacks.registry import AttackEntry
 from redblue.errors import AttackError, ModelError
 from redblue.evaluate import checks
 from redblue.evaluate.checks import Finding
-from redblue.metrics import DEFAULT_BATCH, batches
+from redblue.metrics import DEFAULT_BATCH, batches, true_class_margin
 
 # An image is inside the eps-ball when its distance (float64) is <= eps + BALL_ATOL + BALL_RTOL*eps:
 # float32 rounding of x + eps*sign or of an L2 rescaling stays far below this, a real bug does not.
 BALL_ATOL = 1e-5
-
-
 BALL_RTOL = 1e-5
-
-
 # Pixels may leave [0, 1] by at most this much (pixel units).
 BOX_ATOL = 1e-6
 
@@ -64,13 +62,15 @@ def box_exempt(params: Any) -> bool:
 
 
 _PER_SAMPLE = ("fooled", "valid", "top_prob", "predicted", "margin")
-
-
 _COUNTS = ("nonfinite", "outside_box", "outside_ball", "box_exempt")
+
+# on_batch(samples done so far, fooled (bool, this batch)): called after each verified batch.
+BatchCallback = Callable[[int, Tensor], None]
 
 
 @torch.no_grad()
 def _verify(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, *, eps: float, norm: str, exempt: bool) -> dict[str, Tensor]:
+    """Per-sample verdicts (the _PER_SAMPLE keys) and 0-dim defect counts (the _COUNTS keys) for one batch."""
     finite = torch.isfinite(x_adv).flatten(1).all(dim=1)
     distance = per_sample_norm(x_adv.double() - x.double(), norm)  # NaN compares False
     in_ball = distance <= eps + BALL_ATOL + BALL_RTOL * eps
@@ -79,15 +79,13 @@ def _verify(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, *, eps: float
     shape = (-1,) + (1,) * (x.dim() - 1)
     logits = model(torch.where(valid.view(shape), x_adv, x))  # invalid rows are ignored; keep NaN out
     top_prob, predicted = logits.softmax(dim=1).max(dim=1)
-    logits64 = logits.double()
-    true_logit = logits64.gather(1, y[:, None]).squeeze(1)
-    best_other = logits64.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+    margin = true_class_margin(logits, y)
     return {
         "fooled": valid & (predicted != y),
         "valid": valid,
         "top_prob": top_prob,
         "predicted": predicted,
-        "margin": torch.where(valid, true_logit - best_other, torch.full_like(true_logit, math.inf)),
+        "margin": torch.where(valid, margin, torch.full_like(margin, math.inf)),
         "nonfinite": (~finite).sum(),
         "outside_box": (finite & ~in_box).sum() * (not exempt),
         "outside_ball": (finite & ~in_ball).sum(),
@@ -106,38 +104,39 @@ def run_attack(
     batch_size: int = DEFAULT_BATCH,
     generator: Generator | None = None,
     keep_images: bool = False,
+    on_batch: BatchCallback | None = None,
 ) -> AttackRun:
     """Run `entry` on x[indices] (all of x when None) in batches, verifying and re-predicting each image.
 
     The model runs in eval mode (restored afterwards). Raises AttackError when the attack returns a
     tensor of the wrong shape or device (nothing can be verified then); every other defect is counted.
+    on_batch: told after each batch how many samples are done and which of the batch were fooled
+    (this function itself reads no tensor until the end).
     """
-    with eval_mode(model):
-        return _run_attack(model, entry, params, x, y, indices, batch_size, generator, keep_images)
-
-
-def _run_attack(
-    model: nn.Module, entry: AttackEntry, params: Any, x: Tensor, y: Tensor, indices: Tensor | None,
-    batch_size: int, generator: Generator | None, keep_images: bool,
-) -> AttackRun:
     indices = torch.arange(len(x), device=x.device) if indices is None else indices
+    exempt = box_exempt(params)
     parts: list[dict[str, Tensor]] = []
     images: list[Tensor] = []
+    done = 0
     start = time.perf_counter()
-    for (idx,) in batches(indices, size=batch_size):
-        xb, yb = x[idx], y[idx]
-        x_adv = entry(model, xb, yb, params, generator=generator)
-        if x_adv.shape != xb.shape or x_adv.device != xb.device:
-            raise AttackError(
-                f"attack {entry.name!r} returned {tuple(x_adv.shape)} on {x_adv.device} for input "
-                f"{tuple(xb.shape)} on {xb.device}: the attack has a bug"
-            )
-        # x[idx] again: a fresh copy of the clean images, in case the attack wrote into xb
-        parts.append(_verify(model, x[idx], x_adv.detach(), yb, eps=params.eps, norm=entry.norm, exempt=box_exempt(params)))
-        if keep_images:
-            images.append(x_adv.detach())
-    if not parts:  # nothing to attack: verify an empty batch so every field has its dtype
-        parts.append(_verify(model, x[:0], x[:0], y[:0], eps=params.eps, norm=entry.norm, exempt=box_exempt(params)))
+    with eval_mode(model):
+        for (idx,) in batches(indices, size=batch_size):
+            xb, yb = x[idx], y[idx]
+            x_adv = entry(model, xb, yb, params, generator=generator)
+            if x_adv.shape != xb.shape or x_adv.device != xb.device:
+                raise AttackError(
+                    f"attack {entry.name!r} returned {tuple(x_adv.shape)} on {x_adv.device} for input "
+                    f"{tuple(xb.shape)} on {xb.device}: the attack has a bug"
+                )
+            # x[idx] again: a fresh copy of the clean images, in case the attack wrote into xb
+            parts.append(_verify(model, x[idx], x_adv.detach(), yb, eps=params.eps, norm=entry.norm, exempt=exempt))
+            if keep_images:
+                images.append(x_adv.detach())
+            done += len(idx)
+            if on_batch is not None:
+                on_batch(done, parts[-1]["fooled"])
+        if not parts:  # nothing to attack: verify an empty batch so every field has its dtype
+            parts.append(_verify(model, x[:0], x[:0], y[:0], eps=params.eps, norm=entry.norm, exempt=exempt))
     merged = {key: torch.cat([p[key] for p in parts]) for key in _PER_SAMPLE}
     counts = torch.stack([torch.stack([p[key] for p in parts]).sum() for key in _COUNTS]).tolist()
     return AttackRun(
@@ -153,6 +152,11 @@ def _run_attack(
         seconds=time.perf_counter() - start,  # after the sync of .tolist() above
         x_adv=(torch.cat(images) if images else x[:0].clone()) if keep_images else None,
     )
+
+
+def select(run: AttackRun, keep: Tensor) -> AttackRun:
+    """The samples of `run` where `keep` (bool, one per attacked sample) is True."""
+    return dataclasses.replace(run, **{name: getattr(run, name)[keep] for name in _PER_SAMPLE})
 
 
 def validity_findings(label: str, run: AttackRun, *, eps: float, norm: str) -> list[Finding]:

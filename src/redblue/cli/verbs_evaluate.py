@@ -15,22 +15,27 @@ from rich.table import Table
 
 import redblue
 from redblue.attacks import parse_attack
-from redblue.attacks.core import check_eps, per_sample_norm
-from redblue.cli.app import DataDirOption, DeviceOption, JsonOption, app, parse_floats, print_json, resolve_device
+from redblue.attacks.core import check_eps
+from redblue.cli.app import (
+    DataDirOption,
+    DeviceOption,
+    JsonOption,
+    app,
+    parse_floats,
+    print_json,
+    resolve_device,
+)
 from redblue.config import atomic_write_bytes
 from redblue.errors import ConfigError, require_choice, require_positive
 from redblue.evaluate import (
     CERTIFY_METHODS,
     MODES,
     Evaluation,
-    attack_label,
     evaluate,
     parse_attack_list,
-    require_logits,
-    run_attack,
-    validity_findings,
 )
-from redblue.metrics import DEFAULT_BATCH, predict_logits
+from redblue.evaluate.single import attack_every_sample
+from redblue.metrics import DEFAULT_BATCH
 from redblue.models import load_model, save_tensors
 
 DatasetOption = Annotated[str, typer.Option("--dataset", help="mnist, fashion-mnist or kmnist.")]
@@ -100,55 +105,23 @@ def attack_command(
     _check_out_dir(out)
     torch_device = resolve_device(device)
     model, x, y = _load(model_path, dataset, split, limit, data_dir, torch_device)
-    require_logits(model, x[:256])
-    clean_logits = predict_logits(model, x, batch_size=batch_size)
-    clean_top, clean_pred = clean_logits.softmax(dim=1).max(dim=1)
-    clean_correct = clean_pred == y
-    run = run_attack(model, entry, params, x, y, batch_size=batch_size, generator=_generator(seed, torch_device), keep_images=True)
-    label = attack_label(entry, params)
-    # an image that failed verification is not an adversarial example: the sample keeps its clean prediction
-    predicted = torch.where(run.valid, run.predicted, clean_pred)
-    top_prob = torch.where(run.valid, run.top_prob, clean_top)
-    adv_correct = predicted == y
-    delta = (run.x_adv - x).double()
-    linf, l2 = per_sample_norm(delta, "linf"), per_sample_norm(delta, "l2")
-    n = len(y)
+    outcome = attack_every_sample(model, x, y, entry, params, batch_size=batch_size, generator=_generator(seed, torch_device))
+    label, n = outcome.label, outcome.n
     metrics = {
         "model": str(model_path),
         "dataset": dataset,
         "split": split,
-        "n": n,
-        "attack": {"name": entry.name, "label": label, "norm": entry.norm, "threat": entry.threat, "params": dataclasses.asdict(params)},
-        "eps": params.eps,
-        "clean": {"accuracy": clean_correct.double().mean().item(), "confidence": clean_top.double().mean().item()},
-        "adversarial": {
-            "accuracy": adv_correct.double().mean().item(),
-            "confidence": top_prob.double().mean().item(),
-            "robust_accuracy": (clean_correct & adv_correct).double().mean().item(),
-        },
-        "perturbation": {
-            "linf_mean": linf.mean().item() if n else 0.0,
-            "linf_max": linf.max().item() if n else 0.0,
-            "l2_mean": l2.mean().item() if n else 0.0,
-            "l2_max": l2.max().item() if n else 0.0,
-        },
-        "invalid": {
-            "outside_ball": run.n_outside_ball,
-            "outside_box": run.n_outside_box,
-            "nonfinite": run.n_nonfinite,
-            "outside_box_allowed": run.n_box_exempt,
-        },
-        "findings": [dataclasses.asdict(f) for f in validity_findings(label, run, eps=params.eps, norm=entry.norm)],
+        **outcome.to_dict(),
         "seed": seed,
         "device": str(torch_device),
         "versions": _versions(),
-        "seconds": run.seconds,
+        "seconds": outcome.seconds,
     }
     if out is not None:
         indices = torch.arange(n)
         save_tensors(
             out / "adversarial.safetensors",
-            {"x_adv": run.x_adv, "y": y, "predicted": predicted, "indices": indices, "valid": run.valid.to(torch.uint8)},
+            {"x_adv": outcome.x_adv, "y": y, "predicted": outcome.predicted, "indices": indices, "valid": outcome.valid.to(torch.uint8)},
             {"redblue.attack": label, "redblue.eps": repr(params.eps), "redblue.model": str(model_path)},
         )
         _write_json(out / "metrics.json", metrics)  # written last: its presence marks a complete folder
@@ -241,14 +214,8 @@ def evaluate_command(
         **result.to_dict(),
     }
     if out is not None:
-        masks = {"clean_correct": result.clean_mask}
-        for r in result.results:
-            masks[f"{r.norm}/eps={r.eps:g}/worst_case"] = r.worst_case_mask
-            if r.certified_mask is not None:
-                masks[f"{r.norm}/eps={r.eps:g}/certified"] = r.certified_mask
-            for a in r.attacks:
-                masks[f"{r.norm}/eps={r.eps:g}/{a.label}"] = a.robust_mask
-        save_tensors(out / "masks.safetensors", {k: v.to(torch.uint8) for k, v in masks.items()}, {"redblue.model": str(model_path)})
+        masks = {name: mask.to(torch.uint8) for name, mask in result.masks().items()}
+        save_tensors(out / "masks.safetensors", masks, {"redblue.model": str(model_path)})
         _write_json(out / "evaluation.json", record)
     if as_json:
         print_json(record)

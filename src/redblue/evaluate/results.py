@@ -81,6 +81,18 @@ class Evaluation:
                 return r
         raise KeyError(f"no result for {norm} eps={eps}")
 
+    def masks(self) -> dict[str, Tensor]:
+        """Every per-sample bool mask (n,), by name: `clean_correct`, then per norm and eps
+        `<norm>/eps=<eps>/worst_case`, `.../certified` (where there is a bound) and `.../<attack label>`."""
+        masks = {"clean_correct": self.clean_mask}
+        for r in self.results:
+            masks[f"{r.norm}/eps={r.eps:g}/worst_case"] = r.worst_case_mask
+            if r.certified_mask is not None:
+                masks[f"{r.norm}/eps={r.eps:g}/certified"] = r.certified_mask
+            for a in r.attacks:
+                masks[f"{r.norm}/eps={r.eps:g}/{a.label}"] = a.robust_mask
+        return masks
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (the per-sample masks are left out)."""
 

@@ -16,7 +16,6 @@ import redblue.models
 from cli_helpers import check_error_stdout, run
 from redblue.cli import main
 from redblue.data import load_dataset
-from redblue.errors import DataError
 from redblue.models import LoadedModel, MLPSpec, build_model, save_model
 
 LIMIT = 150
@@ -25,10 +24,6 @@ LIMIT = 150
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory) -> Path:
     """The fixture MLP (784-100-10) saved as a redblue MLP without dropout."""
-    try:
-        load_dataset("mnist", "test")
-    except DataError:
-        pytest.skip("MNIST is not available")
     trained, _, _ = trained_mlp()
     spec = MLPSpec(hidden=100, dropout_input=0.0, dropout_hidden=0.0)
     model = build_model(spec)

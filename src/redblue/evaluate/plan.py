@@ -38,6 +38,10 @@ def parse_attack_list(text: str, *, eps: float) -> tuple[list[tuple[AttackEntry,
     """
     from redblue.attacks.registry import split_attack_list
 
+    unprintable = sorted({ch for ch in text if not ch.isprintable()})
+    if unprintable:  # a newline in the text would break the one-line error every other mistake gets
+        shown = "".join(unprintable).encode("unicode_escape").decode("ascii")
+        raise ConfigError(f"the attack list holds characters that cannot be printed ({shown}); write it on one line")
     plan: list[tuple[AttackEntry, Any]] = []
     used_preset = False
     for spec in split_attack_list(text):

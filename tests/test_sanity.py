@@ -1,4 +1,4 @@
-"""The gradient-masking sanity checks, one by one, on hand-made models and hand-made numbers."""
+"""The gradient-masking sanity checks (`checks`, `probes`), one by one, on hand-made models and hand-made numbers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import torch
 from torch import Tensor, nn
 
 import redblue.attacks  # noqa: F401  (registers the attacks)
-from redblue.evaluate import checks as sanity
 from redblue.attacks.registry import ATTACKS
+from redblue.evaluate import checks as sanity
+from redblue.evaluate import probes
 from redblue.evaluate.checks import StandaloneAccuracy
 
 
@@ -190,18 +191,18 @@ def test_eps_zero_check_runs_at_eps_zero():
     pgd = ATTACKS["apgd-ce"]
     params = pgd.params(eps=0.3)
     runner = RecordingRunner(torch.zeros(10, dtype=torch.bool))
-    assert _checks(sanity.check_eps_zero(runner, pgd, params, torch.arange(10), label="apgd-ce")) == {"eps-zero": "ok"}
+    assert _checks(probes.check_eps_zero(runner, pgd, params, torch.arange(10), label="apgd-ce")) == {"eps-zero": "ok"}
     assert runner.calls[0][1].eps == 0.0 and runner.calls[0][1].n_iter == params.n_iter
     fooled = torch.zeros(10, dtype=torch.bool)
     fooled[3] = True
-    findings = sanity.check_eps_zero(RecordingRunner(fooled), pgd, params, torch.arange(10), label="apgd-ce")
+    findings = probes.check_eps_zero(RecordingRunner(fooled), pgd, params, torch.arange(10), label="apgd-ce")
     assert _checks(findings) == {"eps-zero": "fail"} and "1 of 10" in findings[0].message
 
 
 def test_unbounded_check_runs_at_eps_one_without_random_start():
     pgd = ATTACKS["pgd"]
     runner = RecordingRunner(torch.ones(100, dtype=torch.bool))
-    findings = sanity.check_unbounded(runner, pgd, pgd.params(eps=0.1), torch.arange(100), label="pgd")
+    findings = probes.check_unbounded(runner, pgd, pgd.params(eps=0.1), torch.arange(100), label="pgd")
     assert _checks(findings) == {"unbounded-eps": "ok"}
     params = runner.calls[0][1]
     assert params.eps == 1.0 and params.random_start is False
@@ -209,17 +210,17 @@ def test_unbounded_check_runs_at_eps_one_without_random_start():
     for n_left, severity in ((5, "warning"), (50, "fail")):
         fooled = torch.ones(100, dtype=torch.bool)
         fooled[:n_left] = False
-        found = sanity.check_unbounded(RecordingRunner(fooled), pgd, pgd.params(eps=0.1), torch.arange(100), label="pgd")
+        found = probes.check_unbounded(RecordingRunner(fooled), pgd, pgd.params(eps=0.1), torch.arange(100), label="pgd")
         assert _checks(found) == {"unbounded-eps": severity}
 
 
 def test_stronger_params_raise_steps_and_restarts():
     pgd = ATTACKS["pgd"].params(eps=0.1, steps=40, restarts=1)
-    stronger = sanity.stronger_params(pgd)
+    stronger = probes.stronger_params(pgd)
     assert (stronger.steps, stronger.restarts, stronger.eps) == (120, 2, 0.1)
-    apgd = sanity.stronger_params(ATTACKS["apgd-t"].params(eps=0.1))
+    apgd = probes.stronger_params(ATTACKS["apgd-t"].params(eps=0.1))
     assert (apgd.n_iter, apgd.restarts, apgd.n_target_classes) == (300, 2, 9)
-    assert sanity.stronger_params(ATTACKS["fgsm"].params(eps=0.1)) is None
+    assert probes.stronger_params(ATTACKS["fgsm"].params(eps=0.1)) is None
 
 
 def test_more_steps_scales_subset_to_all_survivors():
@@ -228,15 +229,15 @@ def test_more_steps_scales_subset_to_all_survivors():
     fooled[:5] = True  # 10% of the re-attacked subset falls
     runner = RecordingRunner(fooled)
     # 400 survivors of 1000 samples, 50 re-attacked: about 0.1 * 400 / 1000 = 4 points overstated
-    findings = sanity.check_more_steps(
+    findings = probes.check_more_steps(
         runner, pgd, pgd.params(eps=0.1), torch.arange(50), n_survivors=400, n=1000, label="pgd"
     )
     assert _checks(findings) == {"more-steps": "warning"}
     assert "-4.00%" in findings[0].message and runner.calls[0][1].steps == 120
-    none = sanity.check_more_steps(
+    none = probes.check_more_steps(
         RecordingRunner(torch.zeros(50, dtype=torch.bool)), pgd, pgd.params(eps=0.1), torch.arange(50),
         n_survivors=400, n=1000, label="pgd",
     )
     assert _checks(none) == {"more-steps": "ok"}
-    assert sanity.check_more_steps(runner, ATTACKS["fgsm"], ATTACKS["fgsm"].params(eps=0.1), torch.arange(5),
+    assert probes.check_more_steps(runner, ATTACKS["fgsm"], ATTACKS["fgsm"].params(eps=0.1), torch.arange(5),
                                    n_survivors=5, n=10, label="fgsm") == []

@@ -6,8 +6,9 @@ The package, in the order an evaluation runs:
 * `plan`: attack lists parsed from text (`fgsm,pgd:steps=40`), the presets, labels, cascade order;
 * `verify`: one attack run in batches, every image re-checked (ball, box, finite) and re-predicted;
 * `cascade`: all attacks at one eps, the worst case per sample, the certified bound beside it;
-* `checks`: the sanity checks, small functions that return findings; `audit`: the checks that run
-  attacks (on small subsets) and which of them run for a given plan;
+* `checks`: sanity checks on numbers and model outputs; `probes`: sanity checks that run attacks of
+  their own (eps = 0, eps = 1, more steps, the masking probe); `audit`: which checks run, on which
+  attacks and samples;
 * `results`: the records an evaluation returns; `engine`: `evaluate`, which ties them together.
 """
 

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from redblue.attacks.registry import ATTACKS, AttackEntry
 from redblue.evaluate import checks as sanity
+from redblue.evaluate import probes
 from redblue.evaluate.cascade import CascadeSettings, CleanPass
 from redblue.evaluate.checks import Finding
 from redblue.evaluate.plan import (
@@ -70,7 +71,7 @@ def run_checks(
 
     # the cheapest attack (white-box first) at eps = 0: a check, not a second evaluation
     first = min(plan, key=cascade_order)
-    findings += sanity.check_eps_zero(run, first.entry, first.params, sample[: max(1, subset // 4)], label=first.label)
+    findings += probes.check_eps_zero(run, first.entry, first.params, sample[: max(1, subset // 4)], label=first.label)
 
     if mode == "per-attack":
         by_label = {planned.label: planned for planned in plan}
@@ -87,14 +88,14 @@ def run_checks(
         findings += _strength_on_subset(run, plan, results, sample)
 
     unbounded_label, unbounded_entry, unbounded_params = _unbounded_attack(plan)
-    findings += sanity.check_unbounded(run, unbounded_entry, unbounded_params, sample, label=unbounded_label)
+    findings += probes.check_unbounded(run, unbounded_entry, unbounded_params, sample, label=unbounded_label)
 
     cheapest = _cheapest_iterative(plan)
     if cheapest is not None:
         label, entry, params = cheapest
         target = _most_informative(results, entry.norm)
         survivors = target.worst_case_mask.to(x.device).nonzero().squeeze(1)
-        findings += sanity.check_more_steps(
+        findings += probes.check_more_steps(
             run, entry, dataclasses.replace(params, eps=target.eps), sanity.spread_subset(survivors, max(1, subset // 2)),
             n_survivors=len(survivors), n=n, label=label,
         )
@@ -109,7 +110,7 @@ def _most_informative(results: Sequence[EpsResult], norm: str) -> EpsResult:
 
 
 def _strength_on_subset(
-    run: sanity.AttackRunner, plan: Sequence[PlannedAttack], results: Sequence[EpsResult], sample: Tensor
+    run: probes.AttackRunner, plan: Sequence[PlannedAttack], results: Sequence[EpsResult], sample: Tensor
 ) -> list[Finding]:
     """In the cascade, standalone numbers exist only on a subset: run each white-box attack there at one eps per norm.
 
@@ -162,7 +163,7 @@ def _cheapest_iterative(plan: Sequence[PlannedAttack]) -> tuple[str, AttackEntry
     candidates = [
         (p.label, p.entry, p.params)
         for p in plan
-        if p.threat == "white-box" and p.entry.iterative and sanity.stronger_params(p.params) is not None
+        if p.threat == "white-box" and p.entry.iterative and probes.stronger_params(p.params) is not None
     ]
     # an attack towards one random class is no measure of convergence unless nothing else is there
     untargeted = [m for m in candidates if not sanity.is_targeted(m[1], m[2])]

@@ -20,7 +20,12 @@ from redblue.attacks.registry import AttackEntry
 from redblue.evaluate.checks import Finding
 from redblue.evaluate.engine import PROBE_SIZE
 from redblue.evaluate.plan import attack_label
-from redblue.evaluate.verify import BatchCallback, require_logits, run_attack, validity_findings
+from redblue.evaluate.verify import (
+    BatchCallback,
+    require_logits,
+    run_attack,
+    validity_findings,
+)
 from redblue.metrics import DEFAULT_BATCH, predict_logits
 
 

@@ -241,3 +241,35 @@ def test_more_steps_scales_subset_to_all_survivors():
     assert _checks(none) == {"more-steps": "ok"}
     assert probes.check_more_steps(runner, ATTACKS["fgsm"], ATTACKS["fgsm"].params(eps=0.1), torch.arange(5),
                                    n_survivors=5, n=10, label="fgsm") == []
+
+
+def test_masking_margin_is_three_standard_errors_of_an_accuracy_at_one_half():
+    assert probes.masking_margin(200) == pytest.approx(3 * 0.5 / 200**0.5)  # 10.6 points
+    assert probes.masking_margin(50) == pytest.approx(0.2121, abs=1e-4)
+    assert probes.masking_margin(10_000) == pytest.approx(0.015)
+
+
+def test_masking_probe_warns_only_past_the_margin_and_at_each_eps():
+    pgd = ATTACKS["pgd"]
+    sample = torch.arange(200)
+    listed_robust = torch.ones(200, dtype=torch.bool)  # the listed attacks fooled none of the sample
+    for n_fooled, expected in ((21, "ok"), (22, "warning")):  # gap 10.5 points: inside 10.6; 11.0: past it
+        fooled = torch.zeros(200, dtype=torch.bool)
+        fooled[:n_fooled] = True
+        runner = RecordingRunner(fooled)
+        findings = probes.check_masking_probe(
+            runner, pgd, pgd.params(eps=0.0), sample, [(0.1, listed_robust), (0.3, listed_robust)], label="pgd", listed="fgsm"
+        )
+        assert [call[1].eps for call in runner.calls] == [0.1, 0.3]
+        if expected == "ok":
+            assert _checks(findings) == {"masking-probe": "ok"} and len(findings) == 1
+        else:  # one warning per eps, each naming masking and the numbers behind it
+            assert [f.severity for f in findings] == ["warning", "warning"]
+            assert "eps=0.1" in findings[0].message and "eps=0.3" in findings[1].message
+            assert "gradient masking" in findings[0].message and "89.0%" in findings[0].message
+    # the listed attacks already fooled what the probe fools: no gap, whatever the probe finds
+    fooled = torch.zeros(200, dtype=torch.bool)
+    fooled[:100] = True
+    findings = probes.check_masking_probe(RecordingRunner(fooled), pgd, pgd.params(eps=0.0), sample,
+                                          [(0.3, ~fooled)], label="pgd", listed="fgsm")
+    assert _checks(findings) == {"masking-probe": "ok"}

@@ -27,6 +27,9 @@ from redblue.evaluate.plan import (
 from redblue.evaluate.results import EpsResult
 from redblue.evaluate.verify import run_attack, validity_findings
 
+# The iterative attack the masking probe runs where the plan has none, per norm.
+MASKING_PROBES = {"linf": "pgd", "l2": "pgd-l2"}
+
 
 def run_checks(
     model: nn.Module,
@@ -86,6 +89,7 @@ def run_checks(
         findings += sanity.check_attack_strength(rows, n=n, scope="all samples")
     else:
         findings += _strength_on_subset(run, plan, results, sample)
+    findings += _masking_probe(run, plan, results, sample)
 
     unbounded_label, unbounded_entry, unbounded_params = _unbounded_attack(plan)
     findings += probes.check_unbounded(run, unbounded_entry, unbounded_params, sample, label=unbounded_label)
@@ -139,6 +143,27 @@ def _strength_on_subset(
     if not rows:
         return []
     return sanity.check_attack_strength(rows, n=len(sample), scope=f"standalone on {len(sample)} correct samples")
+
+
+def _masking_probe(
+    run: probes.AttackRunner, plan: Sequence[PlannedAttack], results: Sequence[EpsResult], sample: Tensor
+) -> list[Finding]:
+    """For each norm whose listed attacks hold no white-box iterative attack: the registry's default PGD
+    (40 steps, random start) of that norm on the check subset, at every eps evaluated."""
+    findings: list[Finding] = []
+    for norm in dict.fromkeys(r.norm for r in results):
+        listed = [p for p in plan if p.norm == norm]
+        if any(p.threat == "white-box" and p.entry.iterative for p in listed) or MASKING_PROBES[norm] not in ATTACKS:
+            continue
+        entry = ATTACKS[MASKING_PROBES[norm]]
+        on_sample = sample.cpu()
+        points = [(r.eps, r.worst_case_mask[on_sample]) for r in results if r.norm == norm]
+        findings += probes.check_masking_probe(
+            run, entry, entry.params(eps=0.0), sample, points,
+            label=f"{entry.name} ({entry.params(eps=0.0).steps} steps)",
+            listed=", ".join(p.label for p in listed),
+        )
+    return findings
 
 
 def _unbounded_attack(plan: Sequence[PlannedAttack]) -> tuple[str, AttackEntry, Any]:

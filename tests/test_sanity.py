@@ -273,3 +273,13 @@ def test_masking_probe_warns_only_past_the_margin_and_at_each_eps():
     findings = probes.check_masking_probe(RecordingRunner(fooled), pgd, pgd.params(eps=0.0), sample,
                                           [(0.3, ~fooled)], label="pgd", listed="fgsm")
     assert _checks(findings) == {"masking-probe": "ok"}
+
+
+def test_chance_level_is_three_standard_errors_above_the_best_blind_rate():
+    # n = 1000, majority class 11.35%: threshold 0.1135 + 3 * sqrt(0.1135 * 0.8865 / 1000) = 0.1436
+    assert _checks(sanity.check_chance_level(0.143, n=1000, classes=10, majority=0.1135)) == {"chance-level": "fail"}
+    assert _checks(sanity.check_chance_level(0.145, n=1000, classes=10, majority=0.1135)) == {"chance-level": "ok"}
+    # a balanced two-class set: chance 50%, threshold 0.5 + 3 * 0.5 / 10 = 0.65 on 100 samples
+    assert _checks(sanity.check_chance_level(0.64, n=100, classes=2, majority=0.5)) == {"chance-level": "fail"}
+    (ok,) = sanity.check_chance_level(0.66, n=100, classes=2, majority=0.5)
+    assert ok.severity == "ok" and "50.0% for 2 classes" in ok.message

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import platform
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -20,10 +23,13 @@ from redblue.cli.app import (
     DataDirOption,
     DeviceOption,
     JsonOption,
+    ThreadsOption,
     app,
+    apply_threads,
     parse_floats,
     print_json,
     resolve_device,
+    set_interrupt_message,
 )
 from redblue.config import atomic_write_bytes
 from redblue.errors import ConfigError, require_choice, require_positive
@@ -33,16 +39,24 @@ from redblue.evaluate import (
     Evaluation,
     evaluate,
     parse_attack_list,
+    require_batch_size,
+    require_model_fits,
 )
 from redblue.evaluate.single import attack_every_sample
 from redblue.metrics import DEFAULT_BATCH
 from redblue.models import load_model, save_tensors
 
-DatasetOption = Annotated[str, typer.Option("--dataset", help="mnist, fashion-mnist or kmnist.")]
+DatasetOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--dataset",
+        help="mnist, fashion-mnist or kmnist. Default: the dataset the model was trained on (its metadata), else mnist.",
+    ),
+]
 SplitOption = Annotated[str, typer.Option("--split", help="Which split to attack: test or train.")]
 LimitOption = Annotated[Optional[int], typer.Option("--limit", help="Use only the first N images of the split.")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seeds the attacks' random starts and searches.")]
-BatchOption = Annotated[int, typer.Option("--batch-size", help="Images per attack batch.")]
+BatchOption = Annotated[int, typer.Option("--batch-size", help="Images per attack batch (an integer >= 1).")]
 
 SEVERITY_STYLE = {"ok": ("ok", "green"), "warning": ("warning", "yellow"), "fail": ("FAIL", "bold red")}
 
@@ -51,15 +65,48 @@ def _versions() -> dict[str, str]:
     return {"redblue": redblue.__version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
-def _load(model_path: Path, dataset: str, split: str, limit: int | None, data_dir: Path | None, device: torch.device):
-    from redblue.data import load_dataset
+@dataclass(frozen=True, eq=False)
+class _Inputs:
+    """The model and the images a verb works on, and where they came from."""
+
+    model: torch.nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    dataset: str  # the dataset used: --dataset, else the one the model's record names, else mnist
+
+
+def _load(
+    model_path: Path, dataset: str | None, split: str, limit: int | None, data_dir: Path | None, device: torch.device
+) -> _Inputs:
+    """Load the model, then the dataset it was trained on unless --dataset names another, and refuse
+    a dataset whose images or classes the model does not fit."""
+    from redblue.data import get_spec, load_dataset
 
     if limit is not None:
         require_positive("--limit", limit)
     loaded = load_model(model_path, device=device)
-    data = load_dataset(dataset, split, data_dir=data_dir)
+    trained_on = loaded.record.get("dataset") if isinstance(loaded.record.get("dataset"), str) else None
+    name = dataset or trained_on or "mnist"
+    data = load_dataset(name, split, data_dir=data_dir)
     x, y = (data.x, data.y) if limit is None else (data.x[:limit], data.y[:limit])
-    return loaded.model, x.to(device), y.to(device)
+    x, y = x.to(device), y.to(device)
+    require_model_fits(loaded.model, x, classes=get_spec(name).n_classes, dataset=name, trained_on=trained_on)
+    return _Inputs(loaded.model, x, y, name)
+
+
+def _restoring_threads(verb: Callable[..., None]) -> Callable[..., None]:
+    """Run the verb, then give torch back the thread count it had: --threads holds for this verb only
+    (a process that runs several verbs, such as the test suite, keeps its own setting)."""
+
+    @functools.wraps(verb)
+    def run(*args: Any, **kwargs: Any) -> None:
+        before = torch.get_num_threads()
+        try:
+            verb(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return run
 
 
 def _generator(seed: int, device: torch.device) -> torch.Generator:
@@ -79,10 +126,11 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 @app.command("attack")
+@_restoring_threads
 def attack_command(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model weights (.safetensors) from `redblue train`.")],
     attack: Annotated[str, typer.Option("--attack", help="Attack spec with its eps, e.g. fgsm:eps=0.1 or pgd:eps=0.3,steps=40.")],
-    dataset: DatasetOption = "mnist",
+    dataset: DatasetOption = None,
     split: SplitOption = "test",
     limit: LimitOption = None,
     seed: SeedOption = 0,
@@ -92,6 +140,7 @@ def attack_command(
     ] = None,
     data_dir: DataDirOption = None,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = "auto",
     as_json: JsonOption = False,
 ) -> None:
     """Attack every image of a split once; report clean vs adversarial accuracy and confidence.
@@ -100,12 +149,17 @@ def attack_command(
     adversarial images, `robust_accuracy` counts only samples correct both clean and attacked. Each
     image is verified (eps-ball, [0, 1], finite) and re-predicted by the evaluator.
     """
+    set_interrupt_message("interrupted; nothing was written" + (f" to {out}" if out is not None else ""))
+    apply_threads(threads)
     entry, params = parse_attack(attack)
-    require_positive("--batch-size", batch_size)
+    require_batch_size(batch_size, name="--batch-size")
     _check_out_dir(out)
     torch_device = resolve_device(device)
-    model, x, y = _load(model_path, dataset, split, limit, data_dir, torch_device)
-    outcome = attack_every_sample(model, x, y, entry, params, batch_size=batch_size, generator=_generator(seed, torch_device))
+    inputs = _load(model_path, dataset, split, limit, data_dir, torch_device)
+    x, y, dataset = inputs.x, inputs.y, inputs.dataset
+    outcome = attack_every_sample(
+        inputs.model, x, y, entry, params, batch_size=batch_size, generator=_generator(seed, torch_device)
+    )
     label, n = outcome.label, outcome.n
     metrics = {
         "model": str(model_path),
@@ -147,6 +201,7 @@ def attack_command(
 
 
 @app.command("evaluate")
+@_restoring_threads
 def evaluate_command(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model weights (.safetensors) from `redblue train`.")],
     attacks: Annotated[
@@ -168,7 +223,7 @@ def evaluate_command(
     ] = "auto",
     certify: Annotated[str, typer.Option("--certify", help="Certified lower bound beside each eps: auto (crown for MLPs, crown-ibp with convolutions), crown, crown-ibp, ibp or none.")] = "auto",
     no_checks: Annotated[bool, typer.Option("--no-checks", help="Skip the gradient-masking sanity checks.")] = False,
-    dataset: DatasetOption = "mnist",
+    dataset: DatasetOption = None,
     split: SplitOption = "test",
     limit: LimitOption = None,
     seed: SeedOption = 0,
@@ -176,15 +231,18 @@ def evaluate_command(
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for evaluation.json and masks.safetensors.")] = None,
     data_dir: DataDirOption = None,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = "auto",
     as_json: JsonOption = False,
 ) -> None:
     """Robust accuracy for every attack x eps, the per-sample worst case, certified bounds and sanity findings."""
+    set_interrupt_message("interrupted; nothing was saved")
+    apply_threads(threads)
     eps_list = parse_floats("--eps", eps)
     if not eps_list:
         raise ConfigError("--eps needs at least one value, for example 0.1")
     require_choice("--mode", mode, ("auto",) + MODES)
     require_choice("--certify", certify, CERTIFY_METHODS + ("none",))
-    require_positive("--batch-size", batch_size)
+    require_batch_size(batch_size, name="--batch-size")
     plan, used_preset = parse_attack_list(attacks, eps=eps_list[0])
     for entry, _ in plan:  # every eps must suit every attack's norm, before anything loads
         for value in eps_list:
@@ -192,9 +250,10 @@ def evaluate_command(
     chosen_mode = ("worst-case" if used_preset else "per-attack") if mode == "auto" else mode
     _check_out_dir(out)
     torch_device = resolve_device(device)
-    model, x, y = _load(model_path, dataset, split, limit, data_dir, torch_device)
+    inputs = _load(model_path, dataset, split, limit, data_dir, torch_device)
+    dataset = inputs.dataset
     result = evaluate(
-        model, x, y, plan, eps_list,
+        inputs.model, inputs.x, inputs.y, plan, eps_list,
         mode=chosen_mode,
         batch_size=batch_size,
         generator=_generator(seed, torch_device),

@@ -14,7 +14,7 @@ The package, in the order an evaluation runs:
 
 from redblue.evaluate.cascade import CERTIFY_METHODS, auto_certify_method
 from redblue.evaluate.checks import Finding
-from redblue.evaluate.engine import CHECK_SUBSET, PROBE_SIZE, evaluate
+from redblue.evaluate.engine import CHECK_SUBSET, PROBE_SIZE, evaluate, require_batch_size, require_model_fits
 from redblue.evaluate.plan import (
     MODES,
     PRESETS,
@@ -54,7 +54,9 @@ __all__ = [
     "estimated_cost",
     "evaluate",
     "parse_attack_list",
+    "require_batch_size",
     "require_logits",
+    "require_model_fits",
     "run_attack",
     "validity_findings",
 ]

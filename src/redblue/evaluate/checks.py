@@ -9,6 +9,7 @@ the checks that run attacks of their own are in `probes`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,6 +30,8 @@ MIN_TOLERANCE = 0.005
 TOLERANCE_SAMPLES = 3
 # A rise or a gap larger than this (absolute accuracy) is a failure rather than a warning.
 FAIL_GAP = 0.05
+# Clean accuracy within this many binomial standard errors of the best input-blind rate is chance level.
+CHANCE_SIGMAS = 3.0
 # Fraction of samples with an all-zero input gradient above which the gradient check warns / fails.
 ZERO_GRADIENT_WARN = 0.01
 ZERO_GRADIENT_FAIL = 0.5
@@ -54,6 +57,34 @@ def spread_subset(indices: Tensor, size: int) -> Tensor:
         return indices
     picks = torch.linspace(0, len(indices) - 1, size, device=indices.device).round().long()
     return indices[picks]
+
+
+def check_chance_level(accuracy: float, *, n: int, classes: int, majority: float) -> list[Finding]:
+    """Clean accuracy must be clearly above what a model that ignores its input can reach.
+
+    accuracy: clean accuracy on n samples; classes: the model's output classes; majority: the
+    fraction of the samples in their most common class. A classifier blind to the image scores at
+    most chance = max(1/classes, majority) on average; an accuracy within CHANCE_SIGMAS binomial
+    standard errors (sqrt(chance (1 - chance) / n)) of it is at chance level. That is a failure, not
+    a warning: every robust accuracy of such a model is at most chance too and says nothing about
+    robustness, and the usual causes (a model evaluated on a dataset it was not trained on, an
+    untrained or broken model) make the whole evaluation meaningless.
+    """
+    chance = max(1.0 / classes, majority)
+    threshold = chance + CHANCE_SIGMAS * math.sqrt(chance * (1.0 - chance) / max(n, 1))
+    where = f"chance is {1 / classes:.1%} for {classes} classes, {majority:.1%} for the most common class"
+    if accuracy <= threshold:
+        return [
+            Finding(
+                "fail",
+                "chance-level",
+                f"clean accuracy {accuracy:.1%} on {n} samples is at chance level ({where}; within "
+                f"{CHANCE_SIGMAS:g} standard errors): the model does not recognise these images — evaluate it on the "
+                "dataset it was trained on (--dataset), or check that it was trained at all; robust accuracies "
+                "below mean nothing",
+            )
+        ]
+    return [Finding("ok", "chance-level", f"clean accuracy {accuracy:.1%} is well above chance ({where})")]
 
 
 def looks_like_probabilities(logits: Tensor) -> bool:

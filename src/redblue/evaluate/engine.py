@@ -6,11 +6,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Generator, Tensor, nn
 
 from redblue.attacks.core import check_eps, check_inputs, eval_mode
 from redblue.attacks.registry import AttackEntry
-from redblue.errors import ConfigError, require_choice
+from redblue.errors import ConfigError, ModelError, require_choice
 from redblue.evaluate import checks as sanity
 from redblue.evaluate.audit import run_checks
 from redblue.evaluate.cascade import (
@@ -59,6 +60,7 @@ def evaluate(
     Raises ModelError when the model returns probabilities, ConfigError for a bad mode, method or eps.
     """
     require_choice("mode", mode, MODES)
+    require_batch_size(batch_size)
     if certify_method is not None:
         require_choice("certify method", certify_method, CERTIFY_METHODS)
         if certify_method == "auto":
@@ -83,8 +85,11 @@ def evaluate(
     with eval_mode(model):
         require_logits(model, x[:PROBE_SIZE])
         check_start = time.perf_counter()
-        clean = CleanPass.from_logits(predict_logits(model, x, batch_size=batch_size), y)
-        findings = _model_findings(model, x, y, clean) if checks else []
+        clean_logits = predict_logits(model, x, batch_size=batch_size)
+        clean = CleanPass.from_logits(clean_logits, y)
+        findings = _chance_findings(clean, y, classes=clean_logits.shape[1])
+        if checks:
+            findings += _model_findings(model, x, y, clean)
         seconds_checks = time.perf_counter() - check_start
 
         attack_start = time.perf_counter()
@@ -118,6 +123,35 @@ def evaluate(
         seconds_certify=seconds_certify,
         clean_mask=clean.correct.cpu(),
     )
+
+
+def require_batch_size(batch_size: int, *, name: str = "batch_size") -> None:
+    """An integer >= 1; `name` is what the caller calls it (the CLI says --batch-size)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, got {batch_size!r}")
+
+
+def require_model_fits(model: nn.Module, x: Tensor, *, classes: int, dataset: str, trained_on: str | None = None) -> None:
+    """Raise ModelError (one line) when the model cannot read the dataset's images or outputs another
+    number of classes than the dataset has. x: a few of the dataset's images; trained_on: the dataset
+    the model's record names, if any, for the advice."""
+    advice = f"it was trained on {trained_on}: pass --dataset {trained_on}" if trained_on else "pass the dataset it was trained on with --dataset"
+    with eval_mode(model), torch.no_grad():
+        try:
+            logits = model(x[:1])
+        except RuntimeError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"the model cannot read {dataset} images of shape {tuple(x.shape[1:])} ({reason}); {advice}") from None
+    if logits.dim() != 2 or logits.shape[1] != classes:
+        outputs = f"{logits.shape[1]} classes" if logits.dim() == 2 else f"shape {tuple(logits.shape[1:])}"
+        raise ModelError(f"the model outputs {outputs} but {dataset} has {classes} classes; {advice}")
+
+
+def _chance_findings(clean: CleanPass, y: Tensor, *, classes: int) -> list[Finding]:
+    counts = torch.bincount(y, minlength=classes)
+    n = len(y)
+    accuracy, majority = torch.stack([clean.correct.double().mean(), counts.max().double() / n]).tolist()
+    return sanity.check_chance_level(accuracy, n=n, classes=classes, majority=majority)
 
 
 def _model_findings(model: nn.Module, x: Tensor, y: Tensor, clean: CleanPass) -> list[Finding]:

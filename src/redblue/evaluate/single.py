@@ -18,7 +18,7 @@ from torch import Generator, Tensor, nn
 from redblue.attacks.core import per_sample_norm
 from redblue.attacks.registry import AttackEntry
 from redblue.evaluate.checks import Finding
-from redblue.evaluate.engine import PROBE_SIZE
+from redblue.evaluate.engine import PROBE_SIZE, require_batch_size
 from redblue.evaluate.plan import attack_label
 from redblue.evaluate.verify import (
     BatchCallback,
@@ -102,6 +102,7 @@ def attack_every_sample(
     x: (N, 1, 28, 28) pixels in [0, 1] on the model's device; y: (N,) labels. Raises ModelError when
     the model returns probabilities instead of logits.
     """
+    require_batch_size(batch_size)
     require_logits(model, x[:PROBE_SIZE])
     clean_logits = predict_logits(model, x, batch_size=batch_size)
     clean_top, clean_pred = clean_logits.softmax(dim=1).max(dim=1)

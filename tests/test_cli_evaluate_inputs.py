@@ -14,7 +14,7 @@ from redblue.data import load_dataset
 from redblue.models import MLPSpec, build_model, save_model
 from redblue.train import init_model
 
-SHARED = ["--device", "cpu", "--certify", "none"]
+SHARED = ["--device", "cpu", "--threads", "1", "--certify", "none"]
 
 
 def _saved(path, spec: MLPSpec, *, dataset: str | None, seed: int = 0):
@@ -35,15 +35,15 @@ def test_the_dataset_defaults_to_the_one_the_model_was_trained_on(env, capsys):
     result = json.loads(out)
     assert (result["dataset"], result["n"]) == ("tiny", 2)
     code, out, err = run(capsys, "attack", tiny_model, "--attack", "fgsm:eps=0.1", "--data-dir", env / "data", "--json",
-                         "--device", "cpu")
+                         "--device", "cpu", "--threads", "1")
     assert code == 0 and json.loads(out)["dataset"] == "tiny", err
     fashion_model = _saved(env / "fashion.safetensors", spec, dataset="fashion-mnist")
     for verb in (["evaluate", fashion_model, "--attacks", "fgsm"], ["attack", fashion_model, "--attack", "fgsm:eps=0.1"]):
-        code, out, err = run(capsys, *verb, "--data-dir", env / "data", "--device", "cpu")
+        code, out, err = run(capsys, *verb, "--data-dir", env / "data", "--device", "cpu", "--threads", "1")
         assert code == 2 and "fashion-mnist files not found" in one_error_line(err)
     # a record without a dataset means MNIST, the only dataset older models were trained on
     unrecorded = _saved(env / "old.safetensors", spec, dataset=None)
-    code, out, err = run(capsys, "evaluate", unrecorded, "--attacks", "fgsm", "--data-dir", env / "data", "--device", "cpu")
+    code, out, err = run(capsys, "evaluate", unrecorded, "--attacks", "fgsm", "--data-dir", env / "data", *SHARED)
     assert code == 2 and "mnist files not found" in one_error_line(err)
 
 
@@ -60,7 +60,7 @@ def test_a_dataset_the_model_does_not_fit_is_refused_in_one_line(tmp_path, capsy
     model = _saved(tmp_path / "model.safetensors", spec, dataset="fashion-mnist")
     out_dir = tmp_path / "out"
     code, out, err = run(capsys, verb[0], model, *verb[1:], "--dataset", "mnist", "--limit", 20, "--out", out_dir,
-                         "--json", "--device", "cpu")
+                         "--json", "--device", "cpu", "--threads", "1")
     line = one_error_line(err)
     assert code == 2 and message in line, line
     check_error_stdout(out, line, code, as_json=True)
@@ -90,7 +90,7 @@ def test_clean_accuracy_at_chance_level_is_a_failure_finding(tmp_path, capsys):
 @pytest.mark.parametrize("value", ["0", "-3"])
 def test_batch_size_errors_name_the_option_one_way(tmp_path, capsys, verb, value):
     model = _saved(tmp_path / "model.safetensors", MLPSpec(hidden=8), dataset="mnist")
-    code, out, err = run(capsys, verb[0], model, *verb[1:], "--batch-size", value, "--device", "cpu")
+    code, out, err = run(capsys, verb[0], model, *verb[1:], "--batch-size", value, "--device", "cpu", "--threads", "1")
     assert code == 2 and one_error_line(err) == f"error: --batch-size must be an integer >= 1, got {value}"
 
 
@@ -101,7 +101,7 @@ def test_threads_apply_to_the_verb_and_are_given_back(tmp_path, capsys, monkeypa
     monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append(n), real(n)))
     before = torch.get_num_threads()
     code, out, err = run(capsys, "evaluate", model, "--attacks", "fgsm", "--eps", "0.1", "--limit", 20, "--threads", 3,
-                         "--no-checks", *SHARED)
+                         "--no-checks", "--device", "cpu", "--certify", "none")
     assert code == 0, err
     assert calls == [3, before] and torch.get_num_threads() == before
     code, out, err = run(capsys, "attack", model, "--attack", "fgsm:eps=0.1", "--limit", 20, "--threads", "none")

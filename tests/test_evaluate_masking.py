@@ -68,12 +68,12 @@ def _findings(stdout: str) -> list[dict]:
 def test_fgsm_only_evaluation_prints_a_gradient_masking_warning(masked_model, capsys):
     _, path, _, _ = masked_model
     code, stdout, err = run(capsys, "evaluate", path, "--attacks", "fgsm", "--eps", EPS, "--limit", N_EVAL,
-                            "--device", "cpu", "--certify", "none")
+                            "--device", "cpu", "--threads", "1", "--certify", "none")
     assert code == 0, err
     text = re.sub(r"\s+", " ", stdout)  # the table wraps long messages
     assert re.search(r"warning masking-probe: at linf eps=0\.3, pgd \(40 steps\) .* gradient masking", text), stdout
     code, stdout, err = run(capsys, "evaluate", path, "--attacks", "fgsm", "--eps", EPS, "--limit", N_EVAL,
-                            "--device", "cpu", "--certify", "none", "--json")
+                            "--device", "cpu", "--threads", "1", "--certify", "none", "--json")
     (probe,) = [f for f in _findings(stdout) if f["check"] == "masking-probe"]
     assert probe["severity"] == "warning"
     # FGSM's own row is far above what the probe found
@@ -91,11 +91,11 @@ def test_the_probe_stays_quiet_on_a_cleanly_trained_mlp(tmp_path, capsys):
         model[5].load_state_dict(output.state_dict())
     save_model(tmp_path / "clean.safetensors", model, spec, record={"dataset": "mnist"})
     code, stdout, err = run(capsys, "evaluate", tmp_path / "clean.safetensors", "--attacks", "fgsm", "--eps", EPS,
-                            "--limit", N_EVAL, "--device", "cpu", "--certify", "none", "--json")
+                            "--limit", N_EVAL, "--device", "cpu", "--threads", "1", "--certify", "none", "--json")
     assert code == 0, err
     (probe,) = [f for f in _findings(stdout) if f["check"] == "masking-probe"]
     assert probe["severity"] == "ok", probe
     # and an evaluation that lists an iterative attack runs no probe
     code, stdout, err = run(capsys, "evaluate", tmp_path / "clean.safetensors", "--attacks", "fgsm,pgd:steps=10",
-                            "--eps", EPS, "--limit", 100, "--device", "cpu", "--certify", "none", "--json")
+                            "--eps", EPS, "--limit", 100, "--device", "cpu", "--threads", "1", "--certify", "none", "--json")
     assert not [f for f in _findings(stdout) if f["check"] == "masking-probe"]

@@ -1,10 +1,11 @@
-"""`redblue attack` (one attack, images written out) and `redblue evaluate` (attack x eps grid, worst case, bounds, checks)."""
+"""`redblue attack` (one attack, images written out) and `redblue evaluate` (attack x eps grid, worst case, bounds, checks).
+
+Both verbs parse their options, call the engine (`redblue.evaluate`) and print (`evaluate_view`).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +15,6 @@ from typing import Annotated, Any, Optional
 import torch
 import typer
 from rich.console import Console
-from rich.table import Table
 
 import redblue
 from redblue.attacks import parse_attack
@@ -31,20 +31,28 @@ from redblue.cli.app import (
     resolve_device,
     set_interrupt_message,
 )
+from redblue.cli.evaluate_view import (
+    batch_progress_line,
+    interactive,
+    print_attack,
+    print_evaluation,
+    progress_line,
+)
 from redblue.config import atomic_write_bytes
 from redblue.errors import ConfigError, require_choice, require_positive
 from redblue.evaluate import (
     CERTIFY_METHODS,
     MODES,
-    Evaluation,
     evaluate,
     parse_attack_list,
     require_batch_size,
     require_model_fits,
 )
+from redblue.evaluate.folder import EvaluationFolder, file_sha256
 from redblue.evaluate.single import attack_every_sample
 from redblue.metrics import DEFAULT_BATCH
 from redblue.models import load_model, save_tensors
+from redblue.store import environment, json_bytes
 
 DatasetOption = Annotated[
     Optional[str],
@@ -57,8 +65,6 @@ SplitOption = Annotated[str, typer.Option("--split", help="Which split to attack
 LimitOption = Annotated[Optional[int], typer.Option("--limit", help="Use only the first N images of the split.")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seeds the attacks' random starts and searches.")]
 BatchOption = Annotated[int, typer.Option("--batch-size", help="Images per attack batch (an integer >= 1).")]
-
-SEVERITY_STYLE = {"ok": ("ok", "green"), "warning": ("warning", "yellow"), "fail": ("FAIL", "bold red")}
 
 
 def _versions() -> dict[str, str]:
@@ -118,10 +124,6 @@ def _check_out_dir(out: Path | None) -> None:
         raise ConfigError(f"--out {out} is a file; give a folder to write the results into")
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
-
-
 # --- redblue attack -------------------------------------------------------------------------------
 
 
@@ -156,14 +158,14 @@ def attack_command(
     _check_out_dir(out)
     torch_device = resolve_device(device)
     inputs = _load(model_path, dataset, split, limit, data_dir, torch_device)
-    x, y, dataset = inputs.x, inputs.y, inputs.dataset
-    outcome = attack_every_sample(
-        inputs.model, x, y, entry, params, batch_size=batch_size, generator=_generator(seed, torch_device)
-    )
-    label, n = outcome.label, outcome.n
+    with batch_progress_line(interactive() and not as_json, description=attack, total=len(inputs.y)) as on_batch:
+        outcome = attack_every_sample(
+            inputs.model, inputs.x, inputs.y, entry, params, batch_size=batch_size,
+            generator=_generator(seed, torch_device), on_batch=on_batch,
+        )
     metrics = {
         "model": str(model_path),
-        "dataset": dataset,
+        "dataset": inputs.dataset,
         "split": split,
         **outcome.to_dict(),
         "seed": seed,
@@ -172,27 +174,18 @@ def attack_command(
         "seconds": outcome.seconds,
     }
     if out is not None:
-        indices = torch.arange(n)
-        save_tensors(
-            out / "adversarial.safetensors",
-            {"x_adv": outcome.x_adv, "y": y, "predicted": outcome.predicted, "indices": indices, "valid": outcome.valid.to(torch.uint8)},
-            {"redblue.attack": label, "redblue.eps": repr(params.eps), "redblue.model": str(model_path)},
-        )
-        _write_json(out / "metrics.json", metrics)  # written last: its presence marks a complete folder
+        images = {"x_adv": outcome.x_adv, "y": inputs.y, "predicted": outcome.predicted,
+                  "indices": torch.arange(outcome.n), "valid": outcome.valid.to(torch.uint8)}
+        about = {"redblue.attack": outcome.label, "redblue.eps": repr(params.eps), "redblue.model": str(model_path)}
+        save_tensors(out / "adversarial.safetensors", images, about)
+        # written last: its presence marks a complete folder
+        atomic_write_bytes(out / "metrics.json", json_bytes(metrics))
         metrics["written"] = [str(out / "adversarial.safetensors"), str(out / "metrics.json")]
     if as_json:
         print_json(metrics)
         return
     console = Console()
-    table = Table("", "accuracy", "confidence", title=f"{label} at {entry.norm} eps={params.eps:g} on {n} {dataset} {split} images")
-    table.add_row("clean", f"{metrics['clean']['accuracy']:.2%}", f"{metrics['clean']['confidence']:.3f}")
-    adv = metrics["adversarial"]
-    table.add_row("adversarial", f"{adv['accuracy']:.2%}", f"{adv['confidence']:.3f}")
-    table.add_row("robust (correct both)", f"{adv['robust_accuracy']:.2%}", "")
-    console.print(table)
-    pert = metrics["perturbation"]
-    console.print(f"perturbation: L-inf mean {pert['linf_mean']:.4f} max {pert['linf_max']:.4f}; L2 mean {pert['l2_mean']:.3f} max {pert['l2_max']:.3f}")
-    _print_findings(console, metrics["findings"])
+    print_attack(console, outcome, dataset=inputs.dataset, split=split)
     if out is not None:
         console.print(f"wrote {out / 'adversarial.safetensors'} and {out / 'metrics.json'}")
 
@@ -228,15 +221,22 @@ def evaluate_command(
     limit: LimitOption = None,
     seed: SeedOption = 0,
     batch_size: BatchOption = DEFAULT_BATCH,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for evaluation.json and masks.safetensors.")] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out",
+            help="Run folder: results.json, masks.safetensors, and each finished attack row in cells/, so that "
+            "an interrupted run resumes when the same command runs again.",
+        ),
+    ] = None,
     data_dir: DataDirOption = None,
     device: DeviceOption = "auto",
     threads: ThreadsOption = "auto",
     as_json: JsonOption = False,
 ) -> None:
     """Robust accuracy for every attack x eps, the per-sample worst case, certified bounds and sanity findings."""
-    set_interrupt_message("interrupted; nothing was saved")
-    apply_threads(threads)
+    set_interrupt_message("interrupted; nothing was saved (with --out DIR, finished attack rows are kept and a rerun resumes)")
+    n_threads = apply_threads(threads)
     eps_list = parse_floats("--eps", eps)
     if not eps_list:
         raise ConfigError("--eps needs at least one value, for example 0.1")
@@ -251,87 +251,51 @@ def evaluate_command(
     _check_out_dir(out)
     torch_device = resolve_device(device)
     inputs = _load(model_path, dataset, split, limit, data_dir, torch_device)
-    dataset = inputs.dataset
-    result = evaluate(
-        inputs.model, inputs.x, inputs.y, plan, eps_list,
-        mode=chosen_mode,
-        batch_size=batch_size,
-        generator=_generator(seed, torch_device),
-        certify_method=None if certify == "none" else certify,
-        checks=not no_checks,
-    )
-    record = {
+    settings = {
         "model": str(model_path),
-        "dataset": dataset,
+        "dataset": inputs.dataset,
         "split": split,
         "limit": limit,
         "attacks": attacks,
         "eps": eps_list,
+        "mode": chosen_mode,
+        "certify": certify,
+        "checks": not no_checks,
         "seed": seed,
+        "batch_size": batch_size,
         "device": str(torch_device),
-        "versions": _versions(),
-        **result.to_dict(),
+        "threads": n_threads,
     }
+    folder = None
     if out is not None:
-        masks = {name: mask.to(torch.uint8) for name, mask in result.masks().items()}
-        save_tensors(out / "masks.safetensors", masks, {"redblue.model": str(model_path)})
-        _write_json(out / "evaluation.json", record)
+        folder = EvaluationFolder(out)
+        folder.start({**settings, "model_sha256": file_sha256(model_path)},
+                     environment(device=str(torch_device), seed=seed, threads=n_threads), device=str(torch_device))
+        set_interrupt_message(f"interrupted; finished attack rows are kept in {out / 'cells'}; run the same command again to resume")
+    try:
+        with progress_line(interactive() and not as_json) as progress:
+            result = evaluate(
+                inputs.model, inputs.x, inputs.y, plan, eps_list,
+                mode=chosen_mode,
+                batch_size=batch_size,
+                generator=_generator(seed, torch_device),
+                certify_method=None if certify == "none" else certify,
+                checks=not no_checks,
+                cache=None if folder is None else folder.cache,
+                progress=progress,
+            )
+    except BaseException as exc:
+        if folder is not None:
+            folder.fail("interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}")
+        raise
+    record = {**settings, "versions": _versions(), **result.to_dict()}
+    written = [] if folder is None else folder.finish(record, result.masks())
     if as_json:
         print_json(record)
         return
-    _print_evaluation(Console(), result, title=f"{model_path.name} on {result.n} {dataset} {split} images")
-    if out is not None:
-        Console().print(f"wrote {out / 'evaluation.json'} and {out / 'masks.safetensors'}")
-
-
-def _cell(accuracy: float, confidence: float | None = None) -> str:
-    return f"{accuracy:.2%}" + (f" · {confidence:.2f}" if confidence is not None else "")
-
-
-def _print_evaluation(console: Console, result: Evaluation, *, title: str) -> None:
-    cumulative = result.mode == "worst-case"
-    for norm in dict.fromkeys(r.norm for r in result.results):
-        here = [r for r in result.results if r.norm == norm]
-        table = Table(
-            "attack", *[f"eps={r.eps:g}" for r in here],
-            title=f"{title}: robust accuracy · confidence ({norm}, {result.mode} mode)",
-            caption=(
-                "attack rows are cumulative: each attack ran only on the samples every row above left robust"
-                if cumulative
-                else "each attack ran on every sample; rows are robust accuracy (correct clean and attacked); worst case = per-sample minimum"
-            ),
-        )
-        table.add_row("clean", *[_cell(result.clean_accuracy, result.clean_confidence)] * len(here))
-        for i, first in enumerate(here[0].attacks):
-            name = ("+ " if cumulative and i else "") + first.label
-            table.add_row(name, *[_cell(r.attacks[i].accuracy, r.attacks[i].confidence) for r in here])
-        table.add_row("[bold]worst case[/bold]", *[f"[bold]{_cell(r.worst_case_accuracy, r.worst_case_confidence)}[/bold]" for r in here])
-        if result.certify_method is not None:
-            table.add_row(
-                f"certified ({result.certify_method})",
-                *[_cell(r.certified_accuracy) if r.certified_accuracy is not None else "—" for r in here],
-            )
-            table.add_row(
-                "robust accuracy in",
-                *[f"[{r.interval[0]:.2%}, {r.interval[1]:.2%}]" if r.interval else "—" for r in here],
-            )
-        console.print(table)
-        notes = sorted({r.certified_note for r in here if r.certified_note})
-        for note in notes:
-            console.print(f"certified bound not available: {note}")
-    stages = Table("stage", "eps", "attacked", "fooled", "invalid", "seconds", title="attack stages")
-    for r in result.results:
-        for a in r.attacks:
-            stages.add_row(a.label, f"{r.eps:g}", str(a.n_attacked), str(a.n_fooled), str(a.n_invalid), f"{a.seconds:.2f}")
-    console.print(stages)
-    console.print(f"attacks {result.seconds_attacks:.1f} s, sanity checks {result.seconds_checks:.1f} s")
-    _print_findings(console, [dataclasses.asdict(f) for f in result.findings])
-
-
-def _print_findings(console: Console, findings: list[dict[str, str]]) -> None:
-    if not findings:
-        return
-    console.print("[bold]sanity findings[/bold]")
-    for f in sorted(findings, key=lambda f: ("fail", "warning", "ok").index(f["severity"])):
-        word, style = SEVERITY_STYLE[f["severity"]]
-        console.print(f"  [{style}]{word:>7}[/{style}] {f['check']}: {f['message']}", highlight=False)
+    console = Console()
+    print_evaluation(console, result, title=f"{model_path.name} on {result.n} {inputs.dataset} {split} images")
+    if folder is not None:
+        total = sum(len(r.attacks) for r in result.results)
+        reuse = f"reused {result.rows_reused} of {total} attack rows from {out / 'cells'}"
+        console.print(f"{reuse}; wrote {' and '.join(map(str, written))}", soft_wrap=True, highlight=False)

@@ -9,12 +9,20 @@ The package, in the order an evaluation runs:
 * `checks`: sanity checks on numbers and model outputs; `probes`: sanity checks that run attacks of
   their own (eps = 0, eps = 1, more steps, the masking probe); `audit`: which checks run, on which
   attacks and samples;
-* `results`: the records an evaluation returns; `engine`: `evaluate`, which ties them together.
+* `results`: the records an evaluation returns, and its progress reports; `engine`: `evaluate`;
+* `resume`: finished rows kept by key, so an interrupted evaluation resumes; `folder`: the run folder
+  of `redblue evaluate --out`; `single`: one attack on every sample (`redblue attack`).
 """
 
 from redblue.evaluate.cascade import CERTIFY_METHODS, auto_certify_method
 from redblue.evaluate.checks import Finding
-from redblue.evaluate.engine import CHECK_SUBSET, PROBE_SIZE, evaluate, require_batch_size, require_model_fits
+from redblue.evaluate.engine import (
+    CHECK_SUBSET,
+    PROBE_SIZE,
+    evaluate,
+    require_batch_size,
+    require_model_fits,
+)
 from redblue.evaluate.plan import (
     MODES,
     PRESETS,
@@ -22,7 +30,14 @@ from redblue.evaluate.plan import (
     estimated_cost,
     parse_attack_list,
 )
-from redblue.evaluate.results import AttackResult, EpsResult, Evaluation
+from redblue.evaluate.results import (
+    AttackResult,
+    EpsResult,
+    Evaluation,
+    Progress,
+    ProgressCallback,
+)
+from redblue.evaluate.resume import FolderRowCache, RowCache
 from redblue.evaluate.verify import (
     BALL_ATOL,
     BALL_RTOL,
@@ -48,6 +63,10 @@ __all__ = [
     "EpsResult",
     "Evaluation",
     "Finding",
+    "FolderRowCache",
+    "Progress",
+    "ProgressCallback",
+    "RowCache",
     "attack_label",
     "auto_certify_method",
     "box_exempt",

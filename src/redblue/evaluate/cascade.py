@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +29,8 @@ from redblue.errors import ModelError
 from redblue.evaluate import checks
 from redblue.evaluate.checks import Finding
 from redblue.evaluate.plan import PlannedAttack
-from redblue.evaluate.results import AttackResult, EpsResult
+from redblue.evaluate.results import AttackResult, EpsResult, Progress, ProgressCallback
+from redblue.evaluate.resume import RowCache, RowOutcome, restore_generator, row_key
 from redblue.evaluate.verify import AttackRun, run_attack, select, validity_findings
 from redblue.metrics import WorstCase, correct_and_confidence, true_class_margin
 
@@ -70,23 +71,19 @@ class CascadeSettings:
     batch_size: int
     generator: Generator | None
     certify_method: str | None
-
-
-@dataclass(frozen=True, eq=False)
-class RowOutcome:
-    """One attack at one eps: its row, the worst case after it, and the findings it raised."""
-
-    row: AttackResult
-    worst: WorstCase
-    findings: tuple[Finding, ...]
+    cache: RowCache | None = None  # finished rows kept and reused (see `resume`)
+    progress: ProgressCallback | None = None
 
 
 @dataclass(frozen=True, eq=False)
 class EpsOutcome:
-    """Every attack at one eps: the result and the findings raised on the way."""
+    """Every attack at one eps: the result, the findings raised on the way, the key of its last row
+    (the next eps chains on it) and how many rows were reused from the cache."""
 
     result: EpsResult
     findings: tuple[Finding, ...]
+    chain: str
+    rows_reused: int
 
 
 def attack_row(
@@ -100,19 +97,34 @@ def attack_row(
     clean: CleanPass,
     settings: CascadeSettings,
     after_white_box: bool,
+    report: RowReporter | None = None,
 ) -> RowOutcome:
     """Run `planned` at `eps` on the samples the mode attacks and fold its verified images into `worst`.
 
     after_white_box: a white-box attack ran earlier at this eps, so in the cascade whatever this
-    (black-box or transfer) attack still fools is what the gradients missed.
+    (black-box or transfer) attack still fools is what the gradients missed. report(done, total,
+    robust): progress after each batch (one device sync per batch, only when given).
     """
     n = len(y)
     params = planned.at(eps)
     cascade = settings.mode == "worst-case"
     # the cascade attacks what is still robust; per-attack mode attacks every sample (the paper's protocol)
     indices = worst.robust.nonzero().squeeze(1) if cascade else torch.arange(n, device=x.device)
+    on_batch = None
+    if report is not None:
+        robust_before = int(worst.robust.sum().item())
+        report(0, len(indices), robust_before)
+        newly_fooled = torch.zeros((), dtype=torch.long, device=x.device)
+
+        def on_batch(done: int, fooled: Tensor) -> None:
+            nonlocal newly_fooled
+            batch = indices[done - len(fooled) : done]
+            newly_fooled = newly_fooled + (fooled & worst.robust[batch]).sum()
+            report(done, len(indices), robust_before - int(newly_fooled.item()))
+
     run = run_attack(
-        model, planned.entry, params, x, y, indices=indices, batch_size=settings.batch_size, generator=settings.generator
+        model, planned.entry, params, x, y, indices=indices, batch_size=settings.batch_size,
+        generator=settings.generator, on_batch=on_batch,
     )
     findings = validity_findings(planned.label, run, eps=eps, norm=planned.norm)
     # confidence: this attack's valid images; elsewhere the worst-case image (clean in per-attack mode)
@@ -150,7 +162,8 @@ def attack_row(
         robust_mask=robust.cpu(),
         adversarial_accuracy=adversarial_accuracy,
     )
-    return RowOutcome(row=row, worst=worst, findings=tuple(findings))
+    state = None if settings.generator is None else settings.generator.get_state()
+    return RowOutcome(row=row, worst=worst, findings=tuple(findings), generator_state=state)
 
 
 def evaluate_eps(
@@ -162,24 +175,47 @@ def evaluate_eps(
     *,
     clean: CleanPass,
     settings: CascadeSettings,
+    chain: str = "",
 ) -> EpsOutcome:
-    """Every attack of `plan` (one norm) at `eps`, in order; then the certified bound for that eps."""
+    """Every attack of `plan` (one norm) at `eps`, in order; then the certified bound for that eps.
+
+    With settings.cache, each row is looked up by its key (chained on `chain`, the key of the row
+    before) and reused when found, else computed and stored; see `resume`.
+    """
     norm = plan[0].norm
     worst = WorstCase.clean(clean.correct, clean.margin, clean.top_prob)
     rows: list[AttackResult] = []
     findings: list[Finding] = []
-    for planned in plan:
-        after_white_box = any(row.threat == "white-box" for row in rows)
-        outcome = attack_row(
-            model, x, y, planned, eps, worst=worst, clean=clean, settings=settings, after_white_box=after_white_box
-        )
+    n_reused = 0
+    for index, planned in enumerate(plan, start=1):
+        report = _reporter(settings.progress, planned, eps, row=index, rows=len(plan), n=len(y))
+        outcome = None
+        if settings.cache is not None:
+            chain = row_key(chain, planned, eps, settings.generator)
+            outcome = settings.cache.load(chain, planned, eps, device=x.device)
+        reused = outcome is not None
+        if outcome is not None:
+            restore_generator(settings.generator, outcome.generator_state)
+            n_reused += 1
+        else:
+            after_white_box = any(row.threat == "white-box" for row in rows)
+            outcome = attack_row(
+                model, x, y, planned, eps, worst=worst, clean=clean, settings=settings,
+                after_white_box=after_white_box, report=report,
+            )
+            if settings.cache is not None:
+                settings.cache.save(chain, planned, eps, outcome)
         worst = outcome.worst
         rows.append(outcome.row)
         findings += outcome.findings
+        if report is not None:  # after the row is stored: an interruption from here on keeps it
+            report(outcome.row.n_attacked, outcome.row.n_attacked, int(worst.robust.sum().item()), reused)
     if settings.mode == "per-attack":
         findings += black_box_gain(rows, clean.correct, eps=eps, n=len(y))
     certify_start = time.perf_counter()
-    certified_mask, note, certify_findings = _certify_against(model, x, y, worst, clean, eps=eps, norm=norm, method=settings.certify_method)
+    certified_mask, note, certify_findings = _certify_against(
+        model, x, y, worst, clean, eps=eps, norm=norm, method=settings.certify_method
+    )
     findings += certify_findings
     result = EpsResult(
         norm=norm,
@@ -193,7 +229,29 @@ def evaluate_eps(
         certified_mask=None if certified_mask is None else certified_mask.cpu(),
         seconds_certify=time.perf_counter() - certify_start,
     )
-    return EpsOutcome(result=result, findings=tuple(findings))
+    return EpsOutcome(result=result, findings=tuple(findings), chain=chain, rows_reused=n_reused)
+
+
+# report(done, total, robust, reused=False): one row's progress, in the engine's terms
+RowReporter = Callable[..., None]
+
+
+def _reporter(
+    progress: ProgressCallback | None, planned: PlannedAttack, eps: float, *, row: int, rows: int, n: int
+) -> RowReporter | None:
+    """Turn (done, total, robust) counts of one row into Progress records for the caller's callback."""
+    if progress is None:
+        return None
+
+    def report(done: int, total: int, robust: int, reused: bool = False) -> None:
+        progress(
+            Progress(
+                stage="attack", norm=planned.norm, eps=eps, attack=planned.label, unit=0, units=0, row=row, rows=rows,
+                done=done, total=total, robust=robust, n=n, reused=reused,
+            )
+        )
+
+    return report
 
 
 def _fold(worst: WorstCase, indices: Tensor, run: AttackRun) -> WorstCase:

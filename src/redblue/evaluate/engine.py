@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +24,8 @@ from redblue.evaluate.cascade import (
 )
 from redblue.evaluate.checks import Finding
 from redblue.evaluate.plan import MODES, make_plan, parse_attack_list
-from redblue.evaluate.results import EpsResult, Evaluation
+from redblue.evaluate.results import EpsResult, Evaluation, Progress, ProgressCallback
+from redblue.evaluate.resume import RowCache, run_digest
 from redblue.evaluate.verify import require_logits
 from redblue.metrics import DEFAULT_BATCH, predict_logits
 
@@ -46,6 +48,8 @@ def evaluate(
     certify_method: str | None = "auto",
     checks: bool = True,
     check_subset: int = CHECK_SUBSET,
+    cache: RowCache | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Evaluation:
     """Robust accuracy and confidence for every attack x eps, the per-sample worst case, bounds and findings.
 
@@ -57,6 +61,9 @@ def evaluate(
     (L-inf only) come from `redblue.certify` when certify_method is "ibp", "crown", "crown-ibp" or
     "auto" (the default: see `auto_certify_method`), so each eps reads as an interval [certified, worst case]; None skips them. checks=False
     skips the gradient-masking sanity checks (on by default; they cost about a third of the attacks).
+    cache: keeps every finished (attack x eps) row and reuses those of an earlier, interrupted run with
+    the same model, data and settings (see `resume`; needs a generator, so that a reused row leaves the
+    random draws where the computed one would). progress: called as the rows run (see `Progress`).
     Raises ModelError when the model returns probabilities, ConfigError for a bad mode, method or eps.
     """
     require_choice("mode", mode, MODES)
@@ -78,9 +85,14 @@ def evaluate(
     check_inputs(x, y)
     if len(y) == 0:
         raise ConfigError("no samples to evaluate on; pass at least one image")
+    if cache is not None and generator is None:
+        raise ConfigError("keeping rows to resume needs a seeded generator; pass generator=torch.Generator().manual_seed(...)")
     plan = make_plan(attacks, mode=mode)
     norms = list(dict.fromkeys(entry.norm for entry, _ in attacks))  # in the order given
-    settings = CascadeSettings(mode=mode, batch_size=batch_size, generator=generator, certify_method=certify_method)
+    settings = CascadeSettings(
+        mode=mode, batch_size=batch_size, generator=generator, certify_method=certify_method, cache=cache
+    )
+    units = [(norm, eps) for norm in norms for eps in eps_values]
 
     with eval_mode(model):
         require_logits(model, x[:PROBE_SIZE])
@@ -94,18 +106,26 @@ def evaluate(
 
         attack_start = time.perf_counter()
         results: list[EpsResult] = []
-        for norm in norms:
-            for eps in eps_values:
-                outcome = evaluate_eps(
-                    model, x, y, [p for p in plan if p.norm == norm], eps, clean=clean, settings=settings
-                )
-                results.append(outcome.result)
-                findings += outcome.findings
+        rows_reused = 0
+        chain = run_digest(model, x, y, mode=mode, batch_size=batch_size) if cache is not None else ""
+        for unit, (norm, eps) in enumerate(units, start=1):
+            unit_settings = dataclasses.replace(settings, progress=_in_unit(progress, unit, len(units)))
+            outcome = evaluate_eps(
+                model, x, y, [p for p in plan if p.norm == norm], eps, clean=clean, settings=unit_settings, chain=chain
+            )
+            results.append(outcome.result)
+            findings += outcome.findings
+            chain, rows_reused = outcome.chain, rows_reused + outcome.rows_reused
         seconds_certify = sum(r.seconds_certify for r in results)
         seconds_attacks = time.perf_counter() - attack_start - seconds_certify
 
         if checks:
             check_start = time.perf_counter()
+            if progress is not None:
+                progress(
+                    Progress(stage="checks", norm=norms[0], eps=eps_values[-1], attack="sanity checks", unit=len(units),
+                             units=len(units), row=0, rows=0, done=0, total=0, robust=0, n=len(y))
+                )
             findings += run_checks(model, x, y, plan, results, clean=clean, settings=settings, subset=check_subset)
             seconds_checks += time.perf_counter() - check_start
 
@@ -122,7 +142,15 @@ def evaluate(
         seconds_checks=seconds_checks,
         seconds_certify=seconds_certify,
         clean_mask=clean.correct.cpu(),
+        rows_reused=rows_reused,
     )
+
+
+def _in_unit(progress: ProgressCallback | None, unit: int, units: int) -> ProgressCallback | None:
+    """The caller's callback, with each record told which (norm, eps) unit of how many it belongs to."""
+    if progress is None:
+        return None
+    return lambda record: progress(dataclasses.replace(record, unit=unit, units=units))
 
 
 def require_batch_size(batch_size: int, *, name: str = "batch_size") -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +11,35 @@ from torch import Tensor
 
 from redblue.evaluate.checks import Finding
 from redblue.evaluate.verify import BALL_ATOL, BALL_RTOL, BOX_ATOL
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a running evaluation is, for a progress display (the engine prints nothing itself).
+
+    stage: "attack" while an attack row runs (or is reused from a run folder), "checks" once the
+    sanity checks start. unit / units: this (norm, eps) among all; row / rows: this attack among the
+    eps's; done / total: samples this row has attacked / will attack; robust: samples still robust in
+    the worst case at this eps (after the batches done); n: all samples; reused: the row was read
+    back from an earlier, interrupted run instead of computed.
+    """
+
+    stage: str
+    norm: str
+    eps: float
+    attack: str
+    unit: int
+    units: int
+    row: int
+    rows: int
+    done: int
+    total: int
+    robust: int
+    n: int
+    reused: bool = False
+
+
+ProgressCallback = Callable[[Progress], None]
 
 
 @dataclass(frozen=True)
@@ -74,6 +104,7 @@ class Evaluation:
     seconds_checks: float
     seconds_certify: float
     clean_mask: Tensor = field(repr=False, compare=False)
+    rows_reused: int = 0  # (attack x eps) rows read back from an earlier, interrupted run
 
     def result(self, eps: float, norm: str = "linf") -> EpsResult:
         for r in self.results:
@@ -121,4 +152,5 @@ class Evaluation:
                 "box_tolerance": BOX_ATOL,
             },
             "seconds": {"attacks": self.seconds_attacks, "checks": self.seconds_checks, "certify": self.seconds_certify},
+            "rows": {"total": sum(len(r.attacks) for r in self.results), "reused": self.rows_reused},
         }

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import check_error_stdout, one_error_line, run
 from mlp_fixtures import trained_mlp
 from safetensors.torch import load_file
 from torch import nn
 
 import redblue.cli.verbs_evaluate as verbs_evaluate
 import redblue.models
-from cli_helpers import check_error_stdout, run
 from redblue.cli import main
 from redblue.data import load_dataset
 from redblue.models import LoadedModel, MLPSpec, build_model, save_model
@@ -176,3 +176,14 @@ def test_a_model_returning_probabilities_is_refused(saved_model, monkeypatch, ca
     code, stdout, err = run(capsys, verb[0], saved_model, *verb[1:], "--limit", "20", "--device", "cpu", "--threads", "1")
     assert code == 2 and stdout == ""
     assert err.count("\n") == 1 and "remove the final softmax" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("verb", [["attack", "--attack", "fgsm:eps=0.1"], ["evaluate", "--attacks", "fgsm"]])
+def test_an_unwritable_out_is_refused_before_any_attack(saved_model, capsys, monkeypatch, verb):
+    calls = []
+    monkeypatch.setattr(verbs_evaluate, "attack_every_sample", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(verbs_evaluate, "evaluate", lambda *a, **k: calls.append(a))
+    code, stdout, err = run(capsys, verb[0], saved_model, *verb[1:], "--limit", "20", "--out", "/proc/redblue-test",
+                            "--device", "cpu", "--threads", "1")
+    assert code == 2 and one_error_line(err).startswith("error: cannot write to /proc/redblue-test (")
+    assert calls == [] and stdout == ""

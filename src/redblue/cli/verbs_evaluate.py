@@ -6,7 +6,9 @@ Both verbs parse their options, call the engine (`redblue.evaluate`) and print (
 from __future__ import annotations
 
 import functools
+import os
 import platform
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +126,18 @@ def _check_out_dir(out: Path | None) -> None:
         raise ConfigError(f"--out {out} is a file; give a folder to write the results into")
 
 
+def _prepare_out_dir(out: Path) -> None:
+    """Create --out and prove a file can be written there, before the work rather than after it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"cannot write to {out} ({reason}); choose a writable --out folder") from None
+
+
 # --- redblue attack -------------------------------------------------------------------------------
 
 
@@ -158,6 +172,8 @@ def attack_command(
     _check_out_dir(out)
     torch_device = resolve_device(device)
     inputs = _load(model_path, dataset, split, limit, data_dir, torch_device)
+    if out is not None:
+        _prepare_out_dir(out)
     with batch_progress_line(interactive() and not as_json, description=attack, total=len(inputs.y)) as on_batch:
         outcome = attack_every_sample(
             inputs.model, inputs.x, inputs.y, entry, params, batch_size=batch_size,

@@ -13,8 +13,7 @@ import torch
 from mlp_fixtures import trained_mlp
 
 from redblue.evaluate import Evaluation, Progress, evaluate
-from redblue.evaluate.folder import EvaluationFolder
-from redblue.evaluate.resume import CELLS
+from redblue.evaluate.resume import CELLS, FolderRowCache
 
 N = 100
 # random starts (pgd) and random search (square): a resumed run matches only if the generator is restored
@@ -75,7 +74,7 @@ def test_progress_reports_each_row_batch_by_batch(mlp, mode):
 @pytest.mark.parametrize("stop_at", [2, 4], ids=["inside-the-first-eps", "at-the-second-eps"])
 def test_an_interrupted_evaluation_resumes_with_identical_numbers(mlp, tmp_path, stop_at):
     uninterrupted = run(mlp)
-    folder = EvaluationFolder(tmp_path / "run")
+    folder = FolderRowCache(tmp_path / "run")
     starts = []
 
     def interrupt(event: Progress) -> None:
@@ -85,10 +84,10 @@ def test_an_interrupted_evaluation_resumes_with_identical_numbers(mlp, tmp_path,
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run(mlp, cache=folder.cache, progress=interrupt)
+        run(mlp, cache=folder, progress=interrupt)
     assert len(list((tmp_path / "run" / CELLS).glob("*.json"))) == stop_at - 1
     reused_events: list[Progress] = []
-    resumed = run(mlp, cache=folder.cache, progress=reused_events.append)
+    resumed = run(mlp, cache=folder, progress=reused_events.append)
     assert resumed.rows_reused == stop_at - 1
     assert sum(e.reused for e in reused_events) == stop_at - 1
     assert numbers(resumed) == numbers(uninterrupted)
@@ -97,11 +96,11 @@ def test_an_interrupted_evaluation_resumes_with_identical_numbers(mlp, tmp_path,
         for a, b in zip(fresh.attacks, again.attacks):
             assert torch.equal(a.robust_mask, b.robust_mask)
     # everything is stored now: a third run computes no attack row at all
-    assert run(mlp, cache=folder.cache).rows_reused == 6
+    assert run(mlp, cache=folder).rows_reused == 6
 
 
 def test_rows_of_other_settings_are_not_reused(mlp, tmp_path):
-    cache = EvaluationFolder(tmp_path / "run").cache
+    cache = FolderRowCache(tmp_path / "run")
     run(mlp, cache=cache, checks=False)
     assert run(mlp, cache=cache, checks=False, seed=1).rows_reused == 0
     assert run(mlp, cache=cache, checks=False, batch_size=7).rows_reused == 0
@@ -124,7 +123,7 @@ def test_rows_of_other_settings_are_not_reused(mlp, tmp_path):
 
 
 def test_a_damaged_cell_is_computed_again(mlp, tmp_path):
-    cache = EvaluationFolder(tmp_path / "run").cache
+    cache = FolderRowCache(tmp_path / "run")
     first = run(mlp, cache=cache, checks=False)
     cells = sorted((tmp_path / "run" / CELLS).glob("*.json"))
     cells[0].write_text("{ half a file")

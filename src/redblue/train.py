@@ -19,7 +19,13 @@ from torch import Tensor, nn
 
 from redblue.defenses import ObjectiveConfig, make_objective_with_logits, weight_penalty
 from redblue.defenses.penalties import add_penalty_gradient_, penalized_parameters
-from redblue.errors import ConfigError, ModelError, require_in_range, require_non_negative, require_positive
+from redblue.errors import (
+    ConfigError,
+    ModelError,
+    require_in_range,
+    require_non_negative,
+    require_positive,
+)
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +154,13 @@ class _ProgressBar:
 
     def __init__(self, total: int) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self._progress = Progress(
             TextColumn("train"),

@@ -284,9 +284,11 @@ def evaluate_command(
     }
     folder = None
     if out is not None:
-        folder = EvaluationFolder(out)
-        folder.start({**settings, "model_sha256": file_sha256(model_path)},
-                     environment(device=str(torch_device), seed=seed, threads=n_threads), device=str(torch_device))
+        folder = EvaluationFolder(
+            out, {**settings, "model_sha256": file_sha256(model_path)},
+            environment(device=str(torch_device), seed=seed, threads=n_threads), device=str(torch_device),
+        )
+        folder.check_writable()
         set_interrupt_message(f"interrupted; finished attack rows are kept in {out / 'cells'}; run the same command again to resume")
     try:
         with progress_line(interactive() and not as_json) as progress:
@@ -297,7 +299,7 @@ def evaluate_command(
                 generator=_generator(seed, torch_device),
                 certify_method=None if certify == "none" else certify,
                 checks=not no_checks,
-                cache=None if folder is None else folder.cache,
+                cache=folder,
                 progress=progress,
             )
     except BaseException as exc:

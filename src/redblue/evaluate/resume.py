@@ -6,7 +6,7 @@ row before it at all; so a row is stored with what the next row needs to go on e
 uninterrupted run would: the per-sample worst case after it (fooled, margin, top probability) and
 the generator's state. A row is found again by a key that chains everything that determines it:
 
-    key_0 = sha256(model weights and architecture, images, labels, mode, batch size, device, versions)
+    key_0 = sha256(model weights and architecture, images, labels, mode, batch size, device, threads, versions)
     key_k = sha256(key_{k-1}, attack, its parameters at this eps, eps, the generator's state before it)
 
 so a rerun with any other model, data, attack, eps, seed, batch size or order of rows computes
@@ -72,6 +72,7 @@ def run_digest(model: nn.Module, x: Tensor, y: Tensor, *, mode: str, batch_size:
         "mode": mode,
         "batch_size": batch_size,
         "device": x.device.type,
+        "threads": torch.get_num_threads(),  # float sums may be ordered differently with more threads
         "torch": torch.__version__,
         "redblue": redblue.__version__,
         "architecture": repr(model),

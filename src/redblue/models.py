@@ -21,12 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from redblue.config import default_file_mode, from_dict, from_text_values, split_spec
-from redblue.errors import (
-    ModelError,
-    require_choice,
-    require_in_range,
-    require_positive,
-)
+from redblue.errors import ModelError, require_choice, require_in_range, require_positive
 
 FORMAT_VERSION = "1"
 

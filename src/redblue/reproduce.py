@@ -37,13 +37,7 @@ from redblue.defenses import parse_objective
 from redblue.errors import AttackError, ConfigError, RedblueError, require_non_negative
 from redblue.metrics import DEFAULT_BATCH, batches, correct_and_confidence
 from redblue.models import MLPSpec, build_model, load_model, save_model
-from redblue.report.paper_values import (
-    PAPER_FIGURE_EPS,
-    PAPER_GRID,
-    PAPER_TABLE3_EPS,
-    PAPER_TABLE_EPS,
-    same,
-)
+from redblue.report.paper_values import PAPER_FIGURE_EPS, PAPER_GRID, PAPER_TABLE3_EPS, PAPER_TABLE_EPS, same
 from redblue.store import RunFolder, environment
 from redblue.train import TrainConfig, init_model, train
 

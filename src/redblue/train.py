@@ -19,13 +19,7 @@ from torch import Tensor, nn
 
 from redblue.defenses import ObjectiveConfig, make_objective_with_logits, weight_penalty
 from redblue.defenses.penalties import add_penalty_gradient_, penalized_parameters
-from redblue.errors import (
-    ConfigError,
-    ModelError,
-    require_in_range,
-    require_non_negative,
-    require_positive,
-)
+from redblue.errors import ConfigError, ModelError, require_in_range, require_non_negative, require_positive
 
 log = logging.getLogger(__name__)
 
@@ -154,13 +148,7 @@ class _ProgressBar:
 
     def __init__(self, total: int) -> None:
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._progress = Progress(
             TextColumn("train"),

@@ -32,12 +32,7 @@ from redblue.attacks.core import (
     targeted_dlr_loss,
 )
 from redblue.attacks.registry import register
-from redblue.errors import (
-    AttackError,
-    require_choice,
-    require_in_range,
-    require_positive,
-)
+from redblue.errors import AttackError, require_choice, require_in_range, require_positive
 
 APGD_LOSSES = ("ce", "dlr", "targeted-dlr")
 MOMENTUM = 0.75  # the paper's alpha; the first step has none

@@ -14,12 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Generator, Tensor, nn
 
-from redblue.errors import (
-    AttackError,
-    ConfigError,
-    require_in_range,
-    require_non_negative,
-)
+from redblue.errors import AttackError, ConfigError, require_in_range, require_non_negative
 
 LossFn = Callable[[Tensor, Tensor], Tensor]  # (logits (N, C), y (N,)) -> per-sample loss (N,)
 

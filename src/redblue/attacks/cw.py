@@ -15,14 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Generator, Tensor, nn
 
-from redblue.attacks.core import (
-    check_eps,
-    check_target,
-    eval_mode,
-    l2_project,
-    margin_loss,
-    pick_targets,
-)
+from redblue.attacks.core import check_eps, check_target, eval_mode, l2_project, margin_loss, pick_targets
 from redblue.attacks.registry import register
 from redblue.errors import AttackError, require_non_negative, require_positive
 

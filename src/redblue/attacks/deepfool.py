@@ -18,12 +18,7 @@ from torch import Tensor, nn
 
 from redblue.attacks.core import check_eps, eval_mode, project
 from redblue.attacks.registry import register
-from redblue.errors import (
-    AttackError,
-    ConfigError,
-    require_non_negative,
-    require_positive,
-)
+from redblue.errors import AttackError, ConfigError, require_non_negative, require_positive
 
 # the reference code's extra step past the linearised boundary, in pixel units
 BOUNDARY_STEP = 1e-4

@@ -29,19 +29,11 @@ from redblue.attacks.core import (
     loss_and_input_gradient,
     margin_loss,
     pick_targets,
+    random_start as draw_random_start,
     targeted_dlr_loss,
 )
-from redblue.attacks.core import (
-    random_start as draw_random_start,
-)
 from redblue.attacks.registry import register
-from redblue.errors import (
-    AttackError,
-    ConfigError,
-    require_choice,
-    require_non_negative,
-    require_positive,
-)
+from redblue.errors import AttackError, ConfigError, require_choice, require_non_negative, require_positive
 
 LossName = Literal["ce", "margin", "dlr"]
 LOSSES: dict[str, LossFn] = {"ce": ce_loss, "margin": margin_loss, "dlr": dlr_loss}

@@ -12,15 +12,15 @@ import sys
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 from typer.exceptions import Abort
 
-from redblue.cli import verbs_data as _verbs_data  # noqa: E402,F401
-from redblue.cli import verbs_evaluate as _verbs_evaluate  # noqa: E402,F401
+from redblue.cli.app import app, interrupt_message, json_printed, reset_run_state
+from redblue.errors import RedblueError
 
 # Importing a verb module registers its commands on `app`.
 from redblue.cli import verbs_info as _verbs_info  # noqa: E402,F401
-from redblue.cli import verbs_reproduce as _verbs_reproduce  # noqa: E402,F401
+from redblue.cli import verbs_data as _verbs_data  # noqa: E402,F401
 from redblue.cli import verbs_train as _verbs_train  # noqa: E402,F401
-from redblue.cli.app import app, interrupt_message, json_printed, reset_run_state
-from redblue.errors import RedblueError
+from redblue.cli import verbs_evaluate as _verbs_evaluate  # noqa: E402,F401
+from redblue.cli import verbs_reproduce as _verbs_reproduce  # noqa: E402,F401
 
 
 def _error(message: str, code: int, *, as_json: bool) -> int:

@@ -8,15 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from redblue.cli.app import (
-    DataDirOption,
-    DeviceOption,
-    JsonOption,
-    app,
-    print_json,
-    resolve_device,
-    set_interrupt_message,
-)
+from redblue.cli.app import DataDirOption, DeviceOption, JsonOption, app, print_json, resolve_device, set_interrupt_message
 from redblue.errors import ConfigError
 from redblue.reproduce import PAPER_TOML, load_experiment, reproduce
 

@@ -13,14 +13,7 @@ import torch
 import typer
 
 import redblue
-from redblue.cli.app import (
-    DataDirOption,
-    DeviceOption,
-    JsonOption,
-    app,
-    print_json,
-    resolve_device,
-)
+from redblue.cli.app import DataDirOption, DeviceOption, JsonOption, app, print_json, resolve_device
 from redblue.config import to_dict
 from redblue.data import load_dataset
 from redblue.defenses import parse_objective
@@ -28,6 +21,7 @@ from redblue.errors import ConfigError
 from redblue.metrics import score
 from redblue.models import arch_of, build_model, parse_model, save_model
 from redblue.train import TrainConfig, init_model, train
+
 
 # The paper's network as calibrated for experiments/paper.toml: Newmu's Theano tutorial MLP with
 # one hidden layer of 625, no biases, N(0, 0.01^2) weights, dropout 0.2 on the input and 0.5 hidden.

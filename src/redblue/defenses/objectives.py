@@ -31,12 +31,7 @@ from redblue.attacks.core import (
     loss_and_input_gradient,
 )
 from redblue.config import from_text_values, split_spec
-from redblue.errors import (
-    ConfigError,
-    require_in_range,
-    require_non_negative,
-    require_positive,
-)
+from redblue.errors import ConfigError, require_in_range, require_non_negative, require_positive
 
 OBJECTIVES = ("clean", "fgsm", "fast-fgsm", "pgd", "trades")
 

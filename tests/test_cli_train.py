@@ -28,7 +28,7 @@ def test_train_json_saves_the_model_with_its_exact_config_seed_versions_and_devi
     assert out.count("\n") == 1
     config = result["train_config"]
     assert (config["l1"], config["l2"], config["epochs"], config["lr"], config["seed"]) == (1e-4, 1e-5, 2, 0.002, 3)
-    assert config["objective"] == {"name": "fgsm", "eps": 0.1, "alpha": 0.5, "steps": 7, "beta": 6.0, "clip": False}
+    assert config["objective"] == {"name": "fgsm", "eps": 0.1, "alpha": 0.5, "clip": False}
     assert result["seed"] == 3 and result["device"] == "cpu" and result["n_train"] == 600
     assert set(result["versions"]) >= {"redblue", "torch", "python"}
     assert result["versions"]["torch"] == torch.__version__

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from redblue.data import load_dataset
-from redblue.defenses import ObjectiveConfig
+from redblue.defenses import CleanObjective, FastFGSMObjective, parse_objective
 from redblue.errors import ConfigError, ModelError
 from redblue.metrics import score
 from redblue.models import MLPSpec, build_model
@@ -126,7 +126,7 @@ def separable_data(n: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
     return x.view(n, 1, 2, 2), y
 
 
-@pytest.mark.parametrize("objective", [ObjectiveConfig(), ObjectiveConfig(name="fast-fgsm", eps=0.05)])
+@pytest.mark.parametrize("objective", [CleanObjective(), FastFGSMObjective(eps=0.05)])
 def test_same_seed_gives_identical_weights_and_another_seed_does_not(objective):
     x, y = separable_data()
     config = TrainConfig(epochs=2, batch_size=32, l1=1e-4, objective=objective, seed=7)
@@ -171,11 +171,11 @@ def test_training_reduces_the_loss_and_fits_separable_data():
 
 def test_adversarial_objectives_train_too():
     x, y = separable_data()
-    for name in ("fgsm", "pgd", "trades"):
+    for spec in ("fgsm:eps=0.05", "pgd:eps=0.05,steps=2", "trades:eps=0.05,steps=2"):
         model = tiny_mlp(0)
-        config = TrainConfig(epochs=3, batch_size=32, lr=1e-2, objective=ObjectiveConfig(name=name, eps=0.05, steps=2))
+        config = TrainConfig(epochs=3, batch_size=32, lr=1e-2, objective=parse_objective(spec))
         history = train(model, x, y, config, progress=False).history
-        assert history[-1]["loss"] < history[0]["loss"], name
+        assert history[-1]["loss"] < history[0]["loss"], spec
 
 
 def test_on_epoch_rows_are_merged_into_the_history():

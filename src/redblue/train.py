@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from redblue.defenses import ObjectiveConfig, make_objective_with_logits, weight_penalty
+from redblue.defenses import CleanObjective, ObjectiveParams, TrainStep, make_objective, weight_penalty
 from redblue.defenses.penalties import add_penalty_gradient_, penalized_parameters
 from redblue.errors import ConfigError, ModelError, require_in_range, require_non_negative, require_positive
 
@@ -79,7 +79,7 @@ class TrainConfig:
     l1: float = 0.0
     l2: float = 0.0
     penalize_bias: bool = False
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    objective: ObjectiveParams = field(default_factory=CleanObjective)
     seed: int = 0
     optimizer: Literal["rmsprop-newmu", "rmsprop"] = "rmsprop-newmu"
 
@@ -94,8 +94,8 @@ class TrainConfig:
         require_non_negative("l2", self.l2)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
-        if not isinstance(self.objective, ObjectiveConfig):
-            raise ConfigError(f"objective must be an ObjectiveConfig, got {type(self.objective).__name__}")
+        if not isinstance(self.objective, ObjectiveParams):
+            raise ConfigError(f"objective must be objective params (see redblue.defenses), got {type(self.objective).__name__}")
 
 
 def _require_int(name: str, value: Any, *, minimum: int) -> None:
@@ -206,7 +206,7 @@ def train(
     """
     _check_data(model, x, y)
     device = x.device
-    objective = make_objective_with_logits(config.objective)
+    objective = make_objective(config.objective)
     optimizer = make_optimizer(model, config)
     n = len(x)
     n_batches = (n + config.batch_size - 1) // config.batch_size
@@ -214,6 +214,7 @@ def train(
     penalized = [p for p in penalized_parameters(model, include_bias=config.penalize_bias) if p.requires_grad]
     shuffle_generator = torch.Generator().manual_seed(config.seed)
     attack_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
+    step = TrainStep(generator=attack_generator)
     history: list[dict[str, Any]] = []
     bar = _progress_bar(progress, config.epochs * n_batches)
     started = time.perf_counter()
@@ -230,7 +231,7 @@ def train(
                 for batch in range(n_batches):
                     index = order[batch * config.batch_size : (batch + 1) * config.batch_size]
                     xb, yb = x[index], y[index]
-                    loss, logits = objective(model, xb, yb, attack_generator)
+                    loss, logits = objective(model, xb, yb, step)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     if penalize:  # d(penalty)/dw added directly: the same step as autograd, far cheaper

@@ -16,7 +16,7 @@ import redblue
 from redblue.cli.app import DataDirOption, DeviceOption, JsonOption, app, print_json, resolve_device
 from redblue.config import to_dict
 from redblue.data import load_dataset
-from redblue.defenses import parse_objective
+from redblue.defenses import objective_record, parse_objective
 from redblue.errors import ConfigError
 from redblue.metrics import score
 from redblue.models import arch_of, build_model, parse_model, save_model
@@ -96,7 +96,7 @@ def train_command(
     test = score(net, test_set.x.to(run_device), test_set.y.to(run_device))
     record: dict[str, Any] = {
         "kind": "train",
-        "train_config": to_dict(config),
+        "train_config": {**to_dict(config), "objective": objective_record(config.objective)},  # the values used
         "model": {"arch": arch_of(spec), "spec": dataclasses.asdict(spec)},
         "seed": seed,
         "dataset": dataset,

@@ -40,6 +40,7 @@ from redblue.cli.evaluate_view import (
     print_evaluation,
     progress_line,
 )
+from redblue.cli.verbs_data import DownloadOption, require_dataset
 from redblue.config import atomic_write_bytes
 from redblue.errors import ConfigError, require_choice, require_positive
 from redblue.evaluate import (
@@ -84,10 +85,11 @@ class _Inputs:
 
 
 def _load(
-    model_path: Path, dataset: str | None, split: str, limit: int | None, data_dir: Path | None, device: torch.device
+    model_path: Path, dataset: str | None, split: str, limit: int | None, data_dir: Path | None, download: bool,
+    device: torch.device,
 ) -> _Inputs:
-    """Load the model, then the dataset it was trained on unless --dataset names another, and refuse
-    a dataset whose images or classes the model does not fit."""
+    """Load the model, then the dataset it was trained on unless --dataset names another (downloaded
+    on first use with consent), and refuse a dataset whose images or classes the model does not fit."""
     from redblue.data import get_spec, load_dataset
 
     if limit is not None:
@@ -95,6 +97,7 @@ def _load(
     loaded = load_model(model_path, device=device)
     trained_on = loaded.record.get("dataset") if isinstance(loaded.record.get("dataset"), str) else None
     name = dataset or trained_on or "mnist"
+    require_dataset(name, data_dir=data_dir, download=download, splits=(split,))
     data = load_dataset(name, split, data_dir=data_dir)
     x, y = (data.x, data.y) if limit is None else (data.x[:limit], data.y[:limit])
     x, y = x.to(device), y.to(device)
@@ -155,6 +158,7 @@ def attack_command(
         Optional[Path], typer.Option("--out", help="Folder for adversarial.safetensors and metrics.json (nothing is written without it).")
     ] = None,
     data_dir: DataDirOption = None,
+    download: DownloadOption = False,
     device: DeviceOption = "auto",
     threads: ThreadsOption = "auto",
     as_json: JsonOption = False,
@@ -171,7 +175,7 @@ def attack_command(
     require_batch_size(batch_size, name="--batch-size")
     _check_out_dir(out)
     torch_device = resolve_device(device)
-    inputs = _load(model_path, dataset, split, limit, data_dir, torch_device)
+    inputs = _load(model_path, dataset, split, limit, data_dir, download, torch_device)
     if out is not None:
         _prepare_out_dir(out)
     with batch_progress_line(interactive() and not as_json, description=attack, total=len(inputs.y)) as on_batch:
@@ -246,6 +250,7 @@ def evaluate_command(
         ),
     ] = None,
     data_dir: DataDirOption = None,
+    download: DownloadOption = False,
     device: DeviceOption = "auto",
     threads: ThreadsOption = "auto",
     as_json: JsonOption = False,
@@ -266,7 +271,7 @@ def evaluate_command(
     chosen_mode = ("worst-case" if used_preset else "per-attack") if mode == "auto" else mode
     _check_out_dir(out)
     torch_device = resolve_device(device)
-    inputs = _load(model_path, dataset, split, limit, data_dir, torch_device)
+    inputs = _load(model_path, dataset, split, limit, data_dir, download, torch_device)
     settings = {
         "model": str(model_path),
         "dataset": inputs.dataset,

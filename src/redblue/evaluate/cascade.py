@@ -25,6 +25,7 @@ import torch
 from torch import Generator, Tensor, nn
 
 from redblue.attacks.registry import get_attack
+from redblue.certify import certify, choose_method
 from redblue.errors import ModelError
 from redblue.evaluate import checks
 from redblue.evaluate.checks import Finding
@@ -38,10 +39,9 @@ CERTIFY_METHODS = ("auto", "ibp", "crown", "crown-ibp")
 
 
 def auto_certify_method(model: nn.Module) -> str:
-    """Full CROWN for fully connected nets (0.5 s per 1000 MNIST images for the paper's MLP);
-    CROWN-IBP once there is a convolution, where full CROWN's backward pass per unstable neuron
-    costs minutes per 1000 images on a CPU (measured: 600-3800 s for a small MNIST CNN)."""
-    return "crown-ibp" if any(isinstance(m, nn.Conv2d) for m in model.modules()) else "crown"
+    """What certify_method="auto" means for this model: `redblue.certify.choose_method` (crown for
+    fully connected nets, crown-ibp with convolutions, ibp with max-pooling)."""
+    return choose_method(model)
 
 
 @dataclass(frozen=True, eq=False)
@@ -300,13 +300,9 @@ def certified(
     """Per-sample certified mask (n,) on x's device, or None with a note saying why there is none."""
     if norm != "linf":
         return None, f"certified bounds are computed for L-inf only, not {norm}"
-    try:
-        from redblue import certify as certify_module
-    except ImportError:
-        return None, "certified bounds need redblue.certify, which is not available in this install"
     mask = torch.zeros(len(y), dtype=torch.bool, device=x.device)
     try:  # certify batches by itself, with a batch size that suits its memory use
-        mask[correct_idx] = certify_module.certify(model, x[correct_idx], y[correct_idx], eps=eps, method=method)
+        mask[correct_idx] = certify(model, x[correct_idx], y[correct_idx], eps=eps, method=method)
     except ModelError as exc:  # an architecture the certifier does not support: no bound, not a failure
         return None, str(exc)
     return mask, None

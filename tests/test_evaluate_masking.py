@@ -56,7 +56,7 @@ def test_the_fgsm_trained_model_masks_its_gradient(masked_model):
     fgsm_accuracy = robust(model, x, y, plain_fgsm(model, x, y, EPS))
     pgd_accuracy = robust(model, x, y, sign_pgd(model, x, y, eps=EPS, steps=40, step_size=0.01,
                                                 generator=torch.Generator().manual_seed(0)))
-    # measured: clean 0.38-0.50, FGSM 0.37-0.49, PGD 0.00 (seeds 0-2); the test needs >= 20 points
+    # measured (seeds 0-2 of this recipe): clean 0.60-0.66, FGSM 0.59-0.63, PGD 0.000-0.002; needs >= 20 points
     assert accuracy(model, x, y) > 0.2
     assert fgsm_accuracy - pgd_accuracy >= 0.20, (fgsm_accuracy, pgd_accuracy)
 

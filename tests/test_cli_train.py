@@ -137,9 +137,9 @@ def test_json_has_the_history_the_kept_epoch_and_the_validation_settings(tmp_pat
 
 def interrupt_after_epoch(monkeypatch, epoch: int) -> None:
     """Ctrl-C the moment `epoch`'s checkpoint is written (before the loop reports the epoch)."""
-    import redblue.train as train_module
+    import redblue.train_state as train_state
 
-    real = train_module.write_checkpoint
+    real = train_state.write_checkpoint
 
     def write_then_interrupt(folder, *, epoch: int, **kwargs):
         real(folder, epoch=epoch, **kwargs)
@@ -147,7 +147,7 @@ def interrupt_after_epoch(monkeypatch, epoch: int) -> None:
             raise KeyboardInterrupt
 
     stop_at = epoch
-    monkeypatch.setattr(train_module, "write_checkpoint", write_then_interrupt)
+    monkeypatch.setattr(train_state, "write_checkpoint", write_then_interrupt)
 
 
 def test_ctrl_c_after_epoch_2_then_resume_gives_the_uninterrupted_model(tmp_path, capsys, monkeypatch):

@@ -75,8 +75,8 @@ def test_validation_numbers_match_a_recomputation_and_the_best_epoch_is_kept():
     model = tiny_mlp()
     train(model, x, y, config, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), kept[best]))
-    assert result.validation["size"] == 100 and result.validation["robust_size"] == 100
-    assert result.validation["pgd_steps"] == 10 and result.validation["eps"] == 0.08
+    assert result.validation.size == 100 and result.validation.robust_size == 100
+    assert result.validation.pgd_steps == 10 and result.validation.eps == 0.08
 
 
 def test_keep_last_keeps_the_final_weights():
@@ -134,7 +134,7 @@ def test_the_guard_rolls_back_weights_and_optimizer_state_and_halves_the_step(mo
     )  # fmt: skip
     result = train(tiny_mlp(), x, y, config, progress=after_epoch, on_epoch=on_epoch, checkpoint=tmp_path / "ckpt")
     assert result.config.overfit_guard is True  # on by default for a single-step objective
-    (event,) = result.guard["events"]
+    (event,) = result.guard.events
     assert event["epoch"] == 3 and event["rolled_back_to"] == 2 and event["action"] == "step_size 0.2 -> 0.1"
     assert "fell more than 0.20 below the best 0.600" in result.history[2]["collapsed"]
     # the weights after epoch 3 are those after epoch 2, and so is the optimizer state (Adam's moments)
@@ -142,8 +142,8 @@ def test_the_guard_rolls_back_weights_and_optimizer_state_and_halves_the_step(mo
     optimizer_keys = [k for k in checkpoints[2] if k.startswith("optimizer/")]
     assert optimizer_keys and all(torch.equal(checkpoints[3][k], checkpoints[2][k]) for k in optimizer_keys)
     assert not all(torch.equal(checkpoints[4][k], checkpoints[3][k]) for k in optimizer_keys)
-    assert [p.step_size for p in used_params] == [0.2, 0.1]
-    assert result.guard["objective_at_end"]["step_size"] == 0.1
+    assert [p.step_size for p in used_params] == [0.2, 0.2, 0.2, 0.1, 0.1]  # one objective per epoch
+    assert result.guard.objective_at_end["step_size"] == 0.1
     assert result.kept_epoch == 5  # the best score (0.64) among the epochs that were not rolled back
 
 
@@ -155,7 +155,7 @@ def test_the_guard_stops_an_objective_without_a_step_size_and_keeps_the_best_epo
     model = tiny_mlp()
     result = train(model, x, y, config, progress=False, on_epoch=on_epoch)
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
-    assert result.guard["events"][0]["action"] == "stopped training"
+    assert result.guard.events[0]["action"] == "stopped training"
     assert result.kept_epoch == 2
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), kept[2]))
 
@@ -166,7 +166,7 @@ def test_the_guard_does_not_judge_epochs_of_the_eps_warm_up(monkeypatch):
     x, y = blobs()
     config = TrainConfig(epochs=3, batch_size=32, objective=parse_objective("fast-fgsm:eps=0.1"), val_size=40, eps_warmup_epochs=1)
     result = train(tiny_mlp(), x, y, config, progress=False)
-    assert [event["epoch"] for event in result.guard["events"]] == [3]
+    assert [event["epoch"] for event in result.guard.events] == [3]
 
 
 def test_the_guard_stops_after_max_reductions(monkeypatch):
@@ -174,7 +174,7 @@ def test_the_guard_stops_after_max_reductions(monkeypatch):
     x, y = blobs()
     config = TrainConfig(epochs=7, batch_size=32, objective=parse_objective("fast-fgsm:eps=0.1,step_size=0.2"), val_size=40, eps_warmup_epochs=0)
     result = train(tiny_mlp(), x, y, config, progress=False)
-    actions = [event["action"] for event in result.guard["events"]]
+    actions = [event["action"] for event in result.guard.events]
     assert actions == ["step_size 0.2 -> 0.1", "step_size 0.1 -> 0.05", "step_size 0.05 -> 0.025", "stopped training"]
     assert len(result.history) == 5 and result.kept_epoch == 1
 
@@ -200,7 +200,7 @@ def test_fgsm_training_without_random_start_collapses_and_the_guard_catches_it()
     assert unguarded.history[-1]["val_robust_accuracy"] < 0.05
     model = init_model(lambda: build_model(CNNSpec()), seed=0)
     guarded = train(model, x, y, TrainConfig(**base))
-    (event,) = guarded.guard["events"]
+    (event,) = guarded.guard.events
     assert event["action"] == "stopped training" and event["epoch"] >= 3
     assert len(guarded.history) == event["epoch"]
 

@@ -11,30 +11,37 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from redblue.checkpoint import load_optimizer_state, optimizer_state, read_checkpoint, write_checkpoint
+from redblue.checkpoint import STATE_FILE
 from redblue.config import to_dict
 from redblue.defenses import TrainStep, make_objective, objective_from_record, objective_record, weight_penalty
 from redblue.defenses.penalties import add_penalty_gradient_, penalized_parameters
 from redblue.errors import ConfigError, ModelError
 from redblue.optim import NewmuRMSprop, build_optimizer, eps_ramp, lr_factor
-from redblue.store import differing_keys
 from redblue.train_config import TrainConfig
+from redblue.train_state import (
+    Generators,
+    RunState,
+    clone_weights,
+    data_digest,
+    json_roundtrip,
+    restore_state,
+    save_state,
+)
 from redblue.validation import (
     MAX_REDUCTIONS,
     STEP_REDUCTION,
+    ValidationSettings,
     collapse_reason,
     guard_rule,
     selection_score,
@@ -43,7 +50,7 @@ from redblue.validation import (
     validation_split,
 )
 
-__all__ = ["NewmuRMSprop", "TrainConfig", "TrainProgress", "TrainResult", "init_model", "make_optimizer", "train"]
+__all__ = ["GuardReport", "NewmuRMSprop", "TrainConfig", "TrainProgress", "TrainResult", "init_model", "make_optimizer", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +97,8 @@ class TrainResult:
     seconds: float
     config: TrainConfig | None = None
     kept_epoch: int | None = None
-    validation: dict[str, Any] | None = None
-    guard: dict[str, Any] | None = None
+    validation: ValidationSettings | None = None
+    guard: GuardReport | None = None
     resumed_from: int | None = None
 
     def record(self) -> dict[str, Any]:
@@ -100,11 +107,21 @@ class TrainResult:
         return {
             "train_config": config_record(self.config),
             "kept_epoch": self.kept_epoch,
-            "validation": self.validation,
-            "guard": self.guard,
+            "validation": dataclasses.asdict(self.validation) if self.validation is not None else None,
+            "guard": dataclasses.asdict(self.guard) if self.guard is not None else None,
             "resumed_from": self.resumed_from,
             "train_seconds": self.seconds,
         }
+
+
+@dataclass(frozen=True)
+class GuardReport:
+    """The catastrophic-overfitting guard of a run: its rule (thresholds), what it did (one dict per
+    collapse: epoch, reason, rolled_back_to, action) and the objective in use at the end."""
+
+    rule: dict[str, Any]
+    events: list[dict[str, Any]]
+    objective_at_end: dict[str, Any]
 
 
 def config_record(config: TrainConfig) -> dict[str, Any]:
@@ -139,97 +156,7 @@ def _check_data(model: nn.Module, x: Tensor, y: Tensor) -> None:
         raise ModelError(f"the model is on {param.device} but the data on {x.device}/{y.device}; move both to one device")
 
 
-def data_digest(x: Tensor, y: Tensor) -> str:
-    """SHA-256 of the training images and labels: a resumed run must see the same data."""
-    digest = hashlib.sha256()
-    for t in (x, y):
-        digest.update(str((tuple(t.shape), t.dtype)).encode())
-        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _clone_state(model: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-@dataclass
-class _Run:
-    """Everything that changes from epoch to epoch; what a checkpoint saves and a resume restores."""
-
-    epoch: int = 0  # finished epochs
-    weights_epoch: int = 0  # the epoch whose weights the model holds (a rollback keeps the one before)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_epoch: int | None = None
-    best_score: float = float("-inf")
-    best_weights: dict[str, Tensor] | None = None
-    best_robust: float | None = None  # the guard's reference: best PGD accuracy of a good epoch
-    objective: dict[str, Any] = field(default_factory=dict)  # the objective record in use (the guard may shrink its step)
-    reductions: int = 0
-    events: list[dict[str, Any]] = field(default_factory=list)
-    stopped: bool = False
-    seconds: float = 0.0
-
-
-class _Generators:
-    """The run's random streams: the shuffle order, the objective's random starts, and torch's
-    global generator (dropout), seeded inside `torch.random.fork_rng`."""
-
-    def __init__(self, seed: int, device: torch.device) -> None:
-        self.device = device
-        self.shuffle = torch.Generator().manual_seed(seed)
-        self.attack = torch.Generator(device=device).manual_seed(seed + 1)
-        torch.manual_seed(seed + 2)
-
-    def state(self) -> dict[str, Tensor]:
-        states = {"rng/shuffle": self.shuffle.get_state(), "rng/attack": self.attack.get_state(), "rng/global": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            states["rng/global_cuda"] = torch.cuda.get_rng_state(self.device)
-        return states
-
-    def restore(self, tensors: dict[str, Tensor]) -> None:
-        self.shuffle.set_state(tensors["rng/shuffle"])
-        self.attack.set_state(tensors["rng/attack"])
-        torch.set_rng_state(tensors["rng/global"])
-        if self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng/global_cuda"], self.device)
-
-
-def _save(folder: Path, identity: dict[str, Any], run: _Run, model: nn.Module, optimizer: torch.optim.Optimizer, rngs: _Generators) -> None:
-    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
-    if run.best_weights is not None:
-        tensors.update({f"best/{k}": v for k, v in run.best_weights.items()})
-    optimizer_tensors, optimizer_meta = optimizer_state(optimizer)
-    tensors.update(optimizer_tensors)
-    tensors.update(rngs.state())
-    fields = {f.name: getattr(run, f.name) for f in dataclasses.fields(run) if f.name != "best_weights"}
-    write_checkpoint(folder, epoch=run.epoch, tensors=tensors, state={"identity": identity, "optimizer": optimizer_meta, "run": fields})
-
-
-def _restore(
-    folder: Path, identity: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, rngs: _Generators
-) -> _Run:
-    found = read_checkpoint(folder)
-    if found is None:
-        raise ConfigError(f"there is no checkpoint to resume in {folder}; run without resume to start afresh")
-    state, tensors = found
-    differ = differing_keys(state.get("identity"), identity)
-    if differ:
-        shown = ", ".join(differ[:4]) + (", ..." if len(differ) > 4 else "")
-        raise ConfigError(
-            f"the checkpoint in {folder} was made by a different run (differs in: {shown}); "
-            "resume with the same options, or delete the folder to start over"
-        )
-    device = next(model.parameters()).device
-    model.load_state_dict({k[len("model/"):]: v.to(device) for k, v in tensors.items() if k.startswith("model/")})
-    load_optimizer_state(optimizer, tensors, state["optimizer"])
-    rngs.restore(tensors)
-    run = _Run(**state["run"])
-    best = {k[len("best/"):]: v.to(device) for k, v in tensors.items() if k.startswith("best/")}
-    run.best_weights = best or None
-    return run
-
-
-def _identity(config: TrainConfig, x: Tensor, y: Tensor, extra: dict[str, Any] | None) -> dict[str, Any]:
+def run_identity(config: TrainConfig, x: Tensor, y: Tensor, extra: dict[str, Any] | None) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed: the resolved config, the data, the device type."""
     identity = {"config": config_record(config), "data": {"n": len(y), "sha256": data_digest(x, y)}, "device": x.device.type}
     if extra:
@@ -237,9 +164,31 @@ def _identity(config: TrainConfig, x: Tensor, y: Tensor, extra: dict[str, Any] |
     return json_roundtrip(identity)
 
 
-def json_roundtrip(data: Any) -> Any:
-    """`data` as JSON reads it back (tuples become lists), so stored and fresh records compare equal."""
-    return json.loads(json.dumps(data))
+@dataclass(frozen=True)
+class _Plan:
+    """The run's shape in batches: the schedule, the lr warm-up and the eps ramp are functions of the
+    global batch index."""
+
+    config: TrainConfig
+    n_train: int
+    n_batches: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.epochs * self.n_batches
+
+    @property
+    def ramp_steps(self) -> int:
+        return round((self.config.eps_warmup_epochs or 0.0) * self.n_batches)
+
+    def lr(self, step: int) -> float:
+        warmup_steps = round((self.config.warmup_epochs or 0.0) * self.n_batches)
+        schedule = self.config.schedule
+        assert schedule is not None, "a resolved config has a schedule"
+        return self.config.lr * lr_factor(schedule, step, total_steps=self.total_steps, steps_per_epoch=self.n_batches, warmup_steps=warmup_steps)
+
+    def ramp(self, step: int) -> float:
+        return eps_ramp(step, ramp_steps=self.ramp_steps)
 
 
 def train(
@@ -281,132 +230,55 @@ def train(
         >>> result.kept_epoch, result.history[-1]["val_robust_accuracy"]
     """
     _check_data(model, x, y)
+    if progress is not None and progress is not False and not callable(progress):
+        raise ConfigError("progress must be a callback taking a TrainProgress (or None); the CLI draws the bar")
+    report = progress or None
     cfg = config.resolved(len(x))
     device = x.device
     optimizer = make_optimizer(model, cfg)
     train_index, val_index = validation_split(len(x), cfg.val_size or 0, seed=cfg.seed)
-    has_val = len(val_index) > 0
     x_val, y_val = x[val_index.to(device)], y[val_index.to(device)]
-    train_index = train_index.to(device)
-    n_train = len(train_index)
-    n_batches = -(-n_train // cfg.batch_size)
-    total_steps = cfg.epochs * n_batches
-    warmup_steps = round((cfg.warmup_epochs or 0.0) * n_batches)
-    ramp_steps = round((cfg.eps_warmup_epochs or 0.0) * n_batches)
-    settings = validation_settings(cfg.objective, val_index, seed=cfg.seed, guard=bool(cfg.overfit_guard)) if has_val else None
-    penalize = cfg.l1 > 0 or cfg.l2 > 0
-    penalized = [p for p in penalized_parameters(model, include_bias=cfg.penalize_bias) if p.requires_grad]
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if progress is not None and progress is not False and not callable(progress):
-        raise ConfigError("progress must be a callback taking a TrainProgress (or None); the CLI draws the bar")
-    report = progress or None
+    plan = _Plan(cfg, n_train=len(train_index), n_batches=-(-len(train_index) // cfg.batch_size))
+    settings = validation_settings(cfg.objective, val_index, seed=cfg.seed, guard=bool(cfg.overfit_guard)) if len(val_index) else None
     folder = Path(checkpoint) if checkpoint is not None else None
-    run_identity = _identity(cfg, x, y, identity) if folder is not None else {}
-    if folder is not None and not resume and (folder / "state.json").exists():
+    identity = run_identity(cfg, x, y, identity) if folder is not None else {}
+    if folder is not None and not resume and (folder / STATE_FILE).exists():
         raise ConfigError(f"{folder} holds a checkpoint of an unfinished run; resume it, or delete the folder to start over")
-    started = time.perf_counter()
-    fork_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):
-        rngs = _Generators(cfg.seed, device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        rngs = Generators(cfg.seed, device)
         if folder is not None and resume:
-            run = _restore(folder, run_identity, model, optimizer, rngs)
+            run = restore_state(folder, identity, model, optimizer, rngs)
             resumed_from: int | None = run.epoch
         else:
-            run = _Run(objective=objective_record(cfg.objective))
-            resumed_from = None
-        objective_params = objective_from_record(run.objective)
-        objective = make_objective(objective_params)
-        eps_full = objective_params.eps
+            run, resumed_from = RunState(objective=objective_record(cfg.objective)), None
         while run.epoch < cfg.epochs and not run.stopped:
             epoch = run.epoch + 1
-            epoch_started = time.perf_counter()
-            last_good = (_clone_state(model), copy.deepcopy(optimizer.state_dict())) if cfg.overfit_guard else None
-            model.train()
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            n_correct = torch.zeros((), dtype=torch.long, device=device)
-            shuffled = torch.randperm(n_train, generator=rngs.shuffle).to(device)
-            order = train_index[shuffled] if has_val else shuffled
-            first_step = (epoch - 1) * n_batches
-            lr = ramp = 0.0
-            for batch in range(n_batches):
-                step = first_step + batch
-                lr = cfg.lr * lr_factor(cfg.schedule, step, total_steps=total_steps, steps_per_epoch=n_batches, warmup_steps=warmup_steps)  # type: ignore[arg-type]
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                ramp = eps_ramp(step, ramp_steps=ramp_steps)
-                index = order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]
-                xb, yb = x[index], y[index]
-                loss, logits = objective(model, xb, yb, TrainStep(generator=rngs.attack, ramp=ramp, progress=step / total_steps))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if penalize:  # d(penalty)/dw added directly: the same step as autograd, far cheaper
-                    add_penalty_gradient_(penalized, l1=cfg.l1, l2=cfg.l2)
-                if cfg.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip, foreach=True)
-                optimizer.step()
-                loss_sum += loss.detach() * len(yb)
-                n_correct += (logits.detach().argmax(dim=1) == yb).sum()
-                if report is not None and ((batch + 1) % PROGRESS_EVERY == 0 or batch + 1 == n_batches):
-                    seen = min((batch + 1) * cfg.batch_size, n_train)
-                    report(TrainProgress("batch", epoch, cfg.epochs, batch + 1, n_batches, loss_sum.item() / seen, lr, eps_full * ramp))
-            model.eval()
-            with torch.no_grad():
-                penalty = weight_penalty(model, l1=cfg.l1, l2=cfg.l2, include_bias=cfg.penalize_bias)
-                # the epoch's one device sync: loss, correct count and penalty read together
-                loss_total, correct_total, penalty_value = torch.stack(
-                    [loss_sum, n_correct.to(torch.float64), penalty.to(device=device, dtype=torch.float64)]
-                ).tolist()
-            row: dict[str, Any] = {
-                "epoch": epoch,
-                "loss": loss_total / n_train,
-                "penalty": penalty_value,
-                "accuracy": correct_total / n_train,
-                "lr": lr,
-                "eps": eps_full * ramp,
-                "seconds": time.perf_counter() - epoch_started,
-            }
-            if not all(map(_finite, (row["loss"], row["penalty"]))):
-                raise ConfigError(
-                    f"the training loss became {row['loss']} in epoch {epoch}; lower lr or the penalties and retry"
-                )
+            started = time.perf_counter()
+            last_good = (clone_weights(model), copy.deepcopy(optimizer.state_dict())) if cfg.overfit_guard else None
+            # all samples when there is no split: the same permutation as before splits existed
+            shuffled = torch.randperm(plan.n_train, generator=rngs.shuffle).to(device)
+            order = train_index.to(device)[shuffled] if settings is not None else shuffled
+            row = _train_epoch(model, x, y, order, epoch, plan, run, optimizer, rngs, report)
             if settings is not None:
                 if report is not None:
-                    report(TrainProgress("validate", epoch, cfg.epochs, n_batches, n_batches, row["loss"], lr, eps_full * ramp))
+                    report(TrainProgress("validate", epoch, cfg.epochs, plan.n_batches, plan.n_batches, row["loss"], row["lr"], row["eps"]))
                 validation_started = time.perf_counter()
                 row.update(validate(model, x_val, y_val, settings, seed=cfg.seed))
                 row["val_seconds"] = time.perf_counter() - validation_started
-            collapsed = False
-            if last_good is not None and first_step >= ramp_steps:
-                reason = collapse_reason(row, run.best_robust)
-                if reason is not None:
-                    collapsed = True
-                    objective_params, action = _after_collapse(objective_params, run)
-                    objective = make_objective(objective_params)
-                    model.load_state_dict(last_good[0])
-                    optimizer.load_state_dict(last_good[1])
-                    row["collapsed"] = reason
-                    run.events.append({"epoch": epoch, "reason": reason, "rolled_back_to": epoch - 1, "action": action})
-                    log.warning("epoch %d: %s; rolled back to epoch %d, %s", epoch, reason, epoch - 1, action)
-            if settings is not None and not collapsed:
-                score = selection_score(row)
-                if "val_robust_accuracy" in row:
-                    run.best_robust = max(run.best_robust or 0.0, row["val_robust_accuracy"])
-                if score > run.best_score:
-                    run.best_epoch, run.best_score = epoch, score
-                    if cfg.keep == "best":
-                        run.best_weights = _clone_state(model)
+                judged = last_good is not None and (epoch - 1) * plan.n_batches >= plan.ramp_steps
+                _judge(row, run, model, optimizer, last_good if judged else None, keep_best=cfg.keep == "best")
             if on_epoch is not None:
                 row.update(on_epoch(epoch, model) or {})
             run.history.append(row)
             run.epoch = epoch
-            if not collapsed:
+            if "collapsed" not in row:
                 run.weights_epoch = epoch
-            run.seconds += time.perf_counter() - epoch_started
+            run.seconds += time.perf_counter() - started
             log.info("epoch %d/%d: loss %.4f, train accuracy %.4f, %.1f s", epoch, cfg.epochs, row["loss"], row["accuracy"], row["seconds"])
             if folder is not None:
-                _save(folder, run_identity, run, model, optimizer, rngs)
+                save_state(folder, identity, run, model, optimizer, rngs)
             if report is not None:
-                report(TrainProgress("epoch", epoch, cfg.epochs, n_batches, n_batches, row["loss"], lr, eps_full * ramp, row))
+                report(TrainProgress("epoch", epoch, cfg.epochs, plan.n_batches, plan.n_batches, row["loss"], row["lr"], row["eps"], row))
     kept_epoch = run.weights_epoch
     if cfg.keep == "best" and run.best_weights is not None:
         model.load_state_dict(run.best_weights)
@@ -417,23 +289,122 @@ def train(
         seconds=run.seconds,
         config=cfg,
         kept_epoch=kept_epoch,
-        validation=dataclasses.asdict(settings) if settings is not None else None,
-        guard={"rule": guard_rule(), "events": run.events, "objective_at_end": run.objective} if cfg.overfit_guard else None,
+        validation=settings,
+        guard=GuardReport(guard_rule(), run.events, run.objective) if cfg.overfit_guard else None,
         resumed_from=resumed_from,
     )
 
 
-def _after_collapse(params: Any, run: _Run) -> tuple[Any, str]:
-    """The objective to continue with after a collapse, and what was done: a smaller step_size when
-    the objective has one and fewer than MAX_REDUCTIONS were made, else stop."""
+def _train_epoch(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    order: Tensor,
+    epoch: int,
+    plan: _Plan,
+    run: RunState,
+    optimizer: torch.optim.Optimizer,
+    rngs: Generators,
+    report: ProgressCallback | None,
+) -> dict[str, Any]:
+    """One pass over `order` (indices into x); returns the epoch's history row before validation.
+
+    The running loss and correct count stay on the device: one sync per epoch, plus one per
+    progress report when a callback listens.
+    """
+    cfg, started, device = plan.config, time.perf_counter(), x.device
+    objective_params = objective_from_record(run.objective)
+    objective = make_objective(objective_params)
+    penalize = cfg.l1 > 0 or cfg.l2 > 0
+    penalized = [p for p in penalized_parameters(model, include_bias=cfg.penalize_bias) if p.requires_grad]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    n_correct = torch.zeros((), dtype=torch.long, device=device)
+    lr = ramp = 0.0
+    for batch in range(plan.n_batches):
+        step = (epoch - 1) * plan.n_batches + batch
+        lr, ramp = plan.lr(step), plan.ramp(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        index = order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]
+        xb, yb = x[index], y[index]
+        loss, logits = objective(model, xb, yb, TrainStep(generator=rngs.attack, ramp=ramp, progress=step / plan.total_steps))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if penalize:  # d(penalty)/dw added directly: the same step as autograd, far cheaper
+            add_penalty_gradient_(penalized, l1=cfg.l1, l2=cfg.l2)
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip, foreach=True)
+        optimizer.step()
+        loss_sum += loss.detach() * len(yb)
+        n_correct += (logits.detach().argmax(dim=1) == yb).sum()
+        if report is not None and ((batch + 1) % PROGRESS_EVERY == 0 or batch + 1 == plan.n_batches):
+            seen = min((batch + 1) * cfg.batch_size, plan.n_train)
+            eps = objective_params.eps * ramp
+            report(TrainProgress("batch", epoch, cfg.epochs, batch + 1, plan.n_batches, loss_sum.item() / seen, lr, eps))
+    model.eval()
+    with torch.no_grad():
+        penalty = weight_penalty(model, l1=cfg.l1, l2=cfg.l2, include_bias=cfg.penalize_bias)
+        # the epoch's one device sync: loss, correct count and penalty read together
+        loss_total, correct_total, penalty_value = torch.stack(
+            [loss_sum, n_correct.to(torch.float64), penalty.to(device=device, dtype=torch.float64)]
+        ).tolist()
+    row: dict[str, Any] = {
+        "epoch": epoch,
+        "loss": loss_total / plan.n_train,
+        "penalty": penalty_value,
+        "accuracy": correct_total / plan.n_train,
+        "lr": lr,
+        "eps": objective_params.eps * ramp,
+        "seconds": time.perf_counter() - started,
+    }
+    if not all(map(_finite, (row["loss"], row["penalty"]))):
+        raise ConfigError(f"the training loss became {row['loss']} in epoch {epoch}; lower lr or the penalties and retry")
+    return row
+
+
+def _judge(
+    row: dict[str, Any],
+    run: RunState,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    last_good: tuple[dict[str, Tensor], dict[str, Any]] | None,
+    *,
+    keep_best: bool,
+) -> None:
+    """After validation: roll back a collapsed epoch (`last_good`: the guard judges this epoch), else
+    update the best epoch. Writes `row["collapsed"]` and the run's events, best and objective."""
+    if last_good is not None:
+        reason = collapse_reason(row, run.best_robust)
+        if reason is not None:
+            action = _after_collapse(run)
+            model.load_state_dict(last_good[0])
+            optimizer.load_state_dict(last_good[1])
+            row["collapsed"] = reason
+            run.events.append({"epoch": row["epoch"], "reason": reason, "rolled_back_to": row["epoch"] - 1, "action": action})
+            log.warning("epoch %d: %s; rolled back to epoch %d, %s", row["epoch"], reason, row["epoch"] - 1, action)
+            return
+    if "val_robust_accuracy" in row:
+        run.best_robust = max(run.best_robust or 0.0, row["val_robust_accuracy"])
+    score = selection_score(row)
+    if run.best_score is None or score > run.best_score:
+        run.best_epoch, run.best_score = row["epoch"], score
+        if keep_best:
+            run.best_weights = clone_weights(model)
+
+
+def _after_collapse(run: RunState) -> str:
+    """Continue with a smaller step_size when the objective has one and fewer than MAX_REDUCTIONS were
+    made (the run's objective record changes), else stop; returns what was done."""
+    params = objective_from_record(run.objective)
     step_size = getattr(params, "step_size", None)
     if step_size is None or run.reductions >= MAX_REDUCTIONS:
         run.stopped = True
-        return params, "stopped training"
-    smaller = dataclasses.replace(params, step_size=step_size * STEP_REDUCTION)
+        return "stopped training"
     run.reductions += 1
-    run.objective = objective_record(smaller)
-    return smaller, f"step_size {step_size:g} -> {step_size * STEP_REDUCTION:g}"
+    run.objective = objective_record(dataclasses.replace(params, step_size=step_size * STEP_REDUCTION))
+    return f"step_size {step_size:g} -> {step_size * STEP_REDUCTION:g}"
 
 
 def _finite(value: float) -> bool:

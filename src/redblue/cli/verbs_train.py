@@ -281,7 +281,7 @@ def _print_summary(result: Any, record: dict[str, Any], out: Path, device: torch
     if cfg.val_size:
         row = result.history[result.kept_epoch - 1] if result.kept_epoch else {}
         typer.echo(f"kept epoch {result.kept_epoch} ({cfg.keep}): validation {_val_summary(row) or 'n/a'} on {cfg.val_size} held-out images")
-    for event in (result.guard or {}).get("events", []):
+    for event in result.guard.events if result.guard is not None else []:
         typer.echo(f"overfitting guard, epoch {event['epoch']}: {event['reason']}; rolled back, {event['action']}")
     test = record["test"]
     typer.echo(f"test accuracy {test['accuracy']:.4f}, confidence {test['confidence']:.4f}")

@@ -27,6 +27,7 @@ from redblue.attacks.core import (
     eval_mode,
     l2_normalize,
     loss_and_input_gradient,
+    per_sample,
     project,
     random_start,
     targeted_dlr_loss,
@@ -53,13 +54,9 @@ def apgd_checkpoints(n_iter: int) -> list[int]:
     return sorted({math.ceil(p_j * n_iter) for p_j in p})
 
 
-def _per_sample(values: Tensor, like: Tensor) -> Tensor:
-    return values.view(-1, *([1] * (like.dim() - 1)))
-
-
 def _where(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """Per-sample choice: rows of `a` where mask (N,) is true, else rows of `b`."""
-    return torch.where(_per_sample(mask, a), a, b)
+    return torch.where(per_sample(mask, a), a, b)
 
 
 def _clamp(t: Tensor, *, lower: Tensor, upper: Tensor) -> Tensor:
@@ -111,7 +108,7 @@ def _apgd_run(
 
     for k in range(1, n_iter + 1):
         alpha = 1.0 if k == 1 else MOMENTUM
-        z = into_ball(x_cur + _per_sample(step_size, x) * _steepest_direction(grad, norm))
+        z = into_ball(x_cur + per_sample(step_size, x) * _steepest_direction(grad, norm))
         x_next = into_ball(x_cur + alpha * (z - x_cur) + (1.0 - alpha) * (x_cur - x_prev))
         x_prev, x_cur = x_cur, x_next
         loss_next, logits, grad = gradient(x_cur, y)

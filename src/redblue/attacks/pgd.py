@@ -12,6 +12,7 @@ restart fooled, and the only device syncs are between restarts.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -26,8 +27,10 @@ from redblue.attacks.core import (
     eval_mode,
     l2_normalize,
     l2_project,
-    loss_and_input_gradient,
+    linf_random_start,
+    loss_logits_and_gradient,
     margin_loss,
+    per_sample,
     pick_targets,
     random_start as draw_random_start,
     targeted_dlr_loss,
@@ -145,10 +148,6 @@ class MIML2Params(MIMParams):
         check_iterative_params(self, "l2")
 
 
-def _per_sample(values: Tensor, like: Tensor) -> Tensor:
-    return values.view(-1, *([1] * (like.dim() - 1)))
-
-
 def _objective(loss: str, target: Tensor | None) -> LossFn:
     """The per-sample quantity to maximise: the loss, or for a target minus the loss towards it."""
     base = LOSSES[loss]
@@ -172,10 +171,87 @@ def _keep_better(best: Best, x_adv: Tensor, objective: Tensor, fooled: Tensor) -
     x_best, best_objective, best_fooled = best
     better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (objective > best_objective))
     return (
-        torch.where(_per_sample(better, x_adv), x_adv, x_best),
+        torch.where(per_sample(better, x_adv), x_adv, x_best),
         torch.where(better, objective, best_objective),
         best_fooled | fooled,
     )
+
+
+OnIterate = Callable[[Tensor, Tensor, Tensor], None]  # (x_k, objective (N,), logits (N, C)) of an iterate
+
+
+def _ascent(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    x_start: Tensor,
+    *,
+    loss: LossFn,
+    eps: float,
+    norm: str,
+    steps: int,
+    step_size: float,
+    decay: float | None = None,
+    on_iterate: OnIterate | None = None,
+) -> Tensor:
+    """The one implementation of the projected steepest-ascent step; returns the last iterate.
+
+    From x_start, `steps` times: the loss and its input gradient at x_k (in the model's current
+    mode, no device sync), then x_{k+1} = project(x_k + step_size * direction) into the eps-ball
+    around x and [0, 1]; direction is sign(grad) in L-inf, grad / |grad|_2 in L2. With `decay`,
+    the steps follow the momentum of L1-normalised gradients (Dong et al., 2018).
+    `on_iterate(x_k, loss_k, logits_k)` sees every point a gradient was taken at (k = 0..steps-1),
+    from the forward pass the gradient needed anyway.
+    """
+    x_adv = x_start
+    if norm == "linf":  # the L-inf ball within [0, 1], as bounds per pixel, once
+        lower, upper = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
+    momentum = torch.zeros_like(x) if decay is not None else None
+    for _ in range(steps):
+        objective, logits, grad = loss_logits_and_gradient(model, x_adv, y, loss=loss)
+        if on_iterate is not None:
+            on_iterate(x_adv, objective, logits)
+        if momentum is not None:
+            # the mean, not the sum, of |grad|: the same direction (the dimension is fixed), and a
+            # momentum of ordinary magnitude whatever the image size
+            l1_mean = grad.abs().flatten(1).mean(dim=1).clamp_min(1e-12)
+            momentum = decay * momentum + grad / per_sample(l1_mean, grad)
+            grad = momentum
+        if norm == "linf":
+            # = linf_project(ascent_step(...)) with the ball's bounds computed once; in place on
+            # fresh tensors, since these elementwise passes are PGD's only cost beyond the model
+            x_adv = x_adv.add(grad.sign() if momentum is not None else grad.sign_(), alpha=step_size).clamp_(lower, upper)
+        else:
+            x_adv = l2_project(x_adv.add(l2_normalize(grad), alpha=step_size), center=x, eps=eps)
+    return x_adv
+
+
+def pgd_last_iterate(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    random_start: bool = True,
+    loss: LossFn = ce_loss,
+    generator: Generator | None = None,
+    x_start: Tensor | None = None,
+) -> Tensor:
+    """L-inf PGD returning its last iterate, as Madry et al. (2018) train on: for training objectives.
+
+    x: (N, ...) pixels in [0, 1]; y: (N,) labels (passed to `loss`, any per-sample
+    `LossFn(logits, y) -> (N,)`, e.g. TRADES' KL to the clean prediction). Starts from x_start
+    when given (e.g. TRADES' x + 0.001 * N(0, 1)), else from a uniform random point of the ball
+    when random_start, else from x. The same step as `pgd` (one implementation, `_ascent`), but
+    no best-iterate tracking, no input validation, no device sync, and the model runs in the
+    mode the caller set. Only the input gradient is computed: no parameter's `.grad` changes.
+    Returns a detached tensor shaped like x, in [0, 1] and within eps of x in L-inf.
+    """
+    if x_start is None:
+        x_start = linf_random_start(x, eps, generator) if random_start else x
+    return _ascent(model, x, y, x_start, loss=loss, eps=eps, norm="linf", steps=steps, step_size=step_size).detach()
 
 
 def _ascend(
@@ -196,33 +272,21 @@ def _ascend(
     """One run of projected steepest ascent; returns the per-sample best and a 'stayed finite' flag.
 
     The start is no candidate, only the iterates after each step are: so one step of size eps
-    from x is exactly FGSM. With `decay`, steps follow the momentum of L1-normalised gradients
-    (Dong et al., 2018).
+    from x is exactly FGSM. The caller runs the model in eval mode.
     """
     objective_fn = _objective(loss, target)
-    x_adv = draw_random_start(x, eps, norm=norm, generator=generator) if start_random else x
-    if norm == "linf":  # the L-inf ball within [0, 1], as bounds per pixel
-        lower, upper = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
-    momentum = torch.zeros_like(x) if decay is not None else None
+    x_start = draw_random_start(x, eps, norm=norm, generator=generator) if start_random else x
     best: Best = (x, torch.full((len(x),), -torch.inf, device=x.device, dtype=x.dtype), torch.zeros_like(y, dtype=torch.bool))
-    for step in range(steps):
-        # no finiteness check here (a device sync): a NaN gradient makes x_adv NaN for good,
-        # which the check after the run sees
-        objective, logits, grad = loss_and_input_gradient(model, x_adv, y, loss=objective_fn, check_finite=False)
-        if step > 0:
-            best = _keep_better(best, x_adv, objective, _fooled(logits, y, target))
-        if momentum is not None:
-            # the mean, not the sum, of |grad|: the same direction (the dimension is fixed), and a
-            # momentum of ordinary magnitude whatever the image size
-            l1_mean = grad.abs().flatten(1).mean(dim=1).clamp_min(1e-12)
-            momentum = decay * momentum + grad / _per_sample(l1_mean, grad)
-            grad = momentum
-        if norm == "linf":
-            # = linf_project(ascent_step(...)) with the ball's bounds computed once; in place on
-            # fresh tensors, since this loop's elementwise passes are PGD's only cost beyond the model
-            x_adv = x_adv.add(grad.sign() if momentum is not None else grad.sign_(), alpha=step_size).clamp_(lower, upper)
-        else:
-            x_adv = l2_project(x_adv.add(l2_normalize(grad), alpha=step_size), center=x, eps=eps)
+    seen = 0
+
+    def keep(x_k: Tensor, objective: Tensor, logits: Tensor) -> None:
+        nonlocal best, seen
+        if seen > 0:
+            best = _keep_better(best, x_k, objective, _fooled(logits, y, target))
+        seen += 1
+
+    x_adv = _ascent(model, x, y, x_start, loss=objective_fn, eps=eps, norm=norm, steps=steps, step_size=step_size,
+                    decay=decay, on_iterate=keep)  # fmt: skip
     with torch.no_grad():
         logits = model(x_adv)
     objective = objective_fn(logits, y)

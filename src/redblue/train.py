@@ -223,11 +223,18 @@ def train(
       see `identity`, is refused; without resume an existing checkpoint is refused too).
     identity: extra JSON-able facts a resumed run must share (e.g. the model spec).
 
-    Example, with any module of your own:
+    Example, with a module of your own (any nn.Module that maps pixels in [0, 1] to logits):
 
-        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
-        >>> result = train(net, x_train, y_train, TrainConfig(epochs=10, objective=parse_objective("pgd:eps=0.1")))
-        >>> result.kept_epoch, result.history[-1]["val_robust_accuracy"]
+        from torch import nn
+        from redblue.data import load_dataset
+        from redblue.defenses import parse_objective
+        from redblue.train import TrainConfig, init_model, train
+
+        mnist = load_dataset("mnist", "train")
+        net = init_model(lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10)), seed=0)
+        result = train(net, mnist.x, mnist.y, TrainConfig(epochs=10, objective=parse_objective("pgd:eps=0.1")))
+        best = result.history[result.kept_epoch - 1]
+        print(result.kept_epoch, best["val_accuracy"], best["val_robust_accuracy"])
     """
     _check_data(model, x, y)
     if progress is not None and progress is not False and not callable(progress):

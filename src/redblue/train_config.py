@@ -56,8 +56,9 @@ class TrainConfig:
       the optimizers that have them (None: torch's default; sgd's momentum 0.9, adamw's decay 1e-2).
     lr: the peak learning rate; schedule: its shape over the run, stepped per batch; warmup_epochs:
       a linear lr warm-up over the first epochs (fractions allowed), multiplying the schedule.
-    eps_warmup_epochs: the attack radius grows linearly (per batch) from eps / steps to eps over
-      these first epochs (adversarial objectives only).
+    eps_warmup_epochs: the attack radius grows linearly per batch over these first epochs, from
+      eps / R at the first batch to eps at batch R (adversarial objectives only; the objective
+      attacks at eps * `TrainStep.ramp`).
     grad_clip: clip the gradient's global L2 norm (after the penalties) to this value.
     val_size: images held out of the training set for per-epoch validation; keep: "best" keeps the
       epoch with the best robust (else clean) validation accuracy, "last" the final weights.

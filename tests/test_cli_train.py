@@ -240,8 +240,6 @@ def test_the_bar_is_drawn_on_a_terminal_only_and_never_with_json(tmp_path, capsy
 
 
 def test_threads_sets_torchs_thread_count_and_is_recorded(tmp_path, capsys):
-    try:
-        code, out, _ = run(capsys, "train", *TINY, "--threads", "2", "--out", tmp_path / "m.safetensors", "--json")
-        assert code == 0 and json.loads(out)["torch_threads"] == 2 and torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(1)
+    # (conftest puts the count back to 1 after the test)
+    code, out, _ = run(capsys, "train", *TINY, "--threads", "2", "--out", tmp_path / "m.safetensors", "--json")
+    assert code == 0 and json.loads(out)["torch_threads"] == 2 and torch.get_num_threads() == 2

@@ -125,8 +125,8 @@ class TrainConfig:
             require_int("val_size", self.val_size, minimum=0)
         if self.keep is not None and self.keep not in KEEP:
             raise ConfigError(f"keep must be one of {', '.join(KEEP)}, got {self.keep!r}")
-        if self.keep == "best" and self.val_size == 0:
-            raise ConfigError("keep=best needs a validation split; set val_size > 0 or keep=last")
+        if self.keep == "best" and (self.val_size == 0 or (self.val_size is None and not self.adversarial)):
+            raise ConfigError("keep=best needs a validation split (clean training has none by default); set val_size > 0 or keep=last")
         if self.overfit_guard:
             if not self.adversarial:
                 raise ConfigError(f"overfit_guard needs an adversarial objective, not {self.objective.name!r}")

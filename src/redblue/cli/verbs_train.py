@@ -191,10 +191,14 @@ def train_command(
     device: DeviceOption = "auto",
     threads: ThreadsOption = "auto",
     out: Annotated[Path, typer.Option("--out", help="Where to write the model (safetensors).")] = Path("model.safetensors"),
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run checkpointed beside --out.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run checkpointed in <out>.checkpoint/ (same options).")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Train a model on the train split, report its clean test accuracy and confidence, save it."""
+    """Train a model on the train split, report its clean test accuracy and confidence, save it.
+
+    After every epoch the run is checkpointed in <out>.checkpoint/ (removed once the model is saved);
+    an interrupted run continues with the same command plus --resume.
+    """
     spec = parse_model(model)
     config = TrainConfig(
         epochs=epochs,

@@ -12,7 +12,7 @@ Rows (each a ratio of medians over interleaved repeats, so load on a shared mach
 It also asserts that the attack steps inside training compute no weight gradients: a hook on every
 parameter counts one gradient per batch over a whole PGD-7 epoch.
 
-    python benchmarks/train_epoch.py [--model mlp|cnn] [--n-train 12000] [--repeats 5] [--threads 1] [--device cpu|cuda]
+    python benchmarks/train_epoch.py [--model mlp|cnn-small|cnn|cnn-large] [--n-train 12000] [--repeats 5] [--threads 1] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from redblue.data import load_dataset
 from redblue.defenses import OBJECTIVES, is_adversarial, parse_objective
 from redblue.errors import RedblueError
-from redblue.models import CNNSpec, MLPSpec, build_model
+from redblue.models import MODELS, MLPSpec, build_model, parse_model
 from redblue.optim import ConstantSchedule
 from redblue.train import NewmuRMSprop, TrainConfig, init_model, train
 
@@ -135,7 +135,7 @@ def row(name: str, numerator: float, denominator: float, target: float, what: st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
+    parser.add_argument("--model", choices=tuple(MODELS), default="mlp", help="mlp: the paper's 784-625-10")
     parser.add_argument("--n-train", type=int, default=12000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
@@ -145,7 +145,7 @@ def main() -> None:
     device = torch.device(args.device)
     train_set = load_dataset("mnist", "train")
     x, y = train_set.x[: args.n_train].to(device), train_set.y[: args.n_train].to(device)
-    spec = MLPSpec(hidden=625, bias=False, init="normal-0.01") if args.model == "mlp" else CNNSpec()
+    spec = MLPSpec(hidden=625, bias=False, init="normal-0.01") if args.model == "mlp" else parse_model(args.model)
     build = lambda: build_model(spec)  # noqa: E731
     print(f"one epoch of {args.model}, {len(y)} images, batch 128, {device}, {args.threads} thread(s), {args.repeats} interleaved repeats")
 

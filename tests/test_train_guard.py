@@ -12,7 +12,7 @@ from redblue.checkpoint import read_checkpoint
 from redblue.data import load_dataset
 from redblue.defenses import parse_objective
 from redblue.metrics import score
-from redblue.models import CNNSpec, MLPSpec, build_model
+from redblue.models import CNNSmallSpec, MLPSpec, build_model
 from redblue.optim import parse_schedule
 from redblue.train import TrainConfig, init_model, train
 from redblue.validation import COLLAPSE_DROP, COLLAPSE_GAP, collapse_reason, validation_split
@@ -194,11 +194,11 @@ def test_fgsm_training_without_random_start_collapses_and_the_guard_catches_it()
         epochs=7, batch_size=64, lr=1e-3, optimizer="adam", schedule=parse_schedule("constant"),
         objective=parse_objective("fgsm:eps=0.3,alpha=0"), eps_warmup_epochs=2, val_size=500,
     )  # fmt: skip
-    unguarded = train(init_model(lambda: build_model(CNNSpec()), seed=0), x, y, TrainConfig(**base, overfit_guard=False, keep="last"))
+    unguarded = train(init_model(lambda: build_model(CNNSmallSpec()), seed=0), x, y, TrainConfig(**base, overfit_guard=False, keep="last"))
     after_warmup = unguarded.history[2:]
     assert max(row["val_fgsm_accuracy"] - row["val_robust_accuracy"] for row in after_warmup) > COLLAPSE_GAP
     assert unguarded.history[-1]["val_robust_accuracy"] < 0.05
-    model = init_model(lambda: build_model(CNNSpec()), seed=0)
+    model = init_model(lambda: build_model(CNNSmallSpec()), seed=0)
     guarded = train(model, x, y, TrainConfig(**base))
     (event,) = guarded.guard.events
     assert event["action"] == "stopped training" and event["epoch"] >= 3

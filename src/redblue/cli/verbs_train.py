@@ -35,7 +35,7 @@ from redblue.cli.app import (
     set_interrupt_message,
 )
 from redblue.data import load_dataset
-from redblue.defenses import parse_objective
+from redblue.defenses import OBJECTIVES, parse_objective
 from redblue.errors import ConfigError
 from redblue.metrics import score
 from redblue.models import arch_of, build_model, parse_model, save_model
@@ -149,7 +149,7 @@ def interrupted_message(folder: Path) -> str:
 def train_command(
     model: Annotated[str, typer.Option("--model", help="Model spec, e.g. mlp:hidden=800,dropout_hidden=0.3 or cnn.")] = PAPER_MLP,
     objective: Annotated[
-        str, typer.Option("--objective", help="clean, fgsm:eps=0.1,alpha=0.5, fast-fgsm:eps=0.1, pgd:eps=0.1,steps=7, trades:eps=0.1,beta=6.")
+        str, typer.Option("--objective", help=f"{', '.join(OBJECTIVES)}, with parameters, e.g. pgd:eps=0.3 or fgsm:eps=0.1,alpha=0.5.")
     ] = "clean",
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training set (>= 1).")] = 20,
     l1: Annotated[float, typer.Option("--l1", help="L1 penalty lambda1 on the weights (sum |w|).")] = 0.0,

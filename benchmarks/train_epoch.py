@@ -1,6 +1,7 @@
 """One training epoch of `redblue.train.train`, as ratios measured in one run.
 
-Rows (each a ratio of medians over interleaved repeats, so load on a shared machine hits both alike):
+Rows (each a ratio of medians over interleaved repeats, so load on a shared machine hits both alike;
+seconds are CPU time on a CPU, wall time on a GPU):
 
   clean        ours / a plain PyTorch loop doing the same work (Newmu's RMSProp, batch 128, with and
                without the L1/L2 penalty, which the plain loop adds through autograd): target <= 1.10
@@ -18,6 +19,7 @@ parameter counts one gradient per batch over a whole PGD-7 epoch.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -97,20 +99,27 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def clock(device: torch.device) -> Callable[[], float]:
+    """CPU time of this process on a CPU (what other users of a shared machine cannot inflate; with
+    several threads it sums them), wall time on a GPU (after a synchronize)."""
+    return time.process_time if device.type == "cpu" else time.perf_counter
+
+
 def measure(variants: dict[str, Epoch], build: Callable[[], nn.Module], x: Tensor, y: Tensor, repeats: int) -> dict[str, float]:
     """Median seconds per variant over `repeats` rounds; each round runs every variant once, in an
     order rotated per round; one extra round first warms up and is not counted."""
+    now = clock(x.device)
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
     for round_ in range(repeats + 1):
         for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
             model = init_model(build, seed=round_).to(x.device)
             sync(x.device)
-            started = time.perf_counter()
+            started = now()
             variants[name](model, x, y, round_)
             sync(x.device)
             if round_:
-                seconds[name].append(time.perf_counter() - started)
+                seconds[name].append(now() - started)
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 
@@ -147,7 +156,10 @@ def main() -> None:
     x, y = train_set.x[: args.n_train].to(device), train_set.y[: args.n_train].to(device)
     spec = MLPSpec(hidden=625, bias=False, init="normal-0.01") if args.model == "mlp" else parse_model(args.model)
     build = lambda: build_model(spec)  # noqa: E731
-    print(f"one epoch of {args.model}, {len(y)} images, batch 128, {device}, {args.threads} thread(s), {args.repeats} interleaved repeats")
+    print(
+        f"one epoch of {args.model}, {len(y)} images, batch 128, {device}, {args.threads} thread(s), "
+        f"{args.repeats} interleaved repeats, {'CPU' if device.type == 'cpu' else 'wall'} seconds, load {os.getloadavg()[0]:.1f}"
+    )
 
     batches = check_no_weight_gradients_in_attack_steps(build, x, y)
     print(f"attack steps compute no weight gradients: one per parameter per batch over {batches} PGD-7 batches")

@@ -84,9 +84,11 @@ class TrainResult:
     history: one dict per epoch: epoch, loss (the objective without the penalty, mean over the
       training samples), penalty (at the end of the epoch), accuracy (on the batches as trained:
       dropout on, adversarial inputs for the attack-only objectives), lr and eps (those of the
-      epoch's last batch), seconds; with a validation split val_accuracy, val_robust_accuracy (PGD
-      at the objective's eps), val_fgsm_accuracy (with the guard), val_seconds; `collapsed` where
-      the guard fired; plus whatever `on_epoch` returned.
+      epoch's last batch) and the objective's own schedule values there (`ObjectiveParams.schedule`:
+      IBP's train_eps and kappa, CROWN-IBP's beta), seconds; with a validation split val_accuracy,
+      val_robust_accuracy (PGD at the objective's eps), val_fgsm_accuracy (with the guard),
+      val_certified_accuracy (certified objectives), val_seconds; `collapsed` where the guard
+      fired; plus whatever `on_epoch` returned.
     seconds: the run's training wall time (summed over resumed sessions).
     config: the resolved config (every default filled in). kept_epoch: the epoch whose weights the
     model holds. validation: the split and attack settings. guard: the guard's rule and events.
@@ -241,12 +243,17 @@ def train(
         raise ConfigError("progress must be a callback taking a TrainProgress (or None); the CLI draws the bar")
     report = progress or None
     cfg = config.resolved(len(x))
+    warning = cfg.certified_ramp_warning()
+    if warning is not None:
+        log.warning(warning)
     device = x.device
     optimizer = make_optimizer(model, cfg)
     train_index, val_index = validation_split(len(x), cfg.val_size or 0, seed=cfg.seed)
     x_val, y_val = x[val_index.to(device)], y[val_index.to(device)]
     plan = _Plan(cfg, n_train=len(train_index), n_batches=-(-len(train_index) // cfg.batch_size))
-    settings = validation_settings(cfg.objective, val_index, seed=cfg.seed, guard=bool(cfg.overfit_guard)) if len(val_index) else None
+    settings = (
+        validation_settings(cfg.objective, val_index, seed=cfg.seed, guard=bool(cfg.overfit_guard), model=model) if len(val_index) else None
+    )
     folder = Path(checkpoint) if checkpoint is not None else None
     identity = run_identity(cfg, x, y, identity) if folder is not None else {}
     if folder is not None and not resume and (folder / STATE_FILE).exists():
@@ -273,7 +280,7 @@ def train(
                 row.update(validate(model, x_val, y_val, settings, seed=cfg.seed))
                 row["val_seconds"] = time.perf_counter() - validation_started
                 judged = last_good is not None and (epoch - 1) * plan.n_batches >= plan.ramp_steps
-                _judge(row, run, model, optimizer, last_good if judged else None, keep_best=cfg.keep == "best")
+                _judge(row, run, model, optimizer, last_good if judged else None, keep_best=cfg.keep == "best", select_by=settings.select_by)
             if on_epoch is not None:
                 row.update(on_epoch(epoch, model) or {})
             run.history.append(row)
@@ -328,7 +335,7 @@ def _train_epoch(
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     n_correct = torch.zeros((), dtype=torch.long, device=device)
-    lr = ramp = 0.0
+    lr = ramp = progress = 0.0
     for batch in range(plan.n_batches):
         step = (epoch - 1) * plan.n_batches + batch
         lr, ramp = plan.lr(step), plan.ramp(step)
@@ -336,7 +343,8 @@ def _train_epoch(
             group["lr"] = lr
         index = order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]
         xb, yb = x[index], y[index]
-        loss, logits = objective(model, xb, yb, TrainStep(generator=rngs.attack, ramp=ramp, progress=step / plan.total_steps))
+        progress = step / plan.total_steps
+        loss, logits = objective(model, xb, yb, TrainStep(generator=rngs.attack, ramp=ramp, progress=progress))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if penalize:  # d(penalty)/dw added directly: the same step as autograd, far cheaper
@@ -364,6 +372,8 @@ def _train_epoch(
         "accuracy": correct_total / plan.n_train,
         "lr": lr,
         "eps": objective_params.eps * ramp,
+        # the objective's own schedules at the epoch's last batch (IBP: train_eps, kappa; CROWN-IBP: beta)
+        **objective_params.schedule(TrainStep(ramp=ramp, progress=progress)),
         "seconds": time.perf_counter() - started,
     }
     if not all(map(_finite, (row["loss"], row["penalty"]))):
@@ -379,6 +389,7 @@ def _judge(
     last_good: tuple[dict[str, Tensor], dict[str, Any]] | None,
     *,
     keep_best: bool,
+    select_by: str,
 ) -> None:
     """After validation: roll back a collapsed epoch (`last_good`: the guard judges this epoch), else
     update the best epoch. Writes `row["collapsed"]` and the run's events, best and objective."""
@@ -394,7 +405,7 @@ def _judge(
             return
     if "val_robust_accuracy" in row:
         run.best_robust = max(run.best_robust or 0.0, row["val_robust_accuracy"])
-    score = selection_score(row)
+    score = selection_score(row, select_by)
     if run.best_score is None or score > run.best_score:
         run.best_epoch, run.best_score = row["epoch"], score
         if keep_best:

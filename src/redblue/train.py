@@ -27,7 +27,7 @@ from redblue.config import to_dict
 from redblue.defenses import TrainStep, make_objective, objective_from_record, objective_record, weight_penalty
 from redblue.defenses.penalties import add_penalty_gradient_, penalized_parameters
 from redblue.errors import ConfigError, ModelError
-from redblue.optim import NewmuRMSprop, build_optimizer, eps_ramp, lr_factor
+from redblue.optim import NewmuRMSprop, WeightAverage, build_optimizer, eps_ramp, lr_factor
 from redblue.train_config import TrainConfig
 from redblue.train_state import (
     Generators,
@@ -214,7 +214,10 @@ def train(
     generator seeded with `config.seed`; dropout and the objective's random starts are seeded from
     it too, so the same seed, initial weights and device give the same weights (torch's global
     random state is saved and restored). The model ends in eval mode, holding the kept epoch's
-    weights (`config.keep`).
+    weights (`config.keep`). With `config.weight_average`, an exponential moving average of the
+    weights follows training (`redblue.optim.WeightAverage`); after each epoch the average is what is
+    validated, selected, passed to on_epoch and kept, while training goes on from the trained
+    weights (a guard rollback rolls both back; on_epoch then sees the rolled-back trained weights).
 
     progress: called with a `TrainProgress` every PROGRESS_EVERY batches and after each epoch
       (False or None: no reports). on_epoch(epoch, model): called after each epoch's validation
@@ -265,14 +268,21 @@ def train(
             resumed_from: int | None = run.epoch
         else:
             run, resumed_from = RunState(objective=objective_record(cfg.objective)), None
+        average = WeightAverage(model, cfg.weight_average, run.average_weights) if cfg.weight_average else None
+        run.average_weights = average.weights if average is not None else None
         while run.epoch < cfg.epochs and not run.stopped:
             epoch = run.epoch + 1
             started = time.perf_counter()
             last_good = (clone_weights(model), copy.deepcopy(optimizer.state_dict())) if cfg.overfit_guard else None
+            last_average = {k: v.clone() for k, v in average.weights.items()} if average is not None and cfg.overfit_guard else None
             # all samples when there is no split: the same permutation as before splits existed
             shuffled = torch.randperm(plan.n_train, generator=rngs.shuffle).to(device)
             order = train_index.to(device)[shuffled] if settings is not None else shuffled
-            row = _train_epoch(model, x, y, order, epoch, plan, run, optimizer, rngs, report)
+            row = _train_epoch(model, x, y, order, epoch, plan, run, optimizer, rngs, report, average)
+            trained = None
+            if average is not None:  # the average is what is validated, selected, shown to on_epoch and kept
+                trained = clone_weights(model)
+                model.load_state_dict(average.weights)
             if settings is not None:
                 if report is not None:
                     report(TrainProgress("validate", epoch, cfg.epochs, plan.n_batches, plan.n_batches, row["loss"], row["lr"], row["eps"]))
@@ -283,6 +293,11 @@ def train(
                 _judge(row, run, model, optimizer, last_good if judged else None, keep_best=cfg.keep == "best", select_by=settings.select_by)
             if on_epoch is not None:
                 row.update(on_epoch(epoch, model) or {})
+            if average is not None and trained is not None:
+                if "collapsed" in row:  # rolled back: the model holds the last good weights; so must the average
+                    average.load_(last_average)  # type: ignore[arg-type]
+                else:
+                    model.load_state_dict(trained)  # training goes on from the trained weights
             run.history.append(row)
             run.epoch = epoch
             if "collapsed" not in row:
@@ -297,6 +312,8 @@ def train(
     if cfg.keep == "best" and run.best_weights is not None:
         model.load_state_dict(run.best_weights)
         kept_epoch = run.best_epoch  # type: ignore[assignment]
+    elif average is not None:
+        model.load_state_dict(average.weights)
     model.eval()
     return TrainResult(
         history=run.history,
@@ -320,6 +337,7 @@ def _train_epoch(
     optimizer: torch.optim.Optimizer,
     rngs: Generators,
     report: ProgressCallback | None,
+    average: WeightAverage | None = None,
 ) -> dict[str, Any]:
     """One pass over `order` (indices into x); returns the epoch's history row before validation.
 
@@ -352,6 +370,8 @@ def _train_epoch(
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip, foreach=True)
         optimizer.step()
+        if average is not None:
+            average.update(step)
         loss_sum += loss.detach() * len(yb)
         n_correct += (logits.detach().argmax(dim=1) == yb).sum()
         if report is not None and ((batch + 1) % PROGRESS_EVERY == 0 or batch + 1 == plan.n_batches):

@@ -75,6 +75,9 @@ class TrainConfig:
       epoch with the best robust (else clean) validation accuracy, "last" the final weights.
     overfit_guard: roll back and shrink the step when single-step training overfits
       catastrophically (see redblue.validation).
+    weight_average: the decay of an exponential moving average of the weights, updated every batch
+      (`redblue.optim.WeightAverage`; e.g. 0.999); the averaged weights are validated, selected and
+      saved. None or 0: off.
     l1, l2: the paper's penalties lambda1 * sum|w| + lambda2 * sum w^2; penalize_bias: also on biases.
     """
 
@@ -99,6 +102,7 @@ class TrainConfig:
     val_size: int | None = None
     keep: str | None = None
     overfit_guard: bool | None = None
+    weight_average: float | None = None
 
     def __post_init__(self) -> None:
         require_int("epochs", self.epochs, minimum=1)
@@ -134,6 +138,8 @@ class TrainConfig:
             require_positive("grad_clip", self.grad_clip)
         if self.val_size is not None:
             require_int("val_size", self.val_size, minimum=0)
+        if self.weight_average is not None:
+            require_in_range("weight_average", self.weight_average, 0.0, 0.999999)
         if self.keep is not None and self.keep not in KEEP:
             raise ConfigError(f"keep must be one of {', '.join(KEEP)}, got {self.keep!r}")
         if self.keep == "best" and (self.val_size == 0 or (self.val_size is None and not self.adversarial)):

@@ -53,7 +53,7 @@ OPTION_OF_FIELD = {
     for name in (
         "epochs", "batch_size", "lr", "l1", "l2", "penalize_bias", "objective", "seed", "optimizer", "momentum",
         "nesterov", "weight_decay", "schedule", "warmup_epochs", "eps_warmup_epochs", "grad_clip", "val_size",
-        "keep", "overfit_guard",
+        "keep", "overfit_guard", "weight_average",
     )
 }  # fmt: skip
 
@@ -219,6 +219,11 @@ def train_command(
     overfit_guard: Annotated[
         Optional[bool], typer.Option("--overfit-guard/--no-overfit-guard", help="Catastrophic-overfitting guard (default: on for fgsm and fast-fgsm).")
     ] = None,
+    weight_average: Annotated[
+        Optional[float],
+        typer.Option("--weight-average", help="Keep an exponential moving average of the weights with this decay per batch (e.g. 0.999); "
+                     "the average is validated, selected and saved."),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Mini-batch size.")] = 128,
     penalize_bias: Annotated[bool, typer.Option("--penalize-bias", help="Apply l1/l2 to the biases too.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the initial weights, split, shuffling, dropout and random starts.")] = 0,
@@ -260,6 +265,7 @@ def train_command(
             val_size=val_size,
             keep=keep,
             overfit_guard=overfit_guard,
+            weight_average=weight_average,
         )
     )
     check_subset(train_subset)

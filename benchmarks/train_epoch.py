@@ -9,8 +9,8 @@ seconds are CPU time on a CPU, wall time on a GPU):
   pgd7-at      our PGD-7 AT epoch / a hand-written PGD-7 loop in plain PyTorch (same optimiser, random
                start, eval-mode attack, same steps): target <= 1.05
   ibp          an IBP epoch (ibp:eps=0.1 at kappa 0.5: clean pass plus interval pass) / our clean epoch
-               (target <= 2.5). Measured (CPU, 1 thread, load 5-7): MLP 2.37, `cnn-small` see benchmarks/recipes.md:
-               a convolution's interval pass costs about two clean passes (centre and radius), not one.
+               (target <= 2.5). Measured (CPU, 1 thread, load 5-7): MLP 2.37. With convolutions the
+               interval pass costs about two clean passes (centre and radius), not one.
 
 It also asserts that the attack steps inside training compute no weight gradients: a hook on every
 parameter counts one gradient per batch over a whole PGD-7 epoch.

@@ -245,9 +245,9 @@ class RunJournal:
     def earlier_invocations(self) -> list[dict[str, Any]]:
         return self.run["invocations"][:-1]
 
-    def cell_done(self, *, computed: bool) -> None:
-        """Count one finished cell (computed here, or reused) and record the time so far."""
-        self.invocation["computed" if computed else "reused"] += 1
+    def cell_done(self, *, computed: bool, count: int = 1) -> None:
+        """Count finished cells (computed here, or reused) and record the time so far."""
+        self.invocation["computed" if computed else "reused"] += count
         self._write()
 
     def finish(self, status: str, *, error: str | None = None) -> None:

@@ -76,7 +76,8 @@ class LiveProgress:
         self._state = progress
         if progress.event == "finished":
             assert progress.record is not None
-            self._console.print(f"[{progress.done}/{progress.total}] {progress.cell.label}: {self._describe(progress.record)}")
+            line = f"[{progress.done}/{progress.total}] {progress.cell.label}: {self._describe(progress.record)}"
+            self._console.print(line, markup=False)
 
     def _render(self) -> Group:
         state = self._state

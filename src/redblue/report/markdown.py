@@ -89,8 +89,8 @@ def _protocol(results: dict[str, Any]) -> list[str]:
         f"batch {train['batch_size']}, {_epochs(results)}.",
         f"- Grid: λ1 ∈ {{{', '.join(map(_lam, experiment['grid']['l1']))}}}, λ2 ∈ {{{', '.join(map(_lam, experiment['grid']['l2']))}}}; {seed_text}.",
         f"- Red team: FGSM, x + eps·sign(∇x CE), {clip_text}, at eps {eps_text}.",
-        f"- Profile `{results['profile']}`; device {results['device']}; executor {results.get('executor', 'local')} with "
-        f"{results['workers']} worker(s), {results['torch_threads_per_cell']} torch thread per cell.",
+        f"- Profile `{results['profile']}`; device {results['device']}; {_executor(results)}, "
+        f"{results['torch_threads_per_cell']} torch thread per cell.",
         "",
     ]
     why = [(title, notes.get(key, "")) for title, key in (("Protocol", "protocol"), ("Hyperparameters", "hyperparameters"), ("Clipping", "clip"))]
@@ -98,6 +98,12 @@ def _protocol(results: dict[str, Any]) -> list[str]:
     if why:
         lines += ["Why these choices:", ""] + [f"- **{title}.** {text.strip()}" for title, text in why] + [""]
     return lines
+
+
+def _executor(results: dict[str, Any]) -> str:
+    if not results["cells_trained"]:
+        return "every cell reused (no executor ran)"
+    return f"executor {results.get('executor', 'local')} with {results['workers']} worker(s)"
 
 
 def _epochs(results: dict[str, Any]) -> str:

@@ -26,7 +26,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, is_dataclass
+from dataclasses import dataclass, is_dataclass
 from functools import cached_property
 from typing import Any, Literal
 
@@ -117,7 +117,6 @@ class SweepResult:
     executor: str
     workers: int
     wall_seconds: float
-    by_id: dict[str, dict[str, Any]] = field(repr=False, default_factory=dict)
 
 
 ProgressCallback = Callable[[SweepProgress], None]
@@ -153,16 +152,15 @@ def run_sweep(
         if record is not None and record.get("config") == cell.config_json:
             by_id[cell.id] = record
             reused.append(cell.id)
-            if journal is not None:
-                journal.cell_done(computed=False)
             if on_progress is not None:
                 on_progress(SweepProgress("reused", cell, record, total, total - len(by_id), (), 0, len(reused)))
+    if reused and journal is not None:
+        journal.cell_done(computed=False, count=len(reused))
     todo = [cell for cell in cells if cell.id not in by_id]
     computed: list[str] = []
-    chosen = executor if not isinstance(executor, str) else None
-    name, size = (chosen.name, chosen.slots) if chosen is not None else (str(executor), 0)
+    name, size = (executor, 0) if isinstance(executor, str) else (executor.name, executor.slots)
     if todo:
-        pool = chosen if chosen is not None else make_executor(str(executor), workers=workers, gpu=gpu, cells=len(todo))
+        pool = make_executor(executor, workers=workers, gpu=gpu, cells=len(todo)) if isinstance(executor, str) else executor
         name, size = pool.name, pool.slots
         log.info("%s: %d of %d cells done before, %d to compute on %s with %d worker(s)",
                  folder.root, len(reused), total, len(todo), pool.name, pool.slots)
@@ -179,7 +177,6 @@ def run_sweep(
         executor=name,
         workers=size,
         wall_seconds=time.perf_counter() - started,
-        by_id=by_id,
     )
 
 

@@ -20,7 +20,7 @@ from redblue.data import load_dataset
 from redblue.errors import ConfigError
 from redblue.metrics import score
 from redblue.report.reproduce_files import write_reproduce_report
-from redblue.reproduce import PAPER_TOML, fgsm_curve, grid_cells, load_experiment, reproduce
+from redblue.reproduce import PAPER_TOML, Expectations, fgsm_curve, grid_cells, load_experiment, reproduce
 from redblue.sweep import cell_id
 
 TINY_TOML = """
@@ -95,6 +95,10 @@ def test_paper_toml_loads_both_profiles_with_the_paper_grid():
     assert full.train_subset is None and full.test_subset is None  # the paper's 60k / 10k
     assert quick.test_subset is None  # every table is on the whole test set in both profiles
     assert load_experiment(PAPER_TOML, profile="quick", seeds=3).seed_list == (0, 1, 2)
+    # each profile is judged by its own ranges, which change no number (not in the folder's config)
+    assert full.expect == Expectations(basis=full.expect.basis) and "20 epochs" in full.expect.basis
+    assert quick.expect.l1_clean_confidence == (0.92, 0.96) and "seeds 0-2 of this profile" in quick.expect.basis
+    assert quick.record() == {**full.record(), "profile": "quick", "train": {**full.record()["train"], "epochs": 5}}
 
 
 def test_experiment_file_errors_are_one_line(tiny_toml, tmp_path):
@@ -340,6 +344,15 @@ def test_reproduce_on_ray_gives_the_numbers_of_the_local_executor(tiny_toml, tmp
     result = reproduce(load_experiment(tiny_toml, profile="tiny", seeds=2), tmp_path / "ray", executor="ray", workers=2)
     assert (result.results["executor"], result.results["workers"]) == ("ray", 2)
     assert [_numbers(c) for c in result.results["cells"]] == reference
+
+
+@pytest.mark.slow
+def test_quick_profile_shows_no_failed_check(tmp_path):
+    """The README's main command (~2 min on 2 cores): a healthy quick run passes its own 43 checks."""
+    result = reproduce(load_experiment(PAPER_TOML, profile="quick"), tmp_path / "quick")
+    checks = result.results["checks"]
+    assert len(checks) == 43 and [c["check"] for c in checks if c["passed"] is not True] == []
+    assert result.results["epochs_run"] == [5]
 
 
 @pytest.mark.slow

@@ -13,9 +13,9 @@ record (`store.RunFolder`, atomically), so a run killed at any moment (even `kil
 finished cell and the same call resumes from them. The records are JSON round-tripped before they
 are returned, so a fresh cell and a reused one read the same.
 
-Executors (`redblue.sweep.executors`): `local` (a process pool sized to the machine; in this process with
-one worker; one process per GPU when the cells run on CUDA) and `ray` (Ray core tasks on a local
-Ray instance, or the cluster `RAY_ADDRESS` names).
+Executors (`redblue.sweep.executors`): `local` (a process pool sized to the machine; this process
+alone for one worker; one process per GPU when the cells run on CUDA) and `ray` (Ray core tasks on
+a local Ray instance, or on the cluster `RAY_ADDRESS` names).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any, Literal
 from redblue.config import to_dict
 from redblue.errors import ConfigError
 from redblue.store import RunFolder, RunJournal, json_bytes, utc_now
-from redblue.sweep.executors import Artefact, CellOutput, Executor, Finished, make_executor
+from redblue.sweep.executors import CellOutput, Executor, Finished, make_executor
 
 log = logging.getLogger(__name__)
 ID_HEX_DIGITS = 16  # 64 bits: a collision among a sweep's cells is out of reach (and the stored config is compared too)

@@ -64,11 +64,11 @@ class LiveProgress:
     """A rich live display on a terminal: the counts and a table of the cells in flight with their time so far;
     each finished cell's summary line is printed above it and stays."""
 
-    def __init__(self, describe: Describe, *, title: str) -> None:
+    def __init__(self, describe: Describe, *, title: str, console: Console | None = None) -> None:
         self._describe = describe
         self._title = title
         self._state: SweepProgress | None = None
-        self._console = Console(stderr=True)
+        self._console = console or Console(stderr=True)
         self._live = Live(console=self._console, get_renderable=self._render, refresh_per_second=2, transient=True)
         self._live.start()
 

@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip -q --disable-pip-version-check
-# In this repository's CI and development layout, MNIST lies in ../shared/data; elsewhere redblue
-# looks in $$REDBLUE_DATA_DIR, then ~/.cache/redblue, and downloads (checksum-verified) if missing.
+# In this repository's CI and development layout, MNIST lies in ../shared/data, and make points
+# REDBLUE_DATA_DIR there for its own commands only. Elsewhere redblue looks in $$REDBLUE_DATA_DIR,
+# then ~/.cache/redblue (or only in --data-dir when given); `redblue data fetch mnist` downloads,
+# checksum-verified, and a verb that loads data downloads what is missing only with consent:
+# --download, REDBLUE_DOWNLOAD=1, or a yes on a terminal (never silently in CI).
 SHARED_DATA := $(wildcard $(CURDIR)/../shared/data/mnist)
 ifneq ($(SHARED_DATA),)
 export REDBLUE_DATA_DIR ?= $(abspath $(CURDIR)/../shared/data)
@@ -16,6 +19,12 @@ OUT ?= runs/reproduce-$(PROFILE)
 
 setup: $(VENV)/.setup-done
 setup-test: $(VENV)/.setup-test-done
+	@# The report test opens report.html in headless Chromium: Debian's package, installed when missing
+	@# (CI runs as root on a clean Debian machine; about 20 s and 113 MB of packages). REDBLUE_CHROMIUM
+	@# may name another Chromium binary instead.
+	@test -n "$$REDBLUE_CHROMIUM" || command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		(apt-get update && apt-get install -y --no-install-recommends chromium) || \
+		(echo "setup-test: could not install Chromium; install Debian's chromium package or set REDBLUE_CHROMIUM" >&2; exit 1)
 
 $(VENV)/.setup-done: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -61,19 +61,34 @@ def tiny_files() -> dict[str, bytes]:
     }
 
 
-def tiny_spec(files: dict[str, bytes] | None = None, *, name: str = "tiny", mirrors: tuple[str, ...] = (),
-              by_gz_md5: dict[str, str] | None = None) -> DatasetSpec:
-    """A DatasetSpec whose sums are those of `files` (sha256 of the decompressed bytes).
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
 
-    With `by_gz_md5` (filename -> md5 of its .gz), those files are checked by that md5 instead.
+
+COUNTS = {TRAIN_IMAGES: 3, TRAIN_LABELS: 3, TEST_IMAGES: 2, TEST_LABELS: 2}
+
+
+def tiny_spec(files: dict[str, bytes] | None = None, *, name: str = "tiny", mirrors: tuple[str, ...] = (),
+              kinds: dict[str, str] | None = None, gz_md5: dict[str, str] | None = None) -> DatasetSpec:
+    """A DatasetSpec whose digests are those of `files`.
+
+    `kinds` (filename -> "sha256", "md5" or "none"; default "sha256") picks the digest of the
+    decompressed bytes each file gets; `gz_md5` (filename -> md5 of its .gz) adds that digest.
     """
     files = tiny_files() if files is None else files
-    counts = {TRAIN_IMAGES: 3, TRAIN_LABELS: 3, TEST_IMAGES: 2, TEST_LABELS: 2}
+    kinds = kinds or {}
+    gz_md5 = gz_md5 or {}
 
     def file_spec(filename: str) -> FileSpec:
-        if by_gz_md5 and filename in by_gz_md5:
-            return FileSpec(filename, counts[filename], gz_md5=by_gz_md5[filename])
-        return FileSpec(filename, counts[filename], sha256=sha256(files[filename]))
+        kind = kinds.get(filename, "sha256")
+        raw = files[filename]
+        return FileSpec(
+            filename,
+            COUNTS[filename],
+            sha256=sha256(raw) if kind == "sha256" else None,
+            md5=md5(raw) if kind == "md5" else None,
+            gz_md5=gz_md5.get(filename),
+        )
 
     return DatasetSpec(
         name=name,

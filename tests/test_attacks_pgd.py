@@ -10,8 +10,9 @@ from mlp_fixtures import accuracy, sign_pgd, trained_mlp
 from torch import nn
 
 from redblue.attacks import fgsm, parse_attack
-from redblue.attacks.core import ce_loss, input_gradient, linf_project
-from redblue.attacks.pgd import bim, mim, mim_l2, pgd, pgd_cw, pgd_l2, pgd_targeted
+from redblue.attacks.core import ce_loss, input_gradient, linf_project, linf_random_start, margin_loss
+from redblue.attacks.bim import bim, mim, mim_l2
+from redblue.attacks.pgd import pgd, pgd_cw, pgd_l2, pgd_last_iterate, pgd_targeted
 from redblue.errors import AttackError, ConfigError
 
 # a 3-class linear model on 4 inputs, and an input the model classifies as class 0
@@ -137,6 +138,62 @@ def test_one_pgd_step_of_size_eps_without_random_start_is_fgsm():
     model, x, y = trained_mlp()
     expected = fgsm(model, x, y, eps=0.1)
     torch.testing.assert_close(pgd(model, x, y, eps=0.1, steps=1, step_size=0.1, random_start=False), expected, rtol=0, atol=0)
+
+
+def test_pgd_last_iterate_equals_a_plain_reference_loop():
+    """The training PGD is the attack's step: bitwise the last iterate of a loop written from the
+    core pieces (`sign_pgd`, random start from the same generator)."""
+    model, x, y = trained_mlp()
+    eps, steps, step = 0.1, 7, 0.03
+    reference = sign_pgd(model, x, y, eps=eps, steps=steps, step_size=step, generator=torch.Generator().manual_seed(5))
+    ours = pgd_last_iterate(model, x, y, eps=eps, step_size=step, steps=steps, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(ours, reference, rtol=0, atol=0)
+    assert not ours.requires_grad
+
+
+def test_pgd_last_iterate_follows_the_given_loss_and_start():
+    """A per-sample loss other than CE (here the CW margin) and an explicit start (TRADES starts at
+    x + 0.001 * noise), against the same steps taken by hand in float64."""
+    model = linear_model()
+    x = torch.from_numpy(np.stack([X0, X0[::-1].copy()]))
+    y = torch.tensor([0, 1])
+    start = x + 0.001 * torch.tensor([[1.0, -1.0, 1.0, -1.0], [-1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    expected = start.clone()
+    for _ in range(3):
+        expected = linf_project(expected + 0.05 * input_gradient(model, expected, y, loss=margin_loss).sign(), center=x, eps=0.08)
+    ours = pgd_last_iterate(model, x, y, eps=0.08, step_size=0.05, steps=3, loss=margin_loss, x_start=start)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-15)
+    # without random start and with one step of eps, it is FGSM
+    torch.testing.assert_close(pgd_last_iterate(model, x, y, eps=0.1, step_size=0.1, steps=1, random_start=False),
+                               fgsm(model, x, y, eps=0.1), rtol=0, atol=0)  # fmt: skip
+
+
+class _ModeRecorder(nn.Module):
+    """A small MLP with dropout that records the mode of every forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3))
+        self.modes: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.modes.append(self.training)
+        return self.net(x)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_pgd_last_iterate_keeps_the_callers_mode_and_computes_no_weight_gradients(training: bool):
+    torch.manual_seed(0)
+    model = _ModeRecorder().train(training)
+    model.net[1].weight.requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    x, y = torch.rand(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    x_adv = pgd_last_iterate(model, x, y, eps=0.1, step_size=0.05, steps=4, generator=torch.Generator().manual_seed(0))
+    assert model.modes == [training] * 4  # one forward per step, in the caller's mode
+    assert model.training is training
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters())
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-7 and x_adv.min() >= 0 and x_adv.max() <= 1
 
 
 def test_pgd_40_is_much_stronger_than_fgsm_on_a_trained_mlp():
@@ -276,3 +333,34 @@ def test_pgd_40_is_well_below_fgsm_on_the_papers_mlp():
     fgsm_accuracy = accuracy(model, fgsm(model, x, y, eps=0.1), y)
     pgd_accuracy = accuracy(model, pgd(model, x, y, eps=0.1, steps=40, generator=torch.Generator().manual_seed(0)), y)
     assert pgd_accuracy <= fgsm_accuracy - 0.10 and pgd_accuracy <= 0.8 * fgsm_accuracy, (fgsm_accuracy, pgd_accuracy)
+
+
+class _FooledOnlyInside(nn.Module):
+    """One pixel, two classes, clean point 0.5: class 1 wins where 0.01 < |x - 0.5| < 0.099, class 0
+    everywhere else (the clean point included). Its CE gradient for class 0 points away from 0.5
+    inside the ball's edge and towards it on the edge, so PGD steps of 0.1 alternate between the
+    edge (|d| = 0.1) and the centre (|d| < 0.01), both class 0: only a random start can fool it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        distance = (x.flatten(1)[:, :1] - 0.5).abs()
+        z1 = 1.0 + 3.0 * distance - 2000.0 * ((distance - 0.099).clamp_min(0.0) + (0.01 - distance).clamp_min(0.0))
+        return torch.cat([torch.zeros_like(z1), z1], dim=1)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_pgd_keeps_a_random_start_that_alone_fools(steps: int):
+    model = _FooledOnlyInside()
+    x = torch.full((16, 1), 0.5, dtype=torch.float64)
+    y = torch.zeros(16, dtype=torch.long)
+    generator = torch.Generator().manual_seed(0)
+    start = linf_random_start(x, 0.1, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert int((model(x).argmax(1) == 1).sum()) == 0 and int((model(start).argmax(1) == 1).sum()) >= 10
+        # every later iterate of a plain PGD from that start is back to class 0
+        assert bool((model(sign_pgd(model, x, y, eps=0.1, steps=steps, step_size=0.1, generator=torch.Generator().manual_seed(0))).argmax(1) == 0).all())
+    x_adv = pgd(model, x, y, eps=0.1, steps=steps, step_size=0.1, generator=generator)
+    with torch.no_grad():
+        fooled = model(x_adv).argmax(1) == 1
+        start_fooled = model(start).argmax(1) == 1
+    assert torch.equal(fooled, start_fooled)
+    torch.testing.assert_close(x_adv[start_fooled], start[start_fooled], rtol=0, atol=0)

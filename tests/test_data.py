@@ -125,20 +125,31 @@ def test_images_that_are_not_28x28(env):
         load_dataset("tiny", "train", data_dir=env / "root")
 
 
-def test_header_count_disagrees_with_the_bytes(env):
+@pytest.mark.parametrize("gz", [True, False], ids=["gzip", "raw"])
+def test_header_count_disagrees_with_the_bytes(env, gz):
     files = tiny_files()
-    files[TRAIN_IMAGES] = idx_images(TRAIN_PIXELS, count=4)  # header says 4, data holds 3
-    path = write_dataset(env / "root", files) / f"{TRAIN_IMAGES}.gz"
-    with pytest.raises(DataError, match=r"has 2352 data bytes but its header announces 4 items \(3136 bytes\)") as exc:
+    files[TRAIN_IMAGES] = idx_images(TRAIN_PIXELS[:2], count=3)  # header says 3 (as the table), data holds 2
+    path = write_dataset(env / "root", files, gz=gz) / (TRAIN_IMAGES + (".gz" if gz else ""))
+    with pytest.raises(DataError, match=r"has 1568 data bytes but its header announces 3 items \(2352 bytes\)") as exc:
         load_dataset("tiny", "train", data_dir=env / "root")
     assert_one_line_naming(exc, path)
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gzip", "raw"])
+def test_more_data_than_the_header_announces(env, gz):
+    files = tiny_files()
+    files[TRAIN_LABELS] = idx_labels(TRAIN_Y) + b"\x00"  # one byte past the 3 labels its header announces
+    path = write_dataset(env / "root", files, gz=gz) / (TRAIN_LABELS + (".gz" if gz else ""))
+    with pytest.raises(DataError, match=r"holds more data than its header announces \(3 items, 3 bytes\)") as exc:
+        load_dataset("tiny", "train", data_dir=env / "root")
+    assert_one_line_naming(exc, path, what_to_do=f"redblue data fetch tiny --data-dir {env / 'root'}")
 
 
 def test_item_count_differs_from_the_dataset_table(env):
     files = tiny_files()
     files[TRAIN_LABELS] = idx_labels(TRAIN_Y + [5])  # a consistent file, but 4 labels where 3 are expected
     path = write_dataset(env / "root", files) / f"{TRAIN_LABELS}.gz"
-    with pytest.raises(DataError, match="holds 4 items, expected 3") as exc:
+    with pytest.raises(DataError, match=r"holds 4 items \(by its header\), expected 3") as exc:
         load_dataset("tiny", "train", data_dir=env / "root")
     assert_one_line_naming(exc, path)
 
@@ -171,32 +182,73 @@ def test_checksum_mismatch_of_decompressed_bytes(env, gz):
     files[TEST_IMAGES] = idx_images([[7], [254, 0, 52]])  # one pixel value off: structure fine, sum not
     name = TEST_IMAGES + (".gz" if gz else "")
     path = write_dataset(env / "root", files, gz=gz) / name
-    with pytest.raises(DataError, match="fails its checksum") as exc:
+    with pytest.raises(DataError, match="is corrupt: it fails its checksum") as exc:
         load_dataset("tiny", "test", data_dir=env / "root")
-    assert_one_line_naming(exc, path)
+    assert not isinstance(exc.value, data.UnverifiedFileError)
+    assert_one_line_naming(exc, path, what_to_do=f"redblue data fetch tiny --data-dir {env / 'root'}")
 
 
-def test_gz_md5_checks_the_compressed_file_and_refuses_a_raw_copy(env, monkeypatch):
+def test_gz_md5_alone_verifies_the_original_gz_and_leaves_other_copies_unverified(env, monkeypatch):
     files = tiny_files()
     folder = write_dataset(env / "root", files)
     gz_bytes = (folder / f"{TEST_LABELS}.gz").read_bytes()
-    md5 = hashlib.md5(gz_bytes).hexdigest()
-    monkeypatch.setitem(data.DATASETS, "tiny", tiny_spec(files, by_gz_md5={TEST_LABELS: md5}))
+    gz_md5 = hashlib.md5(gz_bytes).hexdigest()
+    spec = tiny_spec(files, kinds={TEST_LABELS: "none"}, gz_md5={TEST_LABELS: gz_md5})
+    monkeypatch.setitem(data.DATASETS, "tiny", spec)
     assert load_dataset("tiny", "test", data_dir=env / "root").y.tolist() == TEST_Y
     statuses = {s.filename: s for s in verify_dataset("tiny", data_dir=env / "root")}
-    assert statuses[TEST_LABELS].check == "gz-md5" and statuses[TEST_IMAGES].check == "sha256"
+    assert (statuses[TEST_LABELS].status, statuses[TEST_LABELS].check) == ("good", "gz-md5")
+    assert statuses[TEST_IMAGES].check == "sha256"
 
-    # same decompressed bytes, compressed differently: the .gz md5 no longer matches
-    (folder / f"{TEST_LABELS}.gz").write_bytes(gzip.compress(files[TEST_LABELS], compresslevel=1, mtime=1))
-    with pytest.raises(DataError, match=f"md5 of the .gz is [0-9a-f]{{32}}, expected {md5}"):
+    # same decompressed bytes, compressed differently: nothing says it is wrong, nothing says it is right
+    recompressed = gzip.compress(files[TEST_LABELS], compresslevel=1, mtime=1)
+    (folder / f"{TEST_LABELS}.gz").write_bytes(recompressed)
+    with pytest.raises(data.UnverifiedFileError, match=r"is unverified: it is well-formed, but only the md5") as exc:
         load_dataset("tiny", "test", data_dir=env / "root")
+    assert f"a re-compressed copy (md5 of its .gz is {hashlib.md5(recompressed).hexdigest()})" in str(exc.value)
+    assert_one_line_naming(exc, folder / f"{TEST_LABELS}.gz", what_to_do=f"redblue data fetch tiny --data-dir {env / 'root'}")
+    status = {s.filename: s for s in verify_dataset("tiny", data_dir=env / "root")}[TEST_LABELS]
+    assert status.status == "unverified" and status.message == str(exc.value)
 
-    # a raw copy has no published sum to check it against
+    # a raw (gunzipped) copy: the same
     (folder / f"{TEST_LABELS}.gz").unlink()
     (folder / TEST_LABELS).write_bytes(files[TEST_LABELS])
-    with pytest.raises(DataError, match="cannot be verified: only the md5 of the original") as exc:
+    with pytest.raises(data.UnverifiedFileError, match="this is a gunzipped copy") as exc:
         load_dataset("tiny", "test", data_dir=env / "root")
-    assert_one_line_naming(exc, folder / TEST_LABELS, what_to_do="redblue data fetch")
+    assert_one_line_naming(exc, folder / TEST_LABELS)
+
+    # but a gunzipped copy whose content is wrong is still corrupt when a decompressed digest is known
+    bad = idx_labels([7, 2])
+    monkeypatch.setitem(data.DATASETS, "tiny", tiny_spec(files, kinds={TEST_LABELS: "md5"}, gz_md5={TEST_LABELS: gz_md5}))
+    (folder / TEST_LABELS).write_bytes(bad)
+    with pytest.raises(DataError, match=r"is corrupt: it fails its checksum \(md5 of the decompressed bytes") as exc:
+        load_dataset("tiny", "test", data_dir=env / "root")
+    assert not isinstance(exc.value, data.UnverifiedFileError)
+
+
+@pytest.mark.parametrize("kind", ["sha256", "md5"])
+def test_a_decompressed_digest_verifies_original_recompressed_and_raw_copies(env, monkeypatch, kind):
+    files = tiny_files()
+    folder = write_dataset(env / "root", files)
+    gz_md5 = hashlib.md5((folder / f"{TRAIN_IMAGES}.gz").read_bytes()).hexdigest()
+    monkeypatch.setitem(data.DATASETS, "tiny", tiny_spec(files, kinds={TRAIN_IMAGES: kind}, gz_md5={TRAIN_IMAGES: gz_md5}))
+    path = folder / f"{TRAIN_IMAGES}.gz"
+    # the digest of the decompressed bytes is tried first, so even the original .gz reports it
+    copies = {
+        "original": lambda: path.write_bytes(gzip.compress(files[TRAIN_IMAGES], mtime=0)),
+        "recompressed": lambda: path.write_bytes(gzip.compress(files[TRAIN_IMAGES], compresslevel=1, mtime=7)),
+        "two gzip members": lambda: path.write_bytes(
+            gzip.compress(files[TRAIN_IMAGES][:100]) + gzip.compress(files[TRAIN_IMAGES][100:])
+        ),
+        "raw": lambda: (path.unlink(), (folder / TRAIN_IMAGES).write_bytes(files[TRAIN_IMAGES])),
+    }
+    for label, make in copies.items():
+        make()
+        status = {s.filename: s for s in verify_dataset("tiny", data_dir=env / "root")}[TRAIN_IMAGES]
+        assert (status.status, status.check) == ("good", kind), label
+    torch.testing.assert_close(
+        load_dataset("tiny", "train", data_dir=env / "root").x, expected_images(TRAIN_PIXELS), rtol=0, atol=0
+    )
 
 
 def test_verify_dataset_reports_each_file_without_raising(env):
@@ -206,7 +258,7 @@ def test_verify_dataset_reports_each_file_without_raising(env):
     (folder / f"{TEST_LABELS}.gz").unlink()
     statuses = {s.filename: s for s in verify_dataset("tiny", data_dir=env / "root")}
     assert statuses[TRAIN_IMAGES].status == "corrupt" and "not a valid gzip" in statuses[TRAIN_IMAGES].message
-    assert statuses[TRAIN_LABELS].status == "ok" and statuses[TRAIN_LABELS].origin == "--data-dir"
+    assert statuses[TRAIN_LABELS].status == "good" and statuses[TRAIN_LABELS].origin == "--data-dir"
     assert statuses[TEST_LABELS].status == "missing" and statuses[TEST_LABELS].path is None
 
 
@@ -221,37 +273,50 @@ def labelled_copy(first_label: int) -> dict[str, bytes]:
     return files
 
 
-def test_search_order_data_dir_then_env_then_cache(env, monkeypatch):
-    by_root = {"arg": labelled_copy(1), "env": labelled_copy(2), "cache": labelled_copy(3)}
-    for label, files in by_root.items():
-        root = env / "xdg-cache" / "redblue" if label == "cache" else env / label
-        write_dataset(root, files)
-
-    def first_label(data_dir=None) -> int:
-        return int(load_dataset("tiny", "train", data_dir=data_dir).y[0])
-
+def test_search_order_env_then_cache(env, monkeypatch):
+    by_root = {"env": labelled_copy(2), "cache": labelled_copy(3)}
+    write_dataset(env / "env", by_root["env"])
+    write_dataset(env / "xdg-cache" / "redblue", by_root["cache"])
     monkeypatch.setenv("REDBLUE_DATA_DIR", str(env / "env"))
-    for label, files in by_root.items():
-        # the table holds the sums of the copy that must be chosen; any other copy fails them
-        monkeypatch.setitem(data.DATASETS, "tiny", tiny_spec(files))
-        expected = {"arg": 1, "env": 2, "cache": 3}[label]
-        if label == "arg":
-            assert first_label(env / "arg") == expected
-        elif label == "env":
-            # a --data-dir without the dataset falls through to the environment variable
-            assert first_label(env / "empty") == expected
-        else:
-            monkeypatch.delenv("REDBLUE_DATA_DIR")
-            assert first_label() == expected
+    # the table holds the sums of the copy that must be chosen; the other copy fails them
+    monkeypatch.setitem(data.DATASETS, "tiny", tiny_spec(by_root["env"]))
+    assert int(load_dataset("tiny", "train").y[0]) == 2
+    monkeypatch.setenv("REDBLUE_DATA_DIR", str(env / "empty"))  # set, but without the dataset: on to the cache
+    monkeypatch.setitem(data.DATASETS, "tiny", tiny_spec(by_root["cache"]))
+    assert int(load_dataset("tiny", "train").y[0]) == 3
+
+
+@pytest.mark.parametrize("state", ["absent", "empty", "other-dataset"])
+def test_an_explicit_data_dir_is_the_only_place_searched(env, monkeypatch, state):
+    # the environment variable and the cache both hold a good copy; --data-dir must not fall through to them
+    write_dataset(env / "env", tiny_files())
+    write_dataset(env / "xdg-cache" / "redblue", tiny_files())
+    monkeypatch.setenv("REDBLUE_DATA_DIR", str(env / "env"))
+    given = env / "given"
+    if state != "absent":
+        given.mkdir()
+    if state == "other-dataset":
+        write_dataset(given, tiny_files(), name="mnist")
+    with pytest.raises(DataError) as exc:
+        load_dataset("tiny", "train", data_dir=given)
+    message = str(exc.value)
+    assert "\n" not in message
+    assert message.startswith(f"tiny files not found in {given / 'tiny'} (--data-dir")
+    assert ("does not exist" in message) == (state == "absent")
+    assert f"run `redblue data fetch tiny --data-dir {given}`" in message
+    assert str(env / "env") not in message and "xdg-cache" not in message
+    assert [f.path for f in data.locate("tiny", data_dir=given)] == [None] * 4
+    assert {s.status for s in verify_dataset("tiny", data_dir=given)} == {"missing"}
+    # without --data-dir the same call finds the environment's copy
+    assert load_dataset("tiny", "train").y.tolist() == TRAIN_Y
 
 
 def test_search_roots_order_and_cache_location(env, monkeypatch):
     monkeypatch.setenv("REDBLUE_DATA_DIR", str(env / "env"))
-    assert data.search_roots(env / "arg") == [
-        ("--data-dir", env / "arg"),
-        ("REDBLUE_DATA_DIR", env / "env"),
-        ("cache", env / "xdg-cache" / "redblue"),
-    ]
+    assert data.search_roots(env / "arg") == [("--data-dir", env / "arg")]
+    assert data.search_roots() == [("REDBLUE_DATA_DIR", env / "env"), ("cache", env / "xdg-cache" / "redblue")]
+    monkeypatch.delenv("REDBLUE_DATA_DIR")
+    assert data.search_roots() == [("cache", env / "xdg-cache" / "redblue")]
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(env / "home"))
     assert data.cache_root() == env / "home" / ".cache" / "redblue"
@@ -270,13 +335,14 @@ def test_gz_name_is_preferred_and_raw_name_is_accepted(env):
 
 def test_missing_files_name_the_places_searched(env, monkeypatch):
     monkeypatch.setenv("REDBLUE_DATA_DIR", str(env / "env"))
+    (env / "env").mkdir()
     with pytest.raises(DataError) as exc:
-        load_dataset("tiny", "test", data_dir=env / "arg")
+        load_dataset("tiny", "test")
     message = str(exc.value)
     assert "\n" not in message
     assert f"{TEST_IMAGES}.gz" in message and f"{TEST_LABELS}.gz" in message
-    for place in (env / "arg" / "tiny", env / "env" / "tiny", env / "xdg-cache" / "redblue" / "tiny"):
-        assert str(place) in message
+    assert f"{env / 'env' / 'tiny'} (REDBLUE_DATA_DIR)" in message
+    assert f"{env / 'xdg-cache' / 'redblue' / 'tiny'} (cache, does not exist)" in message
     assert "redblue data fetch tiny" in message and "--data-dir" in message and "REDBLUE_DATA_DIR" in message
 
 
@@ -324,8 +390,7 @@ def test_fetch_checksum_mismatch_leaves_nothing_in_the_cache(env):
     message = str(exc.value)
     assert "\n" not in message and message.count("fails its checksum") == 2  # both mirrors tried
     assert "to work offline, put the files" in message
-    cache = env / "xdg-cache" / "redblue"
-    assert not (cache / "tiny").exists()  # the folder it created is removed again, nothing half-written
+    assert not (env / "xdg-cache").exists()  # every folder it created is removed again, nothing half-written
 
 
 def test_fetch_stops_at_first_file_no_mirror_serves(env):

@@ -8,8 +8,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from redblue.attacks import fgsm
-from redblue.defenses import ObjectiveConfig, make_objective, parse_objective, penalized_parameters, weight_penalty
-from redblue.defenses.objectives import fgsm_images, make_objective_with_logits
+from redblue.defenses import (
+    OBJECTIVES,
+    CleanObjective,
+    FastFGSMObjective,
+    FGSMObjective,
+    PGDObjective,
+    TRADESObjective,
+    TrainStep,
+    make_objective,
+    objective_from_record,
+    objective_record,
+    parse_objective,
+    penalized_parameters,
+    weight_penalty,
+)
 from redblue.defenses.penalties import add_penalty_gradient_
 from redblue.errors import ConfigError
 
@@ -103,6 +116,11 @@ def test_negative_lambda_is_refused():
 # ---- objectives ------------------------------------------------------------------------------
 
 
+def loss_of(params, model, x, y, generator=None):
+    """The objective's mean loss for one batch (the training loop's view, with its logits dropped)."""
+    return make_objective(params)(model, x, y, TrainStep(generator=generator))[0]
+
+
 def independent_fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, clip: bool) -> torch.Tensor:
     x_var = x.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(F.cross_entropy(model(x_var), y, reduction="sum"), x_var)
@@ -117,7 +135,7 @@ def test_fgsm_objective_is_alpha_clean_plus_one_minus_alpha_adversarial(alpha):
     x_adv = independent_fgsm(model, x, y, eps, clip=True)
     with torch.no_grad():
         expected = alpha * F.cross_entropy(model(x), y) + (1 - alpha) * F.cross_entropy(model(x_adv), y)
-    loss = make_objective(ObjectiveConfig(name="fgsm", eps=eps, alpha=alpha))(model, x, y)
+    loss = loss_of(FGSMObjective(eps=eps, alpha=alpha), model, x, y)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
 
 
@@ -130,20 +148,8 @@ def test_fgsm_objective_on_a_linear_model_matches_the_hand_computed_images():
     logits, logits_adv = x @ model.weight.detach().T, x_adv @ model.weight.detach().T
     ce = -logits.log_softmax(1).gather(1, y[:, None]).mean()
     ce_adv = -logits_adv.log_softmax(1).gather(1, y[:, None]).mean()
-    loss = make_objective(ObjectiveConfig(name="fgsm", eps=0.1, alpha=0.25))(model, x, y)
+    loss = loss_of(FGSMObjective(eps=0.1, alpha=0.25), model, x, y)
     assert loss.item() == pytest.approx(0.25 * ce.item() + 0.75 * ce_adv.item(), rel=1e-12)
-
-
-@pytest.mark.parametrize("clip", [True, False])
-def test_training_fgsm_images_are_the_attack_fgsm_images(clip):
-    model, (x, y) = small_mlp(), batch()
-    x = x.clone()
-    x[0, 0], x[1, 1] = 0.0, 1.0  # pixels at the border: clipping matters here
-    got = fgsm_images(model, x, y, eps=0.3, clip=clip)
-    torch.testing.assert_close(got, fgsm(model, x, y, eps=0.3, clip=clip), rtol=0, atol=0)
-    torch.testing.assert_close(got, independent_fgsm(model, x, y, 0.3, clip), rtol=0, atol=0)
-    if not clip:
-        assert got.min() < 0 or got.max() > 1
 
 
 def test_fgsm_objective_without_clipping_follows_the_papers_equation():
@@ -153,13 +159,13 @@ def test_fgsm_objective_without_clipping_follows_the_papers_equation():
     x_adv = independent_fgsm(model, x, y, 0.25, clip=False)
     with torch.no_grad():
         expected = F.cross_entropy(model(x_adv), y)
-    loss = make_objective(ObjectiveConfig(name="fgsm", eps=0.25, alpha=0.0, clip=False))(model, x, y)
+    loss = loss_of(FGSMObjective(eps=0.25, alpha=0.0, clip=False), model, x, y)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
 
 
 def test_clean_objective_is_cross_entropy_and_returns_logits():
     model, (x, y) = small_mlp(), batch()
-    loss, logits = make_objective_with_logits(ObjectiveConfig())(model, x, y, None)
+    loss, logits = make_objective(CleanObjective())(model, x, y, TrainStep())
     with torch.no_grad():
         torch.testing.assert_close(logits, model(x))
         by_hand = -(model(x).log_softmax(1)[torch.arange(len(y)), y]).mean()
@@ -169,9 +175,9 @@ def test_clean_objective_is_cross_entropy_and_returns_logits():
 @pytest.mark.parametrize(
     "config",
     [
-        ObjectiveConfig(name="pgd", eps=0.1, steps=1, step_size=0.25),
-        ObjectiveConfig(name="pgd", eps=0.1, steps=3),
-        ObjectiveConfig(name="fast-fgsm", eps=0.1, step_size=0.2),
+        PGDObjective(eps=0.1, steps=1, step_size=0.25),
+        PGDObjective(eps=0.1, steps=3),
+        FastFGSMObjective(eps=0.1, step_size=0.2),
     ],
     ids=["pgd-1-big-step", "pgd-3", "fast-fgsm-2eps"],
 )
@@ -186,16 +192,16 @@ def test_pgd_and_fast_fgsm_reach_the_fgsm_corner_of_a_linear_model(config):
     with torch.no_grad():
         expected = F.cross_entropy(model(x_fgsm), y)
     g = torch.Generator().manual_seed(0)
-    loss = make_objective(config)(model, x, y, g)
+    loss = loss_of(config, model, x, y, g)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
 
 
 def test_random_starts_come_from_the_generator():
     model, (x, y) = small_mlp(), batch()
-    objective = make_objective(ObjectiveConfig(name="fast-fgsm", eps=0.2))
-    first = objective(model, x, y, torch.Generator().manual_seed(5))
-    again = objective(model, x, y, torch.Generator().manual_seed(5))
-    other = objective(model, x, y, torch.Generator().manual_seed(6))
+    params = FastFGSMObjective(eps=0.2)
+    first = loss_of(params, model, x, y, torch.Generator().manual_seed(5))
+    again = loss_of(params, model, x, y, torch.Generator().manual_seed(5))
+    other = loss_of(params, model, x, y, torch.Generator().manual_seed(6))
     assert first.item() == again.item() and first.item() != other.item()
 
 
@@ -204,17 +210,18 @@ def test_trades_is_clean_loss_plus_a_non_negative_kl_term():
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         clean = F.cross_entropy(model(x), y).item()
-    zero_beta = make_objective(ObjectiveConfig(name="trades", eps=0.1, beta=0.0))(model, x, y, g)
+    zero_beta = loss_of(TRADESObjective(eps=0.1, beta=0.0), model, x, y, g)
     assert zero_beta.item() == pytest.approx(clean, rel=1e-12)
-    with_kl = make_objective(ObjectiveConfig(name="trades", eps=0.1, beta=6.0))(model, x, y, g)
+    with_kl = loss_of(TRADESObjective(eps=0.1, beta=6.0), model, x, y, g)
     assert with_kl.item() > clean
 
 
-@pytest.mark.parametrize("name", ["clean", "fgsm", "fast-fgsm", "pgd", "trades"])
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_objectives_keep_train_mode_and_leave_no_weight_gradients(name):
     model, (x, y) = small_mlp(), batch()
     model.train()
-    loss = make_objective(ObjectiveConfig(name=name, eps=0.1))(model, x, y, torch.Generator().manual_seed(0))
+    params = parse_objective(name if name == "clean" else f"{name}:eps=0.1")
+    loss = loss_of(params, model, x, y, torch.Generator().manual_seed(0))
     assert model.training
     assert all(p.grad is None for p in model.parameters())
     assert loss.requires_grad and loss.dim() == 0
@@ -226,16 +233,37 @@ def test_a_nan_model_gives_a_nan_loss_not_a_silent_zero_step():
     model, (x, y) = small_mlp(), batch()
     with torch.no_grad():
         model[0].weight[0, 0] = float("nan")
-    loss = make_objective(ObjectiveConfig(name="fgsm", eps=0.1))(model, x, y)
+    loss = loss_of(FGSMObjective(eps=0.1), model, x, y)
     assert torch.isnan(loss)
 
 
 def test_parse_objective_reads_typed_values():
     config = parse_objective("fgsm:eps=0.25,alpha=0.3,clip=false")
-    assert config == ObjectiveConfig(name="fgsm", eps=0.25, alpha=0.3, clip=False)
-    assert parse_objective("clean") == ObjectiveConfig()
-    assert parse_objective("pgd:eps=0.3,steps=10").resolved_step_size == pytest.approx(0.075)
-    assert parse_objective("fast-fgsm:eps=0.1").resolved_step_size == pytest.approx(0.125)
+    assert config == FGSMObjective(eps=0.25, alpha=0.3, clip=False)
+    assert parse_objective("clean") == CleanObjective()
+    assert parse_objective("pgd:eps=0.3,steps=10").resolved().step_size == pytest.approx(0.075)
+    assert parse_objective("fast-fgsm:eps=0.1").resolved().step_size == pytest.approx(0.125)
+
+
+@pytest.mark.parametrize(
+    "text, record",
+    [
+        ("clean", {"name": "clean"}),
+        ("fgsm:eps=0.2", {"name": "fgsm", "eps": 0.2, "alpha": 0.5, "clip": True}),
+        ("pgd:eps=0.3,steps=10", {"name": "pgd", "eps": 0.3, "steps": 10, "step_size": 0.3 * 2.5 / 10}),
+        ("trades:eps=0.1,steps=5,beta=3", {"name": "trades", "eps": 0.1, "steps": 5, "step_size": 0.05, "beta": 3.0}),
+        ("fast-fgsm:eps=0.1", {"name": "fast-fgsm", "eps": 0.1, "step_size": 0.125}),
+        ("mart:eps=0.3", {"name": "mart", "eps": 0.3, "steps": 10, "step_size": 0.075, "beta": 6.0}),
+        ("pgd:eps=0.2", {"name": "pgd", "eps": 0.2, "steps": 10, "step_size": 0.05}),
+    ],
+)
+def test_the_record_holds_the_values_used_and_reads_back(text, record):
+    got = objective_record(parse_objective(text))
+    assert got.keys() == record.keys()
+    for key, value in record.items():
+        assert got[key] == (pytest.approx(value) if isinstance(value, float) else value)
+    again = objective_from_record(got)
+    assert objective_record(again) == got
 
 
 @pytest.mark.parametrize(
@@ -247,6 +275,14 @@ def test_parse_objective_reads_typed_values():
         ("fgsm:epsilon=0.1", "epsilon"),
         ("pgd:steps=0", "steps must be an integer >= 1"),
         ("trades:beta=-1", "beta must be >= 0"),
+        # each objective takes only its own keys, and the error lists those (never `name`)
+        ("pgd:eps=0.1,alpha=0.9", "objective 'pgd' has no parameter alpha; valid: eps, steps, step_size$"),
+        ("mart:eps=0.1,alpha=0.9", "objective 'mart' has no parameter alpha; valid: eps, steps, step_size, beta$"),
+        ("mart:beta=-1", "beta must be >= 0"),
+        ("mart:steps=0", "steps must be an integer >= 1"),
+        ("clean:beta=6", "objective 'clean' has no parameter beta; it takes no parameters"),
+        ("fgsm:steps=3", "valid: eps, alpha, clip$"),
+        ("fast-fgsm:beta=1", "valid: eps, step_size$"),
     ],
 )
 def test_bad_objectives_fail_with_one_line(text, message):

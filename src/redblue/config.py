@@ -30,6 +30,12 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+def _shown(key: str) -> str:
+    """A user-given key as it appears in a one-line message: as typed, or quoted with escapes
+    when it holds a newline or another unprintable character."""
+    return key if key.isprintable() else repr(key)
+
+
 def split_spec(text: str) -> tuple[str, dict[str, str]]:
     """Split `pgd:eps=0.3,steps=40` into ("pgd", {"eps": "0.3", "steps": "40"})."""
     name, _, rest = text.strip().partition(":")
@@ -43,14 +49,20 @@ def split_spec(text: str) -> tuple[str, dict[str, str]]:
             raise ConfigError(f"cannot read {item!r} in {text!r}; write parameters as key=value")
         key = key.strip()
         if key in values:
-            raise ConfigError(f"{key} is given twice in {text!r}; give each parameter once")
+            raise ConfigError(f"{_shown(key)} is given twice in {text!r}; give each parameter once")
         values[key] = value.strip()
     return name, values
 
 
 def _field_types(cls: type) -> dict[str, Any]:
+    """The fields a caller may set (init=False fields, such as an objective's fixed name, are not)."""
     hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+def _valid(names: Any) -> str:
+    names = list(names)
+    return f"valid: {', '.join(names)}" if names else "it takes no parameters"
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -85,7 +97,10 @@ def convert_text(name: str, text: str, tp: Any) -> Any:
                 return False
             raise ValueError(text)
         if inner is int:
-            return int(text)
+            value = int(text)
+            if not -(2**63) <= value < 2**63:  # no count or size is larger, and none overflows a float check
+                raise ConfigError(f"{name} must fit in 64 bits, got {text!r}")
+            return value
         if inner is float:
             return float(text)
         if inner is str:
@@ -101,7 +116,7 @@ def from_text_values(cls: type[T], values: dict[str, str], *, what: str, **fixed
     unknown = sorted(set(values) - set(types_by_name))
     if unknown:
         raise ConfigError(
-            f"{what} has no parameter {', '.join(unknown)}; valid: {', '.join(types_by_name)}"
+            f"{what} has no parameter {', '.join(map(_shown, unknown))}; {_valid(types_by_name)}"
         )
     kwargs = {key: convert_text(f"{what} {key}", text, types_by_name[key]) for key, text in values.items()}
     kwargs.update(fixed)
@@ -110,10 +125,10 @@ def from_text_values(cls: type[T], values: dict[str, str], *, what: str, **fixed
 
 def construct(cls: type[T], kwargs: dict[str, Any], *, what: str) -> T:
     """Call `cls(**kwargs)`, turning a missing or unexpected argument into a one-line ConfigError."""
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = sorted(set(kwargs) - set(names))
     if unknown:
-        raise ConfigError(f"{what} has no parameter {', '.join(unknown)}; valid: {', '.join(names)}")
+        raise ConfigError(f"{what} has no parameter {', '.join(map(_shown, unknown))}; {_valid(names)}")
     missing = [
         f.name
         for f in dataclasses.fields(cls)
@@ -148,7 +163,7 @@ def from_dict(cls: type[T], data: dict[str, Any], *, what: str | None = None) ->
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in types_by_name:
-            raise ConfigError(f"{what} has no field {key!r}; valid: {', '.join(types_by_name)}")
+            raise ConfigError(f"{what} has no field {key!r}; {_valid(types_by_name)}")
         kwargs[key] = _from_value(f"{what}.{key}", value, types_by_name[key])
     return construct(cls, kwargs, what=what)
 
@@ -157,6 +172,8 @@ def _from_value(name: str, value: Any, tp: Any) -> Any:
     inner, optional = _unwrap_optional(tp)
     if value is None and optional:
         return None
+    if isinstance(inner, type) and hasattr(inner, "from_record"):  # a polymorphic record, e.g. an objective
+        return inner.from_record(value, what=name)
     if dataclasses.is_dataclass(inner):
         return from_dict(inner, value, what=name)
     origin = typing.get_origin(inner)

@@ -80,27 +80,37 @@ def all_finite(t: Tensor) -> Tensor:
     return torch.isfinite(low) & torch.isfinite(high)
 
 
-def loss_and_input_gradient(
-    model: nn.Module, x: Tensor, y: Tensor, *, loss: LossFn = ce_loss, check_finite: bool = True
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-sample loss (N,), logits (N, C) and d(sum of losses)/dx, all detached.
+def loss_logits_and_gradient(model: nn.Module, x: Tensor, y: Tensor, *, loss: LossFn = ce_loss) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sample loss (N,), logits (N, C) and d(sum of losses)/dx, all detached, in the model's
+    current mode and without any check or device sync: the inner step of every gradient attack.
 
-    The model runs in eval mode and is restored afterwards. Only the input gradient is computed:
-    autograd skips the weight gradients, and no parameter's `.grad` or `requires_grad` changes.
-    A NaN or infinite gradient raises AttackError instead of becoming a silent zero step.
-    check_finite=False skips that check (a device sync): for hot loops that check once at the end.
+    Only the input gradient is computed: autograd skips the weight gradients, and no parameter's
+    `.grad` or `requires_grad` changes.
     """
-    with eval_mode(model), torch.enable_grad():
+    with torch.enable_grad():
         x_var = x.detach().requires_grad_(True)
         logits = model(x_var)
         losses = loss(logits, y)
         (grad,) = torch.autograd.grad(losses.sum(), x_var)
+    return losses.detach(), logits.detach(), grad
+
+
+def loss_and_input_gradient(
+    model: nn.Module, x: Tensor, y: Tensor, *, loss: LossFn = ce_loss, check_finite: bool = True
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`loss_logits_and_gradient` with the model in eval mode (restored afterwards).
+
+    A NaN or infinite gradient raises AttackError instead of becoming a silent zero step.
+    check_finite=False skips that check (a device sync): for hot loops that check once at the end.
+    """
+    with eval_mode(model):
+        losses, logits, grad = loss_logits_and_gradient(model, x, y, loss=loss)
     if check_finite and not bool(all_finite(grad)):
         raise AttackError(
             "the model's input gradient is NaN or infinite; check the model for log(0), "
             "division by zero or overflow before attacking it"
         )
-    return losses.detach(), logits.detach(), grad
+    return losses, logits, grad
 
 
 def input_gradient(model: nn.Module, x: Tensor, y: Tensor, *, loss: LossFn = ce_loss) -> Tensor:
@@ -116,7 +126,8 @@ def per_sample_norm(t: Tensor, norm: str) -> Tensor:
     return flat.norm(p=2, dim=1)
 
 
-def _per_sample(values: Tensor, like: Tensor) -> Tensor:
+def per_sample(values: Tensor, like: Tensor) -> Tensor:
+    """values (N,) viewed as (N, 1, ..., 1), to broadcast against `like` (N, ...)."""
     return values.view(-1, *([1] * (like.dim() - 1)))
 
 
@@ -134,7 +145,7 @@ def l2_project(x_adv: Tensor, *, center: Tensor, eps: float) -> Tensor:
     delta = x_adv - center
     norms = per_sample_norm(delta, "l2")
     factor = torch.clamp(eps / (norms + 1e-12), max=1.0)
-    return (center + delta * _per_sample(factor, delta)).clamp(0.0, 1.0)
+    return (center + delta * per_sample(factor, delta)).clamp(0.0, 1.0)
 
 
 def project(x_adv: Tensor, *, center: Tensor, eps: float, norm: str) -> Tensor:
@@ -146,7 +157,7 @@ def project(x_adv: Tensor, *, center: Tensor, eps: float, norm: str) -> Tensor:
 def l2_normalize(t: Tensor) -> Tensor:
     """Each sample divided by its L2 norm (zero samples stay zero)."""
     norms = per_sample_norm(t, "l2")
-    return t / _per_sample(norms.clamp_min(1e-12), t)
+    return t / per_sample(norms.clamp_min(1e-12), t)
 
 
 def ascent_step(x_adv: Tensor, grad: Tensor, *, step_size: float, norm: str) -> Tensor:
@@ -167,7 +178,7 @@ def l2_random_start(x: Tensor, eps: float, generator: Generator | None = None) -
     direction = l2_normalize(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
     dims = x[0].numel()
     radius = eps * torch.rand(len(x), generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / dims)
-    return (x + direction * _per_sample(radius, x)).clamp(0.0, 1.0)
+    return (x + direction * per_sample(radius, x)).clamp(0.0, 1.0)
 
 
 def random_start(x: Tensor, eps: float, *, norm: str, generator: Generator | None = None) -> Tensor:
@@ -186,10 +197,39 @@ def check_eps(eps: float, norm: str) -> None:
         raise ConfigError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
 
 
+def check_shapes(x: Tensor, y: Tensor) -> None:
+    """A batch of images (N, ...) with one label each; shapes only, no device sync."""
+    if x.dim() < 2 or y.dim() != 1 or len(x) != len(y):
+        raise ConfigError(
+            f"x {tuple(x.shape)} and y {tuple(y.shape)} do not match; pass a batch x (N, ...) and one label per image, y (N,)"
+        )
+
+
+def check_run(x: Tensor, finite: Tensor, *, what: str) -> None:
+    """The one device sync of an attack call, after the run: the input's pixel range and the run's
+    finiteness (`finite`, a 0-dim bool) read together. Raises AttackError for NaN or infinite
+    pixels, pixels outside [0, 1], or a NaN or infinite loss or gradient met by `what`, in that
+    order (bad pixels make bad gradients: the first cause is named)."""
+    if x.numel() == 0:
+        flags = [0.0, 1.0, float(finite)]
+    else:
+        low, high = torch.aminmax(x)  # one pass; NaN propagates into both
+        flags = torch.stack([low, high, finite.to(low.dtype)]).tolist()
+    low_value, high_value, run_finite = flags
+    if not (math.isfinite(low_value) and math.isfinite(high_value)):
+        raise AttackError("the input images contain NaN or infinite pixels; clean the data before attacking")
+    if low_value < 0 or high_value > 1:
+        raise AttackError("pixels must be in [0, 1]; rescale the images (and put any normalisation inside the model)")
+    if not run_finite:
+        raise AttackError(
+            f"{what} met a NaN or infinite loss or gradient; check the model for log(0), division by zero "
+            "or overflow before attacking it"
+        )
+
+
 def check_inputs(x: Tensor, y: Tensor) -> None:
-    """Validate attack inputs at the public boundary: finite pixels in [0, 1], one label each."""
-    if x.dim() < 2 or len(x) != len(y):
-        raise ConfigError(f"x has {len(x)} samples but y has {len(y)} labels; pass one label per image")
+    """Validate evaluation inputs at the public boundary: finite pixels in [0, 1], one label each."""
+    check_shapes(x, y)
     if x.numel() == 0:
         return
     low, high = torch.stack(torch.aminmax(x)).tolist()  # one pass, one sync; NaN propagates into both
@@ -204,7 +244,7 @@ TARGET_MODES = ("none", "random", "least-likely")
 
 def check_target(target: str) -> None:
     """A target is "none" (untargeted), "random", "least-likely", or a class index such as "3"."""
-    if target not in TARGET_MODES and not target.isdigit():
+    if target not in TARGET_MODES and not (target.isascii() and target.isdigit()):
         raise ConfigError(
             f"target must be one of {', '.join(TARGET_MODES)} or a class index such as 3, got {target!r}"
         )

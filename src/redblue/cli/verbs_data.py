@@ -1,8 +1,12 @@
-"""`redblue data info|verify|fetch`: where the datasets are, whether they verify, and download them."""
+"""`redblue data info|verify|fetch`, and `require_dataset`: download on first use, for the verbs that load data."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import shlex
+import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -19,13 +23,73 @@ NameArgument = Annotated[
     Optional[str], typer.Argument(help=f"Dataset: {', '.join(data.DATASETS)}. Default: every dataset found.")
 ]
 
+# For verbs that load a dataset: `download: DownloadOption = False`, then `require_dataset(...)`.
+DownloadOption = Annotated[
+    bool,
+    typer.Option(
+        data.DOWNLOAD_FLAG,
+        help=f"Download missing dataset files (checksum-verified) without asking; also ${data.ENV_DOWNLOAD}=1. "
+        "Without it, a terminal asks first; elsewhere a missing file is an error.",
+    ),
+]
+
+
+def _env_consents() -> bool:
+    return os.environ.get(data.ENV_DOWNLOAD, "").strip().lower() in ("1", "yes", "true")
+
+
+def _may_ask() -> bool:
+    """A person at a terminal who can answer: stdin and stderr are TTYs, and this is not CI."""
+    return sys.stdin.isatty() and sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def require_dataset(
+    name: str, *, data_dir: Path | None, download: bool = False, splits: tuple[str, ...] = data.SPLITS
+) -> None:
+    """Make sure the dataset's files are there before a verb loads them; download on first use.
+
+    Consent to download: `--download`, or $REDBLUE_DOWNLOAD=1, or a yes to a question asked on a
+    terminal (stdin and stderr TTYs, not CI). Without it a missing file is one error line that says
+    how to fetch it. Files found are verified later, when they are loaded.
+    """
+    found = [f for split in splits for f in data.locate(name, split, data_dir=data_dir)]
+    n_missing = sum(1 for f in found if f.path is None)
+    if n_missing == 0:
+        return
+    allow = download or _env_consents()
+    if not allow and _may_ask():
+        target = Path(data_dir).expanduser() if data_dir is not None else data.cache_root()
+        spec = data.get_spec(name)
+        allow = typer.confirm(
+            f"{name}: {n_missing} file(s) missing; download them (about {spec.download_mb} MB for all four, "
+            f"checksum-verified) into {target / name}?",
+            default=False,
+            err=True,
+        )
+    data.ensure_dataset(name, data_dir=data_dir, allow_download=allow, splits=splits)
+
+
+def _how_to_point(data_dir: Path | None) -> str:
+    cache = data.cache_root()
+    if data_dir is not None:
+        root = shlex.quote(str(Path(data_dir).expanduser()))
+        return (
+            f"with --data-dir only that root is searched; `redblue data fetch NAME --data-dir {root}` "
+            f"downloads there; without --data-dir, ${data.ENV_DATA_DIR} and then {cache} are searched"
+        )
+    return (
+        f"to use data from elsewhere, pass --data-dir DIR (with DIR/mnist/*.gz; then only DIR is searched) "
+        f"or set {data.ENV_DATA_DIR}=DIR; `redblue data fetch NAME` downloads into {cache}"
+    )
+
 
 @data_app.command("info")
 def info(data_dir: DataDirOption = None, as_json: JsonOption = False) -> None:
-    """Show the roots searched and where each dataset file is found (without reading it)."""
+    """Show where datasets are looked for, where each file is found (without reading it), and how to point elsewhere."""
     roots = [
         {"origin": origin, "path": str(root), "exists": root.is_dir()} for origin, root in data.search_roots(data_dir)
     ]
+    env_value = os.environ.get(data.ENV_DATA_DIR) or None
     datasets = []
     for name in data.DATASETS:
         files = [
@@ -33,21 +97,26 @@ def info(data_dir: DataDirOption = None, as_json: JsonOption = False) -> None:
             for f in data.locate(name, data_dir=data_dir)
         ]
         datasets.append({"name": name, "complete": all(f["path"] for f in files), "files": files})
+    hint = _how_to_point(data_dir)
     if as_json:
-        print_json({"roots": roots, "datasets": datasets})
+        print_json({"roots": roots, "env": {data.ENV_DATA_DIR: env_value}, "datasets": datasets, "hint": hint})
         return
+    typer.echo("searched, in this order:")
     for root in roots:
-        typer.echo(f"root {root['origin']}: {root['path']}" + ("" if root["exists"] else " (does not exist)"))
+        typer.echo(f"  {root['origin']}: {root['path']}" + ("" if root["exists"] else " (does not exist)"))
+    if data_dir is None and env_value is None:
+        typer.echo(f"  ({data.ENV_DATA_DIR} is not set)")
     for dataset in datasets:
         n_found = sum(1 for f in dataset["files"] if f["path"])
         typer.echo(f"{dataset['name']}: {n_found}/{len(dataset['files'])} files found")
         for f in dataset["files"]:
             typer.echo(f"  {f['filename']}: " + (f"{f['path']} ({f['origin']})" if f["path"] else "missing"))
+    typer.echo(hint)
 
 
 @data_app.command("verify")
 def verify(name: NameArgument = None, data_dir: DataDirOption = None, as_json: JsonOption = False) -> None:
-    """Verify the checksum and structure of every file of a dataset (exit 2 if one fails)."""
+    """Verify every file of a dataset: good, unverified, corrupt or missing (exit 2 unless all are good)."""
     if name is None:
         names = [n for n in data.DATASETS if any(f.path for f in data.locate(n, data_dir=data_dir))]
         if not names:
@@ -55,17 +124,22 @@ def verify(name: NameArgument = None, data_dir: DataDirOption = None, as_json: J
     else:
         names = [data.get_spec(name).name]
     statuses = [status for n in names for status in data.verify_dataset(n, data_dir=data_dir)]
-    failed = [s for s in statuses if s.status != "ok"]
+    failed = [s for s in statuses if s.status != "good"]
     if as_json:
         print_json({"ok": not failed, "files": [dataclasses.asdict(s) for s in statuses]})
     else:
         for s in statuses:
             where = f"{s.path} ({s.origin})" if s.path else "not found"
-            typer.echo(f"{s.status:8s} {s.dataset}/{s.filename}: {where}" + (f" [{s.check}]" if s.check else ""))
+            typer.echo(f"{s.status:10s} {s.dataset}/{s.filename}: {where}" + (f" [{s.check}]" if s.check else ""))
     if failed:
+        counts = Counter(s.status for s in failed)
+        summary = ", ".join(f"{counts[state]} {state}" for state in data.VERIFY_STATES if counts[state])
         first = failed[0]
-        reason = first.message or f"{first.dataset}/{first.filename} is missing"
-        raise DataError(f"{len(failed)} of {len(statuses)} files failed verification; first: {reason}")
+        reason = first.message
+        if reason is None:  # missing: say where it was looked for and how to fetch it
+            spec = next(f for f in data.get_spec(first.dataset).files if f.filename == first.filename)
+            reason = data.missing_message(first.dataset, [spec], data_dir)
+        raise DataError(f"{len(failed)} of {len(statuses)} files are not good ({summary}); first: {reason}")
 
 
 @data_app.command("fetch")

@@ -5,8 +5,9 @@ Each configuration is the real command, `redblue reproduce --profile P --seeds S
 shutdown, Figure 1 and the report included), on the same machine one after another. The
 baseline is one worker (the cells one after another in that process). Printed per run: wall
 time, ratio to the baseline (issue 9's target for 2 workers: <= 0.6), and whether every cell's
-numbers (curves and training history) equal the baseline's, and the CPU seconds the run used (all
-its processes): with 2 free cores, a 2-worker run's wall time is about its CPU time / 2. The load
+numbers (curves and training history) equal the baseline's, and, for the local executor, the CPU
+seconds the run used (all its processes; Ray's workers are not our descendants, so not for Ray):
+with 2 free cores, a 2-worker run's wall time is about its CPU time / 2. The load
 average is printed before and after each run: on a shared machine, other work shows up in the ratio.
 
 Default: the quick profile with 2 seeds (18 cells: 9 rounds of 2, an ideal ratio of 0.50; the
@@ -85,7 +86,8 @@ def main() -> None:
                 baseline = (wall, numbers)
             ratio = wall / baseline[0]
             same = "yes" if numbers == baseline[1] else "NO"
-            print(f"{executor:<9} {workers:>7} {wall:>8.1f} {ratio:>6.2f} {cpu:>8.1f}  {same:<12}  {load}", flush=True)
+            cpu_text = f"{cpu:>8.1f}" if executor == "local" else f"{'n/a':>8}"
+            print(f"{executor:<9} {workers:>7} {wall:>8.1f} {ratio:>6.2f} {cpu_text}  {same:<12}  {load}", flush=True)
 
 
 if __name__ == "__main__":

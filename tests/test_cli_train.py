@@ -77,6 +77,7 @@ def test_same_seed_gives_the_same_weights_and_human_output_names_the_file(tmp_pa
         (("--objective", "pgd:eps=0.1", "--momentum", "0.9"), "--momentum applies to sgd, rmsprop, not to adam, the default optimizer"),
         (("--optimizer", "sgd", "--momentum", "0", "--nesterov"), "nesterov needs momentum > 0"),
         (("--grad-clip", "-1"), "--grad-clip must be > 0"),
+        (("--weight-average", "1"), "--weight-average must be in [0.0, 0.999999], got 1.0"),
         (("--keep", "best"), "--keep=best needs a validation split"),
         (("--objective", "pgd:eps=0.1,alpha=0.9"), "objective 'pgd' has no parameter alpha"),
         (("--threads", "0"), "--threads must be auto or an integer >= 1"),

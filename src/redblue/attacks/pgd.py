@@ -145,7 +145,9 @@ Best = tuple[Tensor, Tensor, Tensor]  # x_best (N, ...), best objective (N,), be
 def _keep_better(best: Best, x_adv: Tensor, objective: Tensor, fooled: Tensor) -> Best:
     """Per sample, keep the better of `best` and the candidate: fooled first, then higher objective."""
     x_best, best_objective, best_fooled = best
-    better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (objective > best_objective))
+    # = (fooled & ~best_fooled) | ((fooled == best_fooled) & (objective > best_objective)), in 3 operations
+    # instead of 6: on a GPU each is a kernel launch, and this runs at every step
+    better = torch.where(fooled == best_fooled, objective > best_objective, fooled)
     return (
         torch.where(per_sample(better, x_adv), x_adv, x_best),
         torch.where(better, objective, best_objective),

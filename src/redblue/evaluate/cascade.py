@@ -225,13 +225,19 @@ def evaluate_eps(
         model, x, y, worst, clean, eps=eps, norm=norm, method=settings.certify_method
     )
     findings += certify_findings
+    certified_mean = torch.full((), math.nan, dtype=torch.float64, device=x.device)
+    if certified_mask is not None:
+        certified_mean = certified_mask.double().mean()
+    worst_accuracy, worst_confidence, certified_accuracy = torch.stack(
+        [worst.robust.double().mean(), worst.top_prob.double().mean(), certified_mean]
+    ).tolist()  # one transfer for the three numbers
     result = EpsResult(
         norm=norm,
         eps=eps,
         attacks=tuple(rows),
-        worst_case_accuracy=worst.robust.double().mean().item(),
-        worst_case_confidence=worst.top_prob.double().mean().item(),
-        certified_accuracy=None if certified_mask is None else certified_mask.double().mean().item(),
+        worst_case_accuracy=worst_accuracy,
+        worst_case_confidence=worst_confidence,
+        certified_accuracy=None if certified_mask is None else certified_accuracy,
         certified_note=note,
         worst_case_mask=worst.robust.cpu(),
         certified_mask=None if certified_mask is None else certified_mask.cpu(),

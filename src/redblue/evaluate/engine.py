@@ -145,11 +145,12 @@ def evaluate(
             findings += run_checks(model, x, y, plan, results, clean=clean, settings=settings, subset=check_subset)
             seconds_checks += time.perf_counter() - check_start
 
+    clean_accuracy, clean_confidence = torch.stack([clean.correct.double().mean(), clean.top_prob.double().mean()]).tolist()
     return Evaluation(
         n=len(y),
         mode=mode,
-        clean_accuracy=clean.correct.double().mean().item(),
-        clean_confidence=clean.top_prob.double().mean().item(),
+        clean_accuracy=clean_accuracy,
+        clean_confidence=clean_confidence,
         results=tuple(results),
         findings=tuple(findings),
         certify_method=certify_method,

@@ -131,22 +131,21 @@ def attack_every_sample(
     delta = (run.x_adv - x).double()
     linf, l2 = per_sample_norm(delta, "linf"), per_sample_norm(delta, "l2")
     n = len(y)
+    zero = torch.zeros((), dtype=torch.float64, device=x.device)
+    means = [t.double().mean() for t in (clean_correct, clean_top, adv_correct, top_prob, clean_correct & adv_correct)]
+    sizes = [linf.mean(), linf.max(), l2.mean(), l2.max()] if n else [zero] * 4
+    numbers = torch.stack([*means, *sizes]).tolist()  # one transfer for every number
     return AttackOutcome(
         label=label,
         entry=entry,
         params=params,
         n=n,
-        clean_accuracy=clean_correct.double().mean().item(),
-        clean_confidence=clean_top.double().mean().item(),
-        adversarial_accuracy=adv_correct.double().mean().item(),
-        adversarial_confidence=top_prob.double().mean().item(),
-        robust_accuracy=(clean_correct & adv_correct).double().mean().item(),
-        perturbation={
-            "linf_mean": linf.mean().item() if n else 0.0,
-            "linf_max": linf.max().item() if n else 0.0,
-            "l2_mean": l2.mean().item() if n else 0.0,
-            "l2_max": l2.max().item() if n else 0.0,
-        },
+        clean_accuracy=numbers[0],
+        clean_confidence=numbers[1],
+        adversarial_accuracy=numbers[2],
+        adversarial_confidence=numbers[3],
+        robust_accuracy=numbers[4],
+        perturbation=dict(zip(("linf_mean", "linf_max", "l2_mean", "l2_max"), numbers[5:])),
         n_outside_ball=run.n_outside_ball,
         n_outside_box=run.n_outside_box,
         n_nonfinite=run.n_nonfinite,

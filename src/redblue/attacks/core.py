@@ -99,7 +99,7 @@ class LaggedCount:
             self._host = torch.empty((), dtype=count.dtype, pin_memory=True)
             self._host.copy_(count, non_blocking=True)
             self._event = torch.cuda.Event()
-            self._event.record()
+            self._event.record(torch.cuda.current_stream(mask.device))  # the copy's stream, on mask's GPU
         else:
             self._host = count
 

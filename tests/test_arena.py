@@ -195,3 +195,42 @@ def test_kill_9_mid_run_then_the_same_command_reuses_every_finished_cell(played,
     resumed = json.loads((out / "results.json").read_text())
     assert without_timing(resumed) == without_timing(json.loads(json.dumps(uninterrupted.results)))
     assert (out / "report.html").is_file() and (out / "report.md").is_file()
+    from redblue.index import list_runs  # the verb fed the run index beside the folder as it ran
+
+    (indexed,) = list_runs(tmp_path, kind="arena")
+    assert (indexed.status, indexed.n_cells, indexed.metrics["winner"]) == ("done", uninterrupted.computed, resumed["summary"]["winner"])
+
+
+def test_arena_report_opens_offline_in_chromium_with_its_heatmap_drawn(played):
+    """The arena page in a real headless browser (the pattern of test_report_html_browser): no console error, no
+    request but the file, the matrix heatmap drawn with each cell the colour of its value."""
+    import io
+
+    import numpy as np
+    import redblue.report.arena  # noqa: F401
+    from chromium_driver import Chromium, find_chromium
+    from PIL import Image as PILImage
+
+    from redblue.report.html import heat_color
+
+    _, result = played
+    path = write_reports(result.folder)["html"]
+    executable = find_chromium()
+    if executable is None:
+        pytest.fail("Chromium not found: run `make setup-test` (installs Debian's chromium) or set REDBLUE_CHROMIUM")
+    with Chromium(executable, width=1280, height=1000) as browser:
+        url = path.resolve().as_uri()
+        browser.open(url)
+        assert browser.errors() == []
+        assert [r for r in browser.requests() if not r.startswith("data:")] == [url]
+        box = browser.rect("#matrix table.heatmap")
+        pixels = np.asarray(PILImage.open(io.BytesIO(browser.screenshot(box))).convert("RGB")).astype(np.int64)
+        assert pixels.mean(axis=2).std() > 12 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 16  # not blank
+        # row 1 = the clean defense, column 2 (after the row header) = fgsm at eps 0.05
+        value = next(r["robust_accuracy"] for r in result.results["matrix"]
+                     if (r["defense"], r["round"], r["red"], r["eps"]) == ("clean", 0, "fgsm", 0.05))
+        cell = browser.rect("#matrix table.heatmap tbody tr:nth-child(1) td:nth-child(2)")
+        corner = {**cell, "x": cell["x"] + 4, "y": cell["y"] + 4, "width": 3, "height": 3}
+        shot = np.asarray(PILImage.open(io.BytesIO(browser.screenshot(corner))).convert("RGB"))
+        assert tuple(int(v) for v in shot[1, 1]) == heat_color(value, 0.0, 1.0)
+        assert browser.errors() == []

@@ -132,3 +132,14 @@ def test_worst_case_is_one_minus_the_union_of_mistakes_and_fooled_sets():
     # 10 samples: 2 wrong clean, attacks fool {3, 4} and {4, 5, 6}: 10 - |{0, 1, 3, 4, 5, 6}| = 4 robust
     assert worst_case(10, [0, 1], [[3, 4], [4, 5, 6]]) == pytest.approx(0.4)
     assert worst_case(10, [], []) == 1.0
+
+
+def test_training_knobs_are_checked_against_every_training_the_arena_will_run(tmp_path):
+    # eps_warmup_epochs is fine for the adversarial defense but not for the clean one: refused before any work
+    with pytest.raises(ConfigError, match="eps_warmup_epochs needs an adversarial objective; 'clean'"):
+        _load(tmp_path, TINY_TOML.replace("[train]", "[train]\neps_warmup_epochs = 0.5"))
+    l2 = TINY_TOML.replace('norm = "linf"', 'norm = "l2"').replace("max_eps = 0.1", "max_eps = 1.0")
+    l2 = l2.split("[[red]]")[0] + '[[red]]\nname = "pgd"\nattack = "pgd-l2:steps=5"\n'
+    with pytest.raises(ConfigError, match="rounds need an linf budget"):
+        _load(tmp_path, l2)
+    assert _load(tmp_path, l2.replace("rounds = 1", "rounds = 0")).budget.norm == "l2"

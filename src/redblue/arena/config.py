@@ -62,7 +62,7 @@ from redblue.attacks.registry import AttackEntry, get_attack, parse_attack
 from redblue.attacks.transfer import parse_inner
 from redblue.config import from_dict, read_toml, split_spec, to_dict
 from redblue.data import get_spec
-from redblue.defenses import CleanObjective, ObjectiveParams, parse_objective
+from redblue.defenses import ObjectiveParams, PGDObjective, parse_objective
 from redblue.errors import ConfigError, require_in_range, require_non_negative
 from redblue.evaluate.plan import PRESETS, attack_label
 from redblue.models import parse_model, spec_text
@@ -206,7 +206,18 @@ class ArenaConfig:
         for key in self.train:
             if key in PER_DEFENSE_KEYS:
                 raise ConfigError(f"[train] sets {key!r}; set it per defense in [[blue]] (seed: the arena's seed)")
-        self.train_config(epochs=1, objective=CleanObjective())  # unknown or bad knobs: one line now
+        if self.rounds and self.budget.norm != "linf":
+            raise ConfigError("rounds need an linf budget: blue's adversarial fine-tuning objectives are L-inf; set rounds = 0")
+        # every training this arena will run, built now: an unknown or bad knob is one line before any work
+        for blue in self.blue:
+            if blue.file is None:
+                self.train_config(epochs=blue.epochs, objective=parse_objective(blue.objective), l1=blue.l1, l2=blue.l2)
+        for red in self.red:
+            if red.surrogate is not None:
+                self.train_config(epochs=red.surrogate.epochs, objective=parse_objective(red.surrogate.objective),
+                                  l1=red.surrogate.l1, l2=red.surrogate.l2)
+        if self.rounds:
+            self.train_config(epochs=self.fine_tune_epochs, objective=PGDObjective(eps=self.budget.max_eps), eps_warmup_epochs=0.0)
         if self.leaderboard not in PRESETS:
             from redblue.evaluate.plan import parse_attack_list
 

@@ -234,3 +234,33 @@ def test_arena_report_opens_offline_in_chromium_with_its_heatmap_drawn(played):
         shot = np.asarray(PILImage.open(io.BytesIO(browser.screenshot(corner))).convert("RGB"))
         assert tuple(int(v) for v in shot[1, 1]) == heat_color(value, 0.0, 1.0)
         assert browser.errors() == []
+
+
+def test_a_defense_given_as_a_model_file_is_scored_as_it_is(played, tmp_path):
+    _, result = played
+    given = tmp_path / "given.safetensors"
+    given.write_bytes((result.folder / "models" / f"{result.results['final_models']['clean']}.safetensors").read_bytes())
+    text = """
+name = "given"
+test_subset = 100
+eps = [0.1]
+leaderboard = "fgsm"
+[[blue]]
+name = "mine"
+file = "given.safetensors"
+[[red]]
+name = "fgsm"
+attack = "fgsm"
+"""
+    config = load_arena(write_tiny(tmp_path, text))
+    played_given = arena(config, tmp_path / "run", workers=1)
+    x, y = _test_images(config)
+    model = load_model(given).model
+    robust = (_correct(model, x, y) & _correct(model, fgsm(model, x, y, eps=0.1), y)).double().mean().item()
+    (row,) = played_given.results["matrix"]
+    assert row["robust_accuracy"] == pytest.approx(robust, abs=1e-12)
+    assert played_given.results["leaderboard"][0]["worst_case_accuracy"] == pytest.approx(robust, abs=1e-12)
+    assert played_given.results["trainings"] == [] and played_given.results["rounds"] == []
+    import hashlib
+
+    assert played_given.results["config"]["blue"][0]["file_sha256"] == hashlib.sha256(given.read_bytes()).hexdigest()

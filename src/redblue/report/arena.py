@@ -97,15 +97,16 @@ def _leaderboard(results: dict[str, Any]) -> Table:
     return Table(("rank", "defense (final model)", f"{attacks} worst case", "clean", "certified", "method", "per attack"), rows,
                  ("", "", "%", "%", "%", "", ""),
                  caption=f"Ranked by the worst case over the {attacks} preset at eps {eps:g} ({results['budget']['norm']}); "
-                         "certified accuracy is a proven lower bound, the worst case an upper bound.")
+                         "certified accuracy is a proven lower bound, the worst case an upper bound. Per attack: cumulative, "
+                         "each attack ran on the samples the ones before it left robust.")
 
 
 @register_page("arena")
 def arena_page(results: dict[str, Any], folder: Path, options: PageOptions) -> Page:
     """Summary, matrix heatmaps (first and final models), strongest attacks, scoreboard, rounds, leaderboard, cells, environment."""
     initial = [(b["name"], 0) for b in results["blue"]]
-    final = [(r["defense"], r["round"]) for r in results["states"] if results["final_models"].get(r["defense"]) == r["model"]]
-    final = list(dict.fromkeys(final))
+    final_round = {r["defense"]: r["round"] for r in results["states"] if results["final_models"].get(r["defense"]) == r["model"]}
+    final = [(name, final_round[name]) for name, _ in initial if name in final_round]
     sections = [Section("summary", "Summary", (_summary(results),))]
     matrix_blocks: list[Block] = [matrix_heatmap(results, initial, "Robust accuracy: the blue roster against the red roster")]
     if final != initial:

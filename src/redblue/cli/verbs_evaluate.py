@@ -40,6 +40,7 @@ from redblue.cli.evaluate_view import (
     print_evaluation,
     progress_line,
 )
+from redblue.cli.publish import index_run, publish_run
 from redblue.cli.verbs_data import DownloadOption, require_dataset
 from redblue.config import atomic_write_bytes
 from redblue.errors import ConfigError, require_choice, require_positive
@@ -310,9 +311,14 @@ def evaluate_command(
     except BaseException as exc:
         if folder is not None:
             folder.fail("interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}")
+            if (out / "run.json").is_file():
+                index_run(out)
         raise
     record = {**settings, "versions": _versions(), **result.to_dict()}
     written = [] if folder is None else folder.finish(record, result.masks())
+    if folder is not None:
+        reports = publish_run(out, data_dir=data_dir)
+        written += [reports["markdown"], reports["html"]]
     if as_json:
         print_json(record)
         return

@@ -19,7 +19,9 @@ from redblue.cli.app import (
     resolve_device,
     set_interrupt_message,
 )
+from redblue.cli.publish import index_cell, index_run, publish_run
 from redblue.cli.sweep_progress import PlainProgress, sweep_progress
+from redblue.cli.verbs_data import DownloadOption, require_dataset
 from redblue.errors import ConfigError
 from redblue.report import arena as _arena_page  # noqa: F401  (registers the arena's report page for `redblue report`)
 from redblue.sweep import EXECUTORS, SweepProgress
@@ -43,34 +45,27 @@ def describe_cell(record: dict[str, Any]) -> str:
 
 
 class _StagedProgress:
-    """One progress display per stage (each stage is its own sweep), and every finished cell put in the index."""
+    """One progress display per stage (each stage is its own sweep); the run and each finished cell go into the index."""
 
-    def __init__(self, folder: Path, root: Path | None, *, enabled: bool) -> None:
-        self._folder, self._root, self._enabled = folder, root, enabled
+    def __init__(self, folder: Path, *, enabled: bool) -> None:
+        self._folder, self._enabled = folder, enabled
         self._display: Any = None
-        self.started_index = False
+        self.indexed = False
 
     def stage(self, title: str, cells: int) -> None:
         self.close()
         self._display = sweep_progress(describe_cell, title=f"arena: {title}", enabled=self._enabled)
         if isinstance(self._display, PlainProgress):
             sys.stderr.write(f"arena: {title} ({cells} cells)\n")
-        self._index_run()
+        if not self.indexed:  # run.json and config.toml are written before the first stage
+            index_run(self._folder)
+            self.indexed = True
 
     def __call__(self, progress: SweepProgress) -> None:
         if self._display is not None:
             self._display(progress)
         if progress.event == "finished" and progress.record is not None:
-            from redblue.index import upsert_cell
-
-            upsert_cell(self._folder, progress.record, root=self._root)
-
-    def _index_run(self) -> None:
-        if not self.started_index:  # the folder has run.json and config.toml once the first stage starts
-            from redblue.index import upsert_run
-
-            upsert_run(self._folder, root=self._root)
-            self.started_index = True
+            index_cell(self._folder, progress.record)
 
     def close(self) -> None:
         if self._display is not None:
@@ -85,7 +80,7 @@ def arena_command(
         Optional[Path], typer.Option("--out", help="Run folder; a rerun into it resumes. Default: RUNS_DIR/arena-<name>.")
     ] = None,
     runs_dir: Annotated[
-        Path, typer.Option("--runs-dir", help="Where run folders and the run index (index.sqlite) live.")
+        Path, typer.Option("--runs-dir", help="Where the run folder goes without --out (its index.sqlite indexes it).")
     ] = DEFAULT_RUNS,
     executor: Annotated[
         str, typer.Option("--executor", help="Where cells run: local (processes on this machine) or ray (needs redblue[ray]; "
@@ -103,14 +98,12 @@ def arena_command(
     ] = False,
     threads: ThreadsOption = "auto",
     data_dir: DataDirOption = None,
-    download: Annotated[bool, typer.Option("--download", help="Download the dataset first if it is missing.")] = False,
+    download: DownloadOption = False,
     device: DeviceOption = "auto",
     as_json: JsonOption = False,
 ) -> None:
     """Play an arena: train the blue roster, score it against every red attack and eps, play the rounds, rank the final models."""
     from redblue.arena import arena, load_arena
-    from redblue.index import upsert_run
-    from redblue.report.pages import write_reports
 
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
@@ -123,26 +116,22 @@ def arena_command(
     apply_threads(threads)  # this process's own work (the cells run with one thread each)
     config = load_arena(config_path)
     run_device = resolve_device(device)
-    if download:
-        from redblue.data import load_dataset
-
-        for split in ("train", "test"):
-            load_dataset(config.dataset, split, data_dir=data_dir, download=True)
+    require_dataset(config.dataset, data_dir=data_dir, download=download)
     folder = out if out is not None else runs_dir / f"arena-{config.name}"
-    root = runs_dir if out is None else None
     set_interrupt_message(
         f"interrupted; finished cells are kept in {folder}; rerun the same command (or add --resume) to continue"
     )
-    progress = _StagedProgress(folder, root, enabled=not as_json)
+    progress = _StagedProgress(folder, enabled=not as_json)
     try:
         result = arena(config, folder, executor=executor, workers=workers, data_dir=data_dir, device=run_device,
                        force=force, resume=resume, on_progress=progress, on_stage=progress.stage)
+    except BaseException:
+        if (folder / "run.json").is_file():  # the index shows the run as it stands (failed, or running when killed)
+            index_run(folder)
+        raise
     finally:
         progress.close()
-        if progress.started_index:
-            upsert_run(folder, root=root)  # its final status, failed or done
-    paths = write_reports(result.folder)
-    upsert_run(folder, root=root)
+    paths = publish_run(result.folder, data_dir=data_dir)
     files = {"results": str(result.folder / "results.json"), "report": str(paths["markdown"]), "html": str(paths["html"])}
     if as_json:
         print_json({**result.results, "files": files})

@@ -6,12 +6,12 @@ objective, the scoreboard) on numbers alone; `results` builds results.json from 
 `run` (`arena`) plays the stages into a run folder. Rendering is `redblue.report.arena`'s.
 """
 
-from redblue.arena.config import ArenaConfig, BlueSpec, Budget, RedSpec, SurrogateSpec, check_red, load_arena
+from redblue.arena.config import ARENA_QUICK, ArenaConfig, BlueSpec, Budget, RedSpec, SurrogateSpec, check_red, load_arena
 from redblue.arena.game import Pick, fine_tune_objective, scoreboard, strongest
 from redblue.arena.results import worst_case
 from redblue.arena.run import ArenaResult, State, arena
 
 __all__ = [
-    "ArenaConfig", "ArenaResult", "BlueSpec", "Budget", "Pick", "RedSpec", "State", "SurrogateSpec", "arena",
+    "ARENA_QUICK", "ArenaConfig", "ArenaResult", "BlueSpec", "Budget", "Pick", "RedSpec", "State", "SurrogateSpec", "arena",
     "check_red", "fine_tune_objective", "load_arena", "scoreboard", "strongest", "worst_case",
 ]

@@ -68,6 +68,7 @@ from redblue.evaluate.plan import PRESETS, attack_label
 from redblue.models import parse_model, spec_text
 from redblue.train_config import TrainConfig
 
+ARENA_QUICK = Path(__file__).resolve().parent.parent / "experiments" / "arena-quick.toml"
 KNOWLEDGE = ("white-box", "black-box", "transfer")
 # the threats each knowledge level may use: white-box sees everything; black-box only queries
 # (and may transfer); transfer only hands over images crafted on its own surrogate

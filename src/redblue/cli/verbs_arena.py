@@ -140,7 +140,8 @@ def arena_command(
     typer.echo(f"arena {config.name}: {result.computed} cells computed, {result.reused} reused; wall time {result.wall_seconds:.1f} s")
     for line in score["rounds"]:
         typer.echo(f"round {line['round']}: red's success {line['red_success_before']:.1%} -> {line['red_success_after']:.1%} "
-                   f"after blue's fine-tuning; {line['winner']} wins ({line['red_wins']} red, {line['blue_wins']} blue)")
+                   f"after blue's fine-tuning; {'a draw' if line['winner'] == 'draw' else line['winner'] + ' wins'} "
+                   f"({line['red_wins']} defense(s) to red, {line['blue_wins']} to blue)")
     typer.echo(f"winner: {score['winner']} ({score['ended']}); held: {', '.join(score['held']) or 'none'}")
     for row in result.results["leaderboard"]:
         typer.echo(f"#{row['rank']} {row['defense']}: {row['attacks']} worst case {row['worst_case_accuracy']:.2%} at eps "

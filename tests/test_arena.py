@@ -264,3 +264,15 @@ attack = "fgsm"
     import hashlib
 
     assert played_given.results["config"]["blue"][0]["file_sha256"] == hashlib.sha256(given.read_bytes()).hexdigest()
+
+
+def test_on_ray_the_arena_gives_the_numbers_of_the_local_executor(played, tmp_path):
+    """Every stage is a sweep, so the arena runs on the sweep engine's Ray executor (one Ray start for all stages)."""
+    import ray
+    from arena_fixtures import without_timing
+
+    config, local = played
+    on_ray = arena(config, tmp_path / "run", executor="ray", workers=2)
+    assert on_ray.results["invocation"]["executor"] == "ray" and on_ray.computed == local.computed
+    assert without_timing(on_ray.results) == without_timing(json.loads(json.dumps(local.results)))
+    assert not ray.is_initialized()  # the arena started Ray, so it shut it down

@@ -37,6 +37,7 @@ from redblue.models import load_model, spec_text
 from redblue.paper import same
 from redblue.store import CONFIG_FILE, RunFolder, RunJournal, environment
 from redblue.sweep import Cell, ProgressCallback, SweepResult, run_sweep
+from redblue.sweep.ray_executor import import_ray, start_ray
 
 StageCallback = Callable[[str, int], None]  # (stage title, cells in it), before each stage's sweep
 
@@ -126,6 +127,8 @@ def arena(
     journal = RunJournal(folder, kind="arena", name=config.name, device=str(device), executor=executor)
     run = _Run(config, folder, device.type, executor, workers,
                None if data_dir is None else str(Path(data_dir).resolve()), journal, on_progress, on_stage)
+    # Ray, when asked for, is started once for every stage (each stage is a sweep; each would start its own)
+    owns_ray = executor == "ray" and start_ray(workers=workers)
     try:
         results = _play(run)
         env = environment(device=str(device), seeds=[config.seed], executor=run.executor_used, workers=run.workers_used)
@@ -138,6 +141,9 @@ def arena(
     except BaseException as exc:
         journal.finish("failed", error=str(exc) or type(exc).__name__)
         raise
+    finally:
+        if owns_ray:
+            import_ray().shutdown()
     journal.finish("done")
     return ArenaResult(results, folder.root, run.computed, run.reused, wall)
 

@@ -173,12 +173,12 @@ def run_train_cell(config: TrainCell, *, models: dict[str, str], data_dir: str |
     return CellOutput(metrics, (Artefact("models", ".safetensors", model_bytes(model, spec, record)),))
 
 
-def run_matrix_cell(config: MatrixCell, *, models: dict[str, str], data_dir: str | None, red: RedSpec | None = None) -> CellOutput:
+def run_matrix_cell(config: MatrixCell, *, models: dict[str, str], data_dir: str | None) -> CellOutput:
     """Attack every test image once; robust accuracy = correct on the clean image and on the verified adversarial one."""
     x, y = load_split(config.dataset, "test", config.test_subset, data_dir)
     x, y = x.to(config.device), y.to(config.device)
     model = load_state(models, config.model_key, config.device)
-    entry, params = red_attack(red or RedSpec(config.red, config.attack), config.eps)
+    entry, params = red_attack(RedSpec(config.red, config.attack), config.eps)
     if entry.threat == "transfer":
         if config.surrogate is None:
             raise ConfigError(f"matrix cell {config.red}: a transfer attack needs its surrogate cell")

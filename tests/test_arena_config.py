@@ -28,6 +28,7 @@ def _with_red(attack: str, extra: str = "") -> str:
         (TINY_TOML.replace("eps = [0.05, 0.1]", "eps = [0.05, 0.3]"), "eps 0.3 is above the budget's max_eps 0.1"),
         (_with_red("pgd:steps=41"), "steps=41 is above the budget's steps (40)"),
         (_with_red("pgd:restarts=2"), "restarts=2 is above the budget's restarts (1)"),
+        (_with_red("apgd-t:n_iter=10"), "restarts=1 x n_target_classes=9 is above the budget's restarts (1)"),
         (_with_red("transfer:attack=pgd/steps=100", 'surrogate = { model = "mlp:hidden=8" }'), "steps=100 is above the budget's steps (40)"),
         (_with_red("pgd-l2"), "attack 'pgd-l2' is l2 but the budget's norm is linf"),
         (_with_red("transfer:attack=pgd"), "a transfer attack needs [red.surrogate]"),

@@ -19,7 +19,7 @@ An arena file (see `experiments/arena-quick.toml`) reads::
     knowledge = "white-box"       # white-box | black-box | transfer
     queries = 5000                # most queries a black-box attack may spend (restarts included)
     steps = 100                   # most iterations per restart (compute)
-    restarts = 2                  # most restarts (compute)
+    restarts = 2                  # most runs per sample: restarts (APGD-T: x its target classes)
 
     [train]                       # training knobs shared by the blue roster (redblue.train.TrainConfig)
     batch_size = 128
@@ -74,7 +74,6 @@ KNOWLEDGE = ("white-box", "black-box", "transfer")
 # (and may transfer); transfer only hands over images crafted on its own surrogate
 ALLOWED_THREATS = {"white-box": ("white-box", "black-box", "transfer"), "black-box": ("black-box", "transfer"), "transfer": ("transfer",)}
 STEP_FIELDS = ("steps", "n_iter", "max_iter", "iterations")
-RESTART_FIELDS = ("restarts",)
 QUERY_FIELDS = ("n_queries",)
 PER_DEFENSE_KEYS = ("model", "objective", "l1", "l2", "epochs", "seed")  # set per defense, not in [train]
 
@@ -306,12 +305,19 @@ def check_red(red: RedSpec, budget: Budget) -> None:
 
 
 def _check_compute(red: RedSpec, params: Any, budget: Budget) -> None:
+    """Compute: iterations per run <= budget.steps; runs per sample (restarts, times APGD-T's target classes,
+    each a full run) <= budget.restarts; queries (n_queries x restarts) <= budget.queries."""
     values = dataclasses.asdict(params)
-    for fields, limit, what in ((STEP_FIELDS, budget.steps, "steps"), (RESTART_FIELDS, budget.restarts, "restarts")):
-        for key in fields:
-            if limit is not None and key in values and values[key] > limit:
-                raise ConfigError(f"red {red.name}: {key}={values[key]} is above the budget's {what} ({limit}); "
-                                  f"lower it or raise budget.{what}")
+    for key in STEP_FIELDS:
+        if budget.steps is not None and key in values and values[key] > budget.steps:
+            raise ConfigError(f"red {red.name}: {key}={values[key]} is above the budget's steps ({budget.steps}); "
+                              "lower it or raise budget.steps")
+    runs = values.get("restarts", 1) * values.get("n_target_classes", 1)
+    if budget.restarts is not None and runs > budget.restarts:
+        shown = f"restarts={values.get('restarts', 1)}" + (
+            f" x n_target_classes={values['n_target_classes']}" if "n_target_classes" in values else "")
+        raise ConfigError(f"red {red.name}: {shown} is above the budget's restarts ({budget.restarts}); "
+                          "lower it or raise budget.restarts")
     if budget.queries is not None and any(key in values for key in QUERY_FIELDS):
         queries = next(values[key] for key in QUERY_FIELDS if key in values) * values.get("restarts", 1)
         if queries > budget.queries:

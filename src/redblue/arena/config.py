@@ -326,8 +326,11 @@ def _check_compute(red: RedSpec, params: Any, budget: Budget) -> None:
 
 
 def red_label(red: RedSpec) -> str:
+    """The attack as people read it: `pgd:steps=40`; a transfer attack without its (run-time) surrogate path."""
     entry, params = red_attack(red, 0.0)
-    return attack_label(entry, params)
+    name, _, values = attack_label(entry, params).partition(":")
+    kept = [part for part in values.split(",") if part and not part.startswith("surrogate=")]
+    return name + (":" + ",".join(kept) if kept else "")
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:

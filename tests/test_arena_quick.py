@@ -28,3 +28,14 @@ def test_arena_quick_red_success_falls_after_blue_s_first_fine_tuning(tmp_path):
         if entry["fine_tuned"]:  # each fine-tuned defense: red's best attack leaves more robust accuracy than before
             assert entry["robust_after"] > entry["robust_before"], entry
     assert sorted(r["defense"] for r in results["leaderboard"]) == sorted(b["name"] for b in results["blue"])
+
+
+def test_every_packaged_arena_example_is_valid_and_linked_from_experiments():
+    from pathlib import Path
+
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    examples = sorted(p for p in ARENA_QUICK.parent.glob("arena-*.toml"))
+    assert [p.name for p in examples] == ["arena-blackbox.toml", "arena-quick.toml"]
+    for path in examples:
+        assert (experiments / path.name).resolve() == path
+        assert load_arena(path).name == path.stem

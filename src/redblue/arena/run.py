@@ -127,9 +127,10 @@ def arena(
     journal = RunJournal(folder, kind="arena", name=config.name, device=str(device), executor=executor)
     run = _Run(config, folder, device.type, executor, workers,
                None if data_dir is None else str(Path(data_dir).resolve()), journal, on_progress, on_stage)
-    # Ray, when asked for, is started once for every stage (each stage is a sweep; each would start its own)
-    owns_ray = executor == "ray" and start_ray(workers=workers)
+    owns_ray = False
     try:
+        # Ray, when asked for, is started once for every stage (each stage is a sweep; each would start its own)
+        owns_ray = executor == "ray" and start_ray(workers=workers)
         results = _play(run)
         env = environment(device=str(device), seeds=[config.seed], executor=run.executor_used, workers=run.workers_used)
         folder.write_json("environment.json", env)

@@ -226,6 +226,21 @@ class _Optimiser:
         p.addcdiv_(grad, scratch, value=-self.lr)
 
 
+@dataclass(frozen=True)
+class _Block:
+    """Rows start:stop of one member's weight: views of the weight, its optimiser state and the buffers."""
+
+    member: int
+    start: int
+    stop: int
+    weight: Tensor
+    state: Tensor
+    grad: Tensor
+    scratch: Tensor
+    l1: float
+    l2: float
+
+
 class _GridStep:
     """One training step of the stacked model: forward, loss, backward with each weight updated as
     soon as its gradient is known (after the gradient that flows through it has been taken)."""
@@ -243,26 +258,38 @@ class _GridStep:
         shape = (stack.members,) + (1, 1)
         self.l1_tensor = torch.tensor(self.l1, dtype=stack.weights[0].dtype, device=device).view(shape)
         self.l2_tensor = torch.tensor(self.l2, dtype=stack.weights[0].dtype, device=device).view(shape)
-        self.scratch = torch.empty(max(p[0].numel() for p in stack.parameters()), dtype=stack.weights[0].dtype, device=device)
-        self.grad_buffer = torch.empty_like(self.scratch)
+        self.blocks = [self._blocks(k) for k in range(len(stack.weights))] if block_elements is not None else []
 
-    def _update_weight(self, k: int, grad_out: Tensor, a_in: Tensor) -> None:
-        """Weight k's gradient (member m: grad_out[m]^T a_in[m]) and its update, block by block."""
+    def _blocks(self, k: int) -> list[_Block]:
+        """Weight k cut into blocks of whole rows, about block_elements each, never across two members;
+        the views are made once, and the gradient and scratch buffers are shared by all blocks."""
+        assert self.block_elements is not None
         weight, state = self.stack.weights[k], self.state[k]
-        if self.block_elements is None:  # the whole stack at once: fewest kernel launches (CUDA)
-            grad = torch.bmm(grad_out.transpose(1, 2), a_in)
-            self.optimiser.step_block(weight, grad, state, torch.empty_like(grad), l1=self.l1_tensor, l2=self.l2_tensor)
-            return
         rows, cols = weight.shape[1:]
-        block = max(1, self.block_elements // cols)
+        block = max(1, min(rows, self.block_elements // cols))
+        grad_buffer = torch.empty(block, cols, dtype=weight.dtype, device=weight.device)
+        scratch = torch.empty_like(grad_buffer)
+        blocks = []
         for m in range(self.stack.members):
             for start in range(0, rows, block):
                 stop = min(rows, start + block)
-                size = (stop - start) * cols
-                grad = self.grad_buffer[:size].view(stop - start, cols)
-                torch.mm(grad_out[m, :, start:stop].t(), a_in[m], out=grad)
-                scratch = self.scratch[:size].view(stop - start, cols)
-                self.optimiser.step_block(weight[m, start:stop], grad, state[m, start:stop], scratch, l1=self.l1[m], l2=self.l2[m])
+                blocks.append(
+                    _Block(m, start, stop, weight[m, start:stop], state[m, start:stop], grad_buffer[: stop - start],
+                           scratch[: stop - start], self.l1[m], self.l2[m])
+                )
+        return blocks
+
+    def _update_weight(self, k: int, grad_out: Tensor, a_in: Tensor) -> None:
+        """Weight k's gradient (member m: grad_out[m]^T a_in[m]) and its update, block by block."""
+        if self.block_elements is None:  # the whole stack at once: fewest kernel launches (CUDA)
+            grad = torch.bmm(grad_out.transpose(1, 2), a_in)
+            weight, state = self.stack.weights[k], self.state[k]
+            self.optimiser.step_block(weight, grad, state, torch.empty_like(grad), l1=self.l1_tensor, l2=self.l2_tensor)
+            return
+        grad_rows, inputs = grad_out.unbind(0), a_in.unbind(0)
+        for block in self.blocks[k]:
+            torch.mm(grad_rows[block.member][:, block.start : block.stop].t(), inputs[block.member], out=block.grad)
+            self.optimiser.step_block(block.weight, block.grad, block.state, block.scratch, l1=block.l1, l2=block.l2)
 
     def _update_bias(self, k: int, grad_out: Tensor) -> None:
         bias = self.stack.biases[k]

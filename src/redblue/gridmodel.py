@@ -124,9 +124,11 @@ class StackedMLP:
 
 
 def linear_forward(a: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """a (M, B, in) -> (M, B, out); for an expanded `a` (one input for all members) bmm reads it without a copy."""
-    out = torch.bmm(a, weight.transpose(1, 2))
-    return out if bias is None else out.add_(bias.unsqueeze(1))
+    """a (M, B, in) -> (M, B, out), member by member what F.linear computes (mm, or addmm with a bias);
+    an expanded `a` (one input for all members) is read without a copy."""
+    if bias is None:
+        return torch.bmm(a, weight.transpose(1, 2))
+    return torch.baddbmm(bias.unsqueeze(1), a, weight.transpose(1, 2))
 
 
 def ce_backward(logits: Tensor, y: Tensor, *, mean: bool) -> tuple[Tensor, Tensor]:

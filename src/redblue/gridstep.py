@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Generator, Tensor
 
 from redblue.gridmodel import Layer, StackedMLP, ce_backward, linear_forward, relu_backward
@@ -182,7 +183,8 @@ class GridStep:
                 saved.append(None)
         logits = a
         logp, grad = ce_backward(logits, y, mean=True)
-        loss = -logp.gather(2, y.unsqueeze(2)).squeeze(2).mean(dim=1)
+        # each member's loss by the call F.cross_entropy makes, so the history is that of one model
+        loss = torch.stack([F.nll_loss(logp[m], y[m]) for m in range(stack.members)])
         with torch.no_grad():
             for layer, kept in zip(reversed(body), reversed(saved)):
                 grad = self._backward(layer, kept, grad)

@@ -1,31 +1,41 @@
 """Attack speed against the plain gradient, against the peer libraries, and time to a worst case.
 
 On one model (the paper's MLP trained here for one epoch on MNIST, or --model PATH) and the same
-test images, prints three tables:
+test images, prints four tables:
 
   (a) each attack's time over (its steps x one plain forward + backward pass to the input);
       targets <= 1.10 for FGSM and PGD. Square queries only: its unit is a plain forward pass,
       and it stops querying a sample once fooled, so its ratio can fall below 1.
-  (b) our time over torchattacks', ART's and Foolbox's for FGSM and PGD-40, same settings
-      (a peer that cannot be imported is skipped with a note; install them with the `peers` extra).
+  (b) our time over torchattacks', ART's and Foolbox's for FGSM and PGD-40, same settings;
+      target <= 1.05 against torchattacks (a peer that cannot be imported is skipped with a
+      note; install them with the `peers` extra).
   (c) the time to a worst-case robust accuracy over FGSM, PGD-40 with restarts, APGD-CE and
       Square: `redblue.evaluate.evaluate` (runs each attack only on the samples still robust)
       against torchattacks' attacks run one after another on the whole set; target <= 0.5,
       with a robust accuracy no higher than theirs.
+  (d) the `standard` preset against the original AutoAttack's standard version (pyautoattack:
+      APGD-CE, APGD-T, FAB-T, Square 5000), one run each; target <= 0.5 of its time, with a
+      robust accuracy no higher than its + 0.1 point.
 
 Timings are interleaved (the order rotates every repeat) and ratios are medians of per-repeat
-ratios, because the machine may be shared and noisy.
+ratios, because the machine may be shared and noisy. On a CPU each timing is taken twice: wall
+clock, and the process's CPU time, which a busy machine (printed: its load average before and
+after) disturbs far less than the wall clock when torch runs on one thread. On CUDA the device
+is synchronised after every call.
 
-    python benchmarks/attacks.py [--quick] [--threads 1] [--model PATH] [--n 1000] [--eps 0.1]
+    python benchmarks/attacks.py [--quick] [--device cpu|cuda] [--threads 1] [--model PATH] [--n 1000]
+                                 [--eps 0.1] [--repeats 5] [--skip a,b,c,d]
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +48,9 @@ from redblue.evaluate import evaluate
 from redblue.models import MLPSpec, build_model, load_model
 
 FGSM_TARGET = PGD_TARGET = 1.10
+PEER_TARGET = 1.05  # against torchattacks (issue 11)
 WORST_CASE_TARGET = 0.5
+STANDARD_TARGET = 0.5
 
 
 @dataclass(frozen=True)
@@ -81,25 +93,56 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
 # --- timing ------------------------------------------------------------------------------------------
 
 
-def interleaved(fns: dict[str, Callable[[], object]], *, repeats: int, inner: dict[str, int] | None = None) -> dict[str, list[float]]:
-    """Seconds per call of each function, `repeats` times, in an order that rotates every repeat."""
+@dataclass
+class Times:
+    """Seconds per call, one entry per repeat: wall clock and this process's CPU time."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], *, repeats: int, device: torch.device, inner: dict[str, int] | None = None
+) -> dict[str, Times]:
+    """Time each function `repeats` times, in an order that rotates every repeat."""
     inner = inner or {}
     names = list(fns)
-    times: dict[str, list[float]] = {name: [] for name in names}
+    times = {name: Times() for name in names}
     for name in names:  # warm-up: allocator, lazy imports, first-call dispatch
         fns[name]()
+    _sync(device)
     for r in range(repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             calls = inner.get(name, 1)
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             for _ in range(calls):
                 fns[name]()
-            times[name].append((time.perf_counter() - start) / calls)
+            _sync(device)
+            times[name].wall.append((time.perf_counter() - wall) / calls)
+            times[name].cpu.append((time.process_time() - cpu) / calls)
     return times
 
 
 def median_ratio(num: list[float], den: list[float], scale: float = 1.0) -> float:
     return statistics.median(a / (scale * b) for a, b in zip(num, den))
+
+
+def ratios(num: Times, den: Times, device: torch.device, scale: float = 1.0) -> str:
+    """'wall R' and, on a CPU, 'cpu R': medians of per-repeat ratios."""
+    text = f"wall {median_ratio(num.wall, den.wall, scale):.3f}"
+    if device.type == "cpu":
+        text += f", cpu {median_ratio(num.cpu, den.cpu, scale):.3f}"
+    return text
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} CPUs"
 
 
 def plain_gradient(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -114,8 +157,8 @@ def plain_forward(model: nn.Module, x: Tensor) -> Tensor:
         return model(x)
 
 
-def ms(seconds: list[float]) -> str:
-    return f"{1000 * statistics.median(seconds):9.1f}"
+def ms(times: Times) -> str:
+    return f"{1000 * statistics.median(times.wall):9.1f}"
 
 
 # --- (a) against the plain gradient --------------------------------------------------------------------
@@ -123,7 +166,7 @@ def ms(seconds: list[float]) -> str:
 
 def ours(name: str, model: nn.Module, x: Tensor, y: Tensor, spec: str, seed: int = 0) -> Callable[[], Tensor]:
     entry, params = parse_attack(f"{name}:{spec}" if spec else name)
-    return lambda: entry(model, x, y, params, generator=torch.Generator().manual_seed(seed))
+    return lambda: entry(model, x, y, params, generator=torch.Generator(device=x.device).manual_seed(seed))
 
 
 def table_a(model: nn.Module, x: Tensor, y: Tensor, eps: float, budget: Budget) -> list[tuple[str, float]]:
@@ -137,18 +180,17 @@ def table_a(model: nn.Module, x: Tensor, y: Tensor, eps: float, budget: Budget) 
     fns: dict[str, Callable[[], object]] = {name: fn for name, (fn, _, _) in attacks.items()}
     fns["plain fwd+bwd"] = lambda: plain_gradient(model, x, y)
     fns["plain fwd"] = lambda: plain_forward(model, x)
-    times = interleaved(fns, repeats=budget.repeats, inner={"fgsm": 10, "plain fwd+bwd": 10, "plain fwd": 10})
+    times = interleaved(fns, repeats=budget.repeats, device=x.device, inner={"fgsm": 10, "plain fwd+bwd": 10, "plain fwd": 10})
     print(f"\n(a) time over (steps x one plain pass), {len(x)} images, eps={eps}, median of {budget.repeats} interleaved repeats")
     print(f"    plain forward+backward to the input: {ms(times['plain fwd+bwd']).strip()} ms; plain forward: {ms(times['plain fwd']).strip()} ms")
-    print(f"{'attack':<16}{'steps':>7}{'unit':>6}{'ms':>10}{'ratio':>8}{'target':>8}")
-    ratios = []
+    print(f"{'attack':<16}{'steps':>7}{'unit':>6}{'ms':>10}  {'ratio':<24}{'target':>8}")
+    results = []
     for name, (_, steps, unit) in attacks.items():
         baseline = times["plain fwd+bwd" if unit == "grad" else "plain fwd"]
-        ratio = median_ratio(times[name], baseline, steps)
         target = {"fgsm": f"{FGSM_TARGET:.2f}", f"pgd-{budget.pgd_steps}": f"{PGD_TARGET:.2f}"}.get(name, "-")
-        print(f"{name:<16}{steps:>7}{unit:>6}{ms(times[name])}{ratio:>8.3f}{target:>8}")
-        ratios.append((name, ratio))
-    return ratios
+        print(f"{name:<16}{steps:>7}{unit:>6}{ms(times[name])}  {ratios(times[name], baseline, x.device, steps):<24}{target:>8}")
+        results.append((name, median_ratio(times[name].wall, baseline.wall, steps)))
+    return results
 
 
 # --- (b) against the peers -----------------------------------------------------------------------------
@@ -172,21 +214,21 @@ def peer_attacks(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int,
 
         classifier = PyTorchClassifier(
             model=model, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]), nb_classes=10,
-            clip_values=(0.0, 1.0), device_type="cpu",
+            clip_values=(0.0, 1.0), device_type="gpu" if x.device.type == "cuda" else "cpu",
         )
         fgsm_art = FastGradientMethod(classifier, norm=np.inf, eps=eps, batch_size=len(x))
         pgd_art = ProjectedGradientDescent(
             classifier, norm=np.inf, eps=eps, eps_step=step, max_iter=steps, num_random_init=1,
             batch_size=len(x), verbose=False,
         )
-        x_np, y_np = x.numpy(), y.numpy()
+        x_np, y_np = x.cpu().numpy(), y.cpu().numpy()
         peers["ART"] = {"fgsm": lambda: fgsm_art.generate(x_np, y_np), "pgd": lambda: pgd_art.generate(x_np, y_np)}
     except ImportError as exc:
         print(f"    note: ART skipped ({exc}); install the `peers` extra")
     try:
         import foolbox
 
-        fmodel = foolbox.PyTorchModel(model, bounds=(0.0, 1.0), device="cpu")
+        fmodel = foolbox.PyTorchModel(model, bounds=(0.0, 1.0), device=x.device)
         fgsm_fb = foolbox.attacks.FGSM()
         pgd_fb = foolbox.attacks.LinfPGD(abs_stepsize=step, steps=steps, random_start=True)
         peers["Foolbox"] = {
@@ -200,19 +242,21 @@ def peer_attacks(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int,
 
 def table_b(model: nn.Module, x: Tensor, y: Tensor, eps: float, budget: Budget) -> dict[tuple[str, str], float]:
     steps, step = budget.pgd_steps, 2.5 * eps / budget.pgd_steps
-    print(f"\n(b) our time / peer's time, {len(x)} images, eps={eps}, PGD-{steps} step {step:.4g} with random start")
+    print(f"\n(b) our time / peer's time, {len(x)} images, eps={eps}, PGD-{steps} step {step:.4g} with random start;"
+          f" target <= {PEER_TARGET} against torchattacks; {load()}")
     peers = peer_attacks(model, x, y, eps, steps, step)
-    ratios: dict[tuple[str, str], float] = {}
+    results: dict[tuple[str, str], float] = {}
     for attack, spec in (("fgsm", f"eps={eps}"), ("pgd", f"eps={eps},steps={steps},step_size={step}")):
         fns: dict[str, Callable[[], object]] = {"redblue": ours(attack, model, x, y, spec)}
         fns.update({peer: attacks[attack] for peer, attacks in peers.items()})
-        times = interleaved(fns, repeats=budget.repeats, inner={name: 10 for name in fns} if attack == "fgsm" else None)
-        cells = [f"redblue {ms(times['redblue']).strip()} ms"]
+        times = interleaved(fns, repeats=budget.repeats, device=x.device,
+                            inner={name: 10 for name in fns} if attack == "fgsm" else None)  # fmt: skip
+        print(f"{attack if attack == 'fgsm' else f'pgd-{steps}'}: redblue {ms(times['redblue']).strip()} ms")
         for peer in peers:
-            ratios[(attack, peer)] = median_ratio(times["redblue"], times[peer])
-            cells.append(f"{peer} {ms(times[peer]).strip()} ms (ours/theirs {ratios[(attack, peer)]:.3f})")
-        print(f"{attack if attack == 'fgsm' else f'pgd-{steps}':<9}" + "   ".join(cells))
-    return ratios
+            results[(attack, peer)] = median_ratio(times["redblue"].wall, times[peer].wall)
+            print(f"    {peer:<13}{ms(times[peer])} ms   ours/theirs {ratios(times['redblue'], times[peer], x.device)}")
+    print(f"    after: {load()}")
+    return results
 
 
 # --- (c) time to a worst-case robust accuracy -------------------------------------------------------
@@ -256,24 +300,62 @@ def table_c(model: nn.Module, x: Tensor, y: Tensor, eps: float, budget: Budget, 
                 still_robust &= model(x_adv).argmax(dim=1) == y
         robust["theirs"] = still_robust.double().mean().item()
 
-    times = interleaved({"ours": run_ours, "theirs": run_theirs}, repeats=repeats)
-    ratio = median_ratio(times["ours"], times["theirs"])
+    times = interleaved({"ours": run_ours, "theirs": run_theirs}, repeats=repeats, device=x.device)
+    ratio = median_ratio(times["ours"].wall, times["theirs"].wall)
     print(f"{'':<14}{'seconds':>9}{'robust acc':>12}")
-    print(f"{'redblue':<14}{statistics.median(times['ours']):9.2f}{robust['ours']:12.4f}")
-    print(f"{'torchattacks':<14}{statistics.median(times['theirs']):9.2f}{robust['theirs']:12.4f}")
-    print(f"time ours/theirs {ratio:.3f} (target <= {WORST_CASE_TARGET}); robust accuracy ours <= theirs: {robust['ours'] <= robust['theirs']}")
+    print(f"{'redblue':<14}{statistics.median(times['ours'].wall):9.2f}{robust['ours']:12.4f}")
+    print(f"{'torchattacks':<14}{statistics.median(times['theirs'].wall):9.2f}{robust['theirs']:12.4f}")
+    print(f"time ours/theirs {ratios(times['ours'], times['theirs'], x.device)} (target <= {WORST_CASE_TARGET}); "
+          f"robust accuracy ours <= theirs: {robust['ours'] <= robust['theirs']}")
+    return ratio, robust["ours"], robust["theirs"]
+
+
+# --- (d) the standard preset against the original AutoAttack -------------------------------------------
+
+
+def table_d(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> tuple[float, float, float]:
+    """One timed run each (minutes on a CPU): `evaluate(..., "standard")` and pyautoattack's standard."""
+    print(f"\n(d) `standard` against the original AutoAttack's standard version, {len(x)} images, eps={eps}, one run each; {load()}")
+    try:
+        from pyautoattack import AutoAttack
+    except ImportError as exc:
+        print(f"    note: pyautoattack not importable ({exc}); install the `peers` extra")
+        return float("nan"), float("nan"), float("nan")
+    logging.getLogger("auto-attack").setLevel(logging.WARNING)
+    seconds: dict[str, float] = {}
+    robust: dict[str, float] = {}
+
+    start = time.perf_counter()
+    result = evaluate(model, x, y, "standard", [eps], mode="worst-case", checks=False, certify_method=None,
+                      generator=torch.Generator(device=x.device).manual_seed(0))  # fmt: skip
+    _sync(x.device)
+    seconds["ours"], robust["ours"] = time.perf_counter() - start, result.result(eps).worst_case_accuracy
+    print(f"{'':<14}{'seconds':>9}{'robust acc':>12}")
+    print(f"{'redblue':<14}{seconds['ours']:9.2f}{robust['ours']:12.4f}", flush=True)
+
+    reference = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=0, device=x.device)
+    start = time.perf_counter()
+    x_theirs, _ = reference.run_standard_evaluation(x, y, batch_size=len(x))
+    _sync(x.device)
+    seconds["theirs"], robust["theirs"] = time.perf_counter() - start, accuracy(model, x_theirs, y)
+
+    ratio = seconds["ours"] / seconds["theirs"]
+    print(f"{'AutoAttack':<14}{seconds['theirs']:9.2f}{robust['theirs']:12.4f}")
+    print(f"time ours/theirs {ratio:.3f} (target <= {STANDARD_TARGET}); robust accuracy ours <= theirs + 0.001: "
+          f"{robust['ours'] <= robust['theirs'] + 0.001}; after: {load()}")
     return ratio, robust["ours"], robust["theirs"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"smaller budgets: {QUICK}")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model and images live (default cpu)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--model", help="a model saved by redblue (safetensors); default: train the paper's MLP for one epoch")
     parser.add_argument("--n", type=int, help="number of test images (default 1000, quick 300)")
     parser.add_argument("--eps", type=float, default=0.1)
     parser.add_argument("--repeats", type=int, help="interleaved repeats per timing (default 5, quick 3)")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c,d")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     budget = QUICK if args.quick else FULL
@@ -283,14 +365,18 @@ def main() -> None:
         if name not in ATTACKS:
             raise SystemExit(f"attack {name!r} is not registered in this redblue")
 
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but torch sees no CUDA device; use --device cpu")
     start = time.perf_counter()
     model = load_model(args.model).model if args.model else trained_mlp()
-    model.eval()
+    model.eval().to(device)
     test = load_dataset("mnist", "test")
-    x, y = test.x[: budget.n].contiguous(), test.y[: budget.n].contiguous()
+    x, y = test.x[: budget.n].contiguous().to(device), test.y[: budget.n].contiguous().to(device)
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
     print(f"model: {args.model or 'paper MLP, 1 epoch of Adam'}; clean accuracy on {len(x)} test images "
-          f"{accuracy(model, x, y):.4f}; torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
-          f"setup {time.perf_counter() - start:.1f} s")
+          f"{accuracy(model, x, y):.4f}; torch {torch.__version__}, {hardware}; setup {time.perf_counter() - start:.1f} s; "
+          f"{time.strftime('%Y-%m-%d %H:%M')}; {load()}")
     skip = set(filter(None, args.skip.split(",")))
     if "a" not in skip:
         table_a(model, x, y, args.eps, budget)
@@ -298,6 +384,8 @@ def main() -> None:
         table_b(model, x, y, args.eps, budget)
     if "c" not in skip:
         table_c(model, x, y, args.eps, budget, repeats=max(1, min(budget.repeats, 3)))
+    if "d" not in skip:
+        table_d(model, x, y, args.eps)
 
 
 if __name__ == "__main__":

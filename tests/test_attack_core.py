@@ -153,3 +153,35 @@ def test_attack_list_splits_on_names_not_on_parameter_commas():
         "pgd:steps=40,restarts=5",
         "apgd-ce",
     ]
+
+
+def test_an_attack_registered_as_a_keyword_function_alone_runs_through_the_registry():
+    """Users and tests may register a plain keyword function; the registry calls it with the params'
+    fields (and the generator when it takes one) and still checks the input pixels."""
+    from dataclasses import dataclass
+
+    from redblue.attacks import ATTACKS, register
+
+    @dataclass(frozen=True)
+    class ShiftParams:
+        eps: float
+        sign: float = 1.0
+
+    seen = {}
+
+    def shift(model, x, y, *, eps, sign, generator=None):
+        seen["generator"] = generator
+        return (x + sign * eps).clamp(0.0, 1.0)
+
+    register("test-shift", ShiftParams, norm="linf", iterative=False)(shift)
+    try:
+        entry = ATTACKS["test-shift"]
+        x = torch.full((2, 3), 0.5)
+        generator = torch.Generator().manual_seed(0)
+        torch.testing.assert_close(entry(None, x, torch.tensor([0, 1]), entry.params(eps=0.1, sign=-1.0), generator=generator),
+                                   torch.full((2, 3), 0.4))  # fmt: skip
+        assert seen["generator"] is generator and entry.summary == "test-shift"
+        with pytest.raises(AttackError, match="NaN or infinite pixels"):
+            entry(None, torch.tensor([[0.5, float("nan"), 0.5]]), torch.tensor([0]), entry.params(eps=0.1))
+    finally:
+        ATTACKS.pop("test-shift")

@@ -10,8 +10,9 @@ from mlp_fixtures import accuracy, sign_pgd, trained_mlp
 from torch import nn
 
 from redblue.attacks import fgsm, parse_attack
-from redblue.attacks.core import ce_loss, input_gradient, linf_project, margin_loss
-from redblue.attacks.pgd import bim, mim, mim_l2, pgd, pgd_cw, pgd_l2, pgd_last_iterate, pgd_targeted
+from redblue.attacks.core import ce_loss, input_gradient, linf_project, linf_random_start, margin_loss
+from redblue.attacks.bim import bim, mim, mim_l2
+from redblue.attacks.pgd import pgd, pgd_cw, pgd_l2, pgd_last_iterate, pgd_targeted
 from redblue.errors import AttackError, ConfigError
 
 # a 3-class linear model on 4 inputs, and an input the model classifies as class 0
@@ -332,3 +333,34 @@ def test_pgd_40_is_well_below_fgsm_on_the_papers_mlp():
     fgsm_accuracy = accuracy(model, fgsm(model, x, y, eps=0.1), y)
     pgd_accuracy = accuracy(model, pgd(model, x, y, eps=0.1, steps=40, generator=torch.Generator().manual_seed(0)), y)
     assert pgd_accuracy <= fgsm_accuracy - 0.10 and pgd_accuracy <= 0.8 * fgsm_accuracy, (fgsm_accuracy, pgd_accuracy)
+
+
+class _FooledOnlyInside(nn.Module):
+    """One pixel, two classes, clean point 0.5: class 1 wins where 0.01 < |x - 0.5| < 0.099, class 0
+    everywhere else (the clean point included). Its CE gradient for class 0 points away from 0.5
+    inside the ball's edge and towards it on the edge, so PGD steps of 0.1 alternate between the
+    edge (|d| = 0.1) and the centre (|d| < 0.01), both class 0: only a random start can fool it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        distance = (x.flatten(1)[:, :1] - 0.5).abs()
+        z1 = 1.0 + 3.0 * distance - 2000.0 * ((distance - 0.099).clamp_min(0.0) + (0.01 - distance).clamp_min(0.0))
+        return torch.cat([torch.zeros_like(z1), z1], dim=1)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_pgd_keeps_a_random_start_that_alone_fools(steps: int):
+    model = _FooledOnlyInside()
+    x = torch.full((16, 1), 0.5, dtype=torch.float64)
+    y = torch.zeros(16, dtype=torch.long)
+    generator = torch.Generator().manual_seed(0)
+    start = linf_random_start(x, 0.1, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert int((model(x).argmax(1) == 1).sum()) == 0 and int((model(start).argmax(1) == 1).sum()) >= 10
+        # every later iterate of a plain PGD from that start is back to class 0
+        assert bool((model(sign_pgd(model, x, y, eps=0.1, steps=steps, step_size=0.1, generator=torch.Generator().manual_seed(0))).argmax(1) == 0).all())
+    x_adv = pgd(model, x, y, eps=0.1, steps=steps, step_size=0.1, generator=generator)
+    with torch.no_grad():
+        fooled = model(x_adv).argmax(1) == 1
+        start_fooled = model(start).argmax(1) == 1
+    assert torch.equal(fooled, start_fooled)
+    torch.testing.assert_close(x_adv[start_fooled], start[start_fooled], rtol=0, atol=0)

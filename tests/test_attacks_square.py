@@ -1,11 +1,12 @@
 """Square Attack (Andriushchenko et al., 2020): its schedule and window pattern by hand, its query
 budget counted by a model that records every image it is shown, and its robust accuracy against
-torchattacks' Square on the same model and images."""
+torchattacks' Square on the same model and images (a missing peer fails the import; CI has it)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torchattacks
 from torch import Tensor, nn
 
 from mlp_fixtures import accuracy, trained_mlp
@@ -32,6 +33,9 @@ def test_p_schedule_halves_at_the_papers_iterations():
     # other budgets are rescaled to 10,000: at 1,000 queries iteration 1 is "10", iteration 2 is "20"
     assert p_schedule(1, 1000, 0.8) == pytest.approx(0.8)
     assert p_schedule(2, 1000, 0.8) == pytest.approx(0.4)
+    # without rescaling (AutoAttack's standard version) the iteration counts as it is, whatever the budget
+    for iteration, p in expected.items():
+        assert p_schedule(iteration, 1000, 0.8, rescale=False) == pytest.approx(p), iteration
 
 
 def test_l2_window_pattern_matches_hand_computed_rectangles():
@@ -156,7 +160,6 @@ def test_square_is_deterministic_for_a_seed():
     [pytest.param("linf", 0.05, marks=pytest.mark.slow), ("linf", 0.1), pytest.param("l2", 1.5, marks=pytest.mark.slow)],
 )
 def test_robust_accuracy_is_no_higher_than_torchattacks_square(norm, eps):
-    torchattacks = pytest.importorskip("torchattacks")
     model, x, y = _model_and_data()
     n_queries = 300
     theirs = torchattacks.Square(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, n_queries=n_queries, seed=0)

@@ -13,7 +13,7 @@ from redblue.bounds import crown_ibp_margins, ibp_logit_bounds, ibp_margins, inp
 from redblue.certify import certified_accuracy, choose_method, interval_bounds, margin_lower_bounds
 from redblue.defenses.certified import crown_ibp_loss, ibp_loss
 from redblue.errors import ConfigError, ModelError
-from redblue.models import CNNSpec, build_model
+from redblue.models import CNNSmallSpec, build_model
 
 F64 = torch.float64
 
@@ -176,7 +176,7 @@ def test_a_short_crown_ibp_run_certifies_a_small_cnn():
 
     def cnn() -> nn.Module:
         torch.manual_seed(0)
-        return build_model(CNNSpec(channels1=4, channels2=8, hidden=32))
+        return build_model(CNNSmallSpec(channels1=4, channels2=8, hidden=32))
 
     def objective(m, x, y, r):
         return crown_ibp_loss(m, x, y, eps=eps * r, kappa=1 - 0.5 * r, beta=1 - r)[0]

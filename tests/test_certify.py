@@ -19,7 +19,7 @@ from redblue.certify import (
     margin_lower_bounds,
 )
 from redblue.errors import ConfigError, ModelError
-from redblue.models import CNNSpec, build_model
+from redblue.models import CNNSmallSpec, build_model
 
 F64 = torch.float64
 
@@ -349,7 +349,7 @@ def margins_of(logits: Tensor, y: Tensor) -> Tensor:
 def redblue_cnn() -> nn.Sequential:
     """redblue's own CNN layout (kernel 4, stride 2, padding 1, on 28 x 28), narrowed to stay fast."""
     torch.manual_seed(24)
-    return build_model(CNNSpec(channels1=2, channels2=4, hidden=8)).to(F64).eval()
+    return build_model(CNNSmallSpec(channels1=2, channels2=4, hidden=8)).to(F64).eval()
 
 
 @pytest.mark.parametrize("arch", ["mlp", "cnn", "redblue-cnn"])

@@ -7,16 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import check_error_stdout, one_error_line, run
 from mlp_fixtures import trained_mlp
 from safetensors.torch import load_file
 from torch import nn
 
 import redblue.cli.verbs_evaluate as verbs_evaluate
 import redblue.models
-from cli_helpers import check_error_stdout, run
 from redblue.cli import main
 from redblue.data import load_dataset
-from redblue.errors import DataError
 from redblue.models import LoadedModel, MLPSpec, build_model, save_model
 
 LIMIT = 150
@@ -25,10 +24,6 @@ LIMIT = 150
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory) -> Path:
     """The fixture MLP (784-100-10) saved as a redblue MLP without dropout."""
-    try:
-        load_dataset("mnist", "test")
-    except DataError:
-        pytest.skip("MNIST is not available")
     trained, _, _ = trained_mlp()
     spec = MLPSpec(hidden=100, dropout_input=0.0, dropout_hidden=0.0)
     model = build_model(spec)
@@ -61,7 +56,7 @@ def plain_fgsm(path: Path, eps: float) -> tuple[torch.Tensor, torch.Tensor, torc
 def test_attack_writes_images_and_metrics_and_json(saved_model, tmp_path, capsys):
     out = tmp_path / "run"
     code, stdout, err = run(capsys, "attack", saved_model, "--attack", "fgsm:eps=0.1", "--limit", LIMIT,
-                            "--out", out, "--json", "--device", "cpu")
+                            "--out", out, "--json", "--device", "cpu", "--threads", "1")
     assert code == 0, err
     result = json.loads(stdout)
     assert stdout.count("\n") == 1
@@ -90,14 +85,14 @@ def test_attack_leaves_nothing_behind_when_writing_fails(saved_model, tmp_path, 
     monkeypatch.setattr(redblue.models, "save_file", failing_save)
     out = tmp_path / "run"
     with pytest.raises(OSError, match="disk full"):
-        main(["attack", str(saved_model), "--attack", "fgsm:eps=0.1", "--limit", "20", "--out", str(out), "--device", "cpu"])
+        main(["attack", str(saved_model), "--attack", "fgsm:eps=0.1", "--limit", "20", "--out", str(out), "--device", "cpu", "--threads", "1"])
     assert list(out.iterdir()) == []
 
 
 def test_evaluate_json_has_attacks_worst_case_certified_and_findings(saved_model, tmp_path, capsys):
     out = tmp_path / "eval"
     code, stdout, err = run(capsys, "evaluate", saved_model, "--attacks", "fgsm,pgd:steps=10", "--eps", "0.05,0.1",
-                            "--limit", 100, "--json", "--out", out, "--device", "cpu")
+                            "--limit", 100, "--json", "--out", out, "--device", "cpu", "--threads", "1")
     assert code == 0, err
     result = json.loads(stdout)
     assert result["mode"] == "per-attack"  # a list given by hand: exact per-attack rows
@@ -114,14 +109,20 @@ def test_evaluate_json_has_attacks_worst_case_certified_and_findings(saved_model
     checks = {f["check"] for f in result["findings"]}
     assert {"logits", "gradients", "monotonic-eps", "eps-zero", "unbounded-eps", "attack-strength"} <= checks
     assert all(set(f) == {"severity", "check", "message"} for f in result["findings"])
-    assert sorted(p.name for p in out.iterdir()) == ["evaluation.json", "masks.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "cells", "config.toml", "environment.json", "masks", "masks.safetensors", "results.json", "run.json"
+    ]
+    assert json.loads((out / "results.json").read_text()) == result
+    run_record = json.loads((out / "run.json").read_text())
+    assert (run_record["kind"], run_record["status"]) == ("evaluate", "done") and run_record["finished"] >= run_record["started"]
+    assert len(list((out / "cells").glob("*.json"))) == 4  # fgsm and pgd at two eps
     masks = load_file(str(out / "masks.safetensors"))
     assert masks["linf/eps=0.1/worst_case"].double().mean().item() == pytest.approx(at_01["worst_case"]["accuracy"])
 
 
 def test_evaluate_prints_a_table_with_findings(saved_model, capsys):
     code, stdout, err = run(capsys, "evaluate", saved_model, "--attacks", "fgsm", "--eps", "0.1", "--limit", "50",
-                            "--device", "cpu")
+                            "--device", "cpu", "--threads", "1")
     assert code == 0, err
     assert "worst case" in stdout and "certified (crown)" in stdout and "sanity findings" in stdout
     assert "robust accuracy in" in stdout
@@ -160,7 +161,7 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("argv, message", BAD_INPUTS, ids=[" ".join(a[2:]) for a, _ in BAD_INPUTS])
 def test_bad_input_is_one_line_and_exit_2(saved_model, tmp_path, capsys, argv, message):
     argv = [a.format(model=saved_model, missing=tmp_path / "none.safetensors") for a in argv]
-    code, stdout, err = run(capsys, *argv, "--device", "cpu", "--json")
+    code, stdout, err = run(capsys, *argv, "--device", "cpu", "--threads", "1", "--json")
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
     assert code == 2
@@ -172,6 +173,17 @@ def test_bad_input_is_one_line_and_exit_2(saved_model, tmp_path, capsys, argv, m
 def test_a_model_returning_probabilities_is_refused(saved_model, monkeypatch, capsys, verb):
     loaded = verbs_evaluate.load_model(saved_model)
     monkeypatch.setattr(verbs_evaluate, "load_model", lambda path, device: LoadedModel(Softmaxed(loaded.model), loaded.spec, {}))
-    code, stdout, err = run(capsys, verb[0], saved_model, *verb[1:], "--limit", "20", "--device", "cpu")
+    code, stdout, err = run(capsys, verb[0], saved_model, *verb[1:], "--limit", "20", "--device", "cpu", "--threads", "1")
     assert code == 2 and stdout == ""
     assert err.count("\n") == 1 and "remove the final softmax" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("verb", [["attack", "--attack", "fgsm:eps=0.1"], ["evaluate", "--attacks", "fgsm"]])
+def test_an_unwritable_out_is_refused_before_any_attack(saved_model, capsys, monkeypatch, verb):
+    calls = []
+    monkeypatch.setattr(verbs_evaluate, "attack_every_sample", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(verbs_evaluate, "evaluate", lambda *a, **k: calls.append(a))
+    code, stdout, err = run(capsys, verb[0], saved_model, *verb[1:], "--limit", "20", "--out", "/proc/redblue-test",
+                            "--device", "cpu", "--threads", "1")
+    assert code == 2 and one_error_line(err).startswith("error: cannot write to /proc/redblue-test (")
+    assert calls == [] and stdout == ""

@@ -23,7 +23,6 @@ from redblue.defenses import (
     penalized_parameters,
     weight_penalty,
 )
-from redblue.defenses.objectives import fgsm_images
 from redblue.defenses.penalties import add_penalty_gradient_
 from redblue.errors import ConfigError
 
@@ -153,18 +152,6 @@ def test_fgsm_objective_on_a_linear_model_matches_the_hand_computed_images():
     assert loss.item() == pytest.approx(0.25 * ce.item() + 0.75 * ce_adv.item(), rel=1e-12)
 
 
-@pytest.mark.parametrize("clip", [True, False])
-def test_training_fgsm_images_are_the_attack_fgsm_images(clip):
-    model, (x, y) = small_mlp(), batch()
-    x = x.clone()
-    x[0, 0], x[1, 1] = 0.0, 1.0  # pixels at the border: clipping matters here
-    got = fgsm_images(model, x, y, eps=0.3, clip=clip)
-    torch.testing.assert_close(got, fgsm(model, x, y, eps=0.3, clip=clip), rtol=0, atol=0)
-    torch.testing.assert_close(got, independent_fgsm(model, x, y, 0.3, clip), rtol=0, atol=0)
-    if not clip:
-        assert got.min() < 0 or got.max() > 1
-
-
 def test_fgsm_objective_without_clipping_follows_the_papers_equation():
     model, (x, y) = small_mlp(), batch()
     x = x.clone()
@@ -266,6 +253,8 @@ def test_parse_objective_reads_typed_values():
         ("pgd:eps=0.3,steps=10", {"name": "pgd", "eps": 0.3, "steps": 10, "step_size": 0.3 * 2.5 / 10}),
         ("trades:eps=0.1,steps=5,beta=3", {"name": "trades", "eps": 0.1, "steps": 5, "step_size": 0.05, "beta": 3.0}),
         ("fast-fgsm:eps=0.1", {"name": "fast-fgsm", "eps": 0.1, "step_size": 0.125}),
+        ("mart:eps=0.3", {"name": "mart", "eps": 0.3, "steps": 10, "step_size": 0.075, "beta": 6.0}),
+        ("pgd:eps=0.2", {"name": "pgd", "eps": 0.2, "steps": 10, "step_size": 0.05}),
     ],
 )
 def test_the_record_holds_the_values_used_and_reads_back(text, record):
@@ -288,6 +277,9 @@ def test_the_record_holds_the_values_used_and_reads_back(text, record):
         ("trades:beta=-1", "beta must be >= 0"),
         # each objective takes only its own keys, and the error lists those (never `name`)
         ("pgd:eps=0.1,alpha=0.9", "objective 'pgd' has no parameter alpha; valid: eps, steps, step_size$"),
+        ("mart:eps=0.1,alpha=0.9", "objective 'mart' has no parameter alpha; valid: eps, steps, step_size, beta$"),
+        ("mart:beta=-1", "beta must be >= 0"),
+        ("mart:steps=0", "steps must be an integer >= 1"),
         ("clean:beta=6", "objective 'clean' has no parameter beta; it takes no parameters"),
         ("fgsm:steps=3", "valid: eps, alpha, clip$"),
         ("fast-fgsm:beta=1", "valid: eps, step_size$"),

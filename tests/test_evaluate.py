@@ -7,12 +7,13 @@ predictions from the model itself, a plain-PyTorch FGSM.
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
 import torch
 import torch.nn.functional as F
-from mlp_fixtures import trained_mlp
+from mlp_fixtures import MnistMissing, mnist_slices, trained_mlp
 from torch import Tensor, nn
 
 import redblue.attacks  # noqa: F401  (registers the attacks)
@@ -134,16 +135,25 @@ def _half_broken(model, x, y, *, eps):
     return (x + scale * sign).clamp(0, 1).detach()
 
 
-@pytest.fixture
-def broken_attacks():
-    names = {"test-leaves-ball": _leaves_ball, "test-leaves-box": _leaves_box, "test-half-broken": _half_broken}
-    for name, fn in names.items():
+BROKEN = {"test-leaves-ball": _leaves_ball, "test-leaves-box": _leaves_box, "test-half-broken": _half_broken}
+
+
+@contextmanager
+def registered(attacks: dict):
+    """Register test-only attacks for the duration of a block; they are removed however it ends."""
+    for name, fn in attacks.items():
         register(name, BrokenParams, norm="linf", iterative=False)(fn)
     try:
-        yield list(names)
+        yield list(attacks)
     finally:
-        for name in names:
+        for name in attacks:
             ATTACKS.pop(name)
+
+
+@pytest.fixture
+def broken_attacks():
+    with registered(BROKEN) as names:
+        yield names
 
 
 def test_images_outside_the_ball_or_box_count_as_not_fooled(mlp, broken_attacks):
@@ -177,8 +187,13 @@ def test_images_outside_the_ball_or_box_count_as_not_fooled(mlp, broken_attacks)
     assert "outside the eps-ball" in messages and "outside [0, 1]" in messages
 
 
-def test_broken_attack_is_deregistered_after_its_test():
-    assert not any(name.startswith("test-") for name in ATTACKS)
+def test_test_attacks_are_deregistered_however_the_block_ends():
+    before = set(ATTACKS)
+    with pytest.raises(RuntimeError, match="inside"):
+        with registered(BROKEN) as names:
+            assert set(ATTACKS) == before | set(names)
+            raise RuntimeError("inside")
+    assert set(ATTACKS) == before
 
 
 # --- sanity checks on a masked model --------------------------------------------------------------
@@ -340,6 +355,13 @@ def test_confidence_is_mean_top_probability_on_the_adversarial_images(mlp64):
     assert result.clean_confidence == pytest.approx(clean_top.mean().item(), abs=1e-9)
 
 
+def test_the_mnist_fixture_fails_loudly_without_mnist(tmp_path, monkeypatch):
+    monkeypatch.setenv("REDBLUE_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(MnistMissing, match=r"need MNIST .*redblue data fetch mnist"):
+        mnist_slices.__wrapped__()  # past the cache: MNIST may have been loaded by an earlier test
+
+
 def test_bad_input_raises_one_line_errors(mlp):
     model, x, y = mlp
     cases = [
@@ -354,8 +376,12 @@ def test_bad_input_raises_one_line_errors(mlp):
         with pytest.raises(error, match=message) as info:
             evaluate(model, x, y, attacks, eps_list, checks=False)
         assert "\n" not in str(info.value)
+    # the wrapper is put in eval mode first: leaving it in train mode, eval_mode's restore would put
+    # the shared fixture model into train mode (dropout on) for every later test
+    softmaxed = nn.Sequential(model, nn.Softmax(dim=1)).eval()
     with pytest.raises(ModelError, match="remove the final softmax"):
-        evaluate(nn.Sequential(model, nn.Softmax(dim=1)), x, y, "fgsm", [0.1])
+        evaluate(softmaxed, x, y, "fgsm", [0.1])
+    assert not model.training
     with pytest.raises(ConfigError, match="unknown mode"):
         evaluate(model, x, y, "fgsm", [0.1], mode="best")
     with pytest.raises(ConfigError, match=r"pixels must be in \[0, 1\]"):

@@ -58,7 +58,9 @@ def test_rebuild_reads_every_real_run_and_copies_its_numbers_exactly(runs):
     assert (report.added, report.skipped) == (5, ())
     listed = {run.path: run for run in index.list_runs(runs.root)}
     assert {path: run.kind for path, run in listed.items()} == REAL_KINDS
-    assert all(run.status == "done" and run.inferred and run.device == "cpu" for run in listed.values())
+    assert all(run.status == "done" and run.device == "cpu" for run in listed.values())
+    # evaluate --out writes run.json (the run-folder contract); the others' kinds are inferred from their files
+    assert {path for path, run in listed.items() if not run.inferred} == {"evaluate-a", "evaluate-a-fgsm", "evaluate-b"}
 
     reproduce = listed["reproduce-tiny"]
     results = runs.results("reproduce-tiny")
@@ -115,7 +117,7 @@ def test_sync_reads_new_and_changed_folders_and_drops_vanished_ones(runs, tmp_pa
 
 
 def test_a_folder_that_cannot_be_read_is_skipped_with_its_reason(runs):
-    (runs.root / "evaluate-a-fgsm" / "evaluation.json").write_text("{ half a file")
+    (runs.root / "evaluate-a-fgsm" / "results.json").write_text("{ half a file")
     report = index.rebuild(runs.root)
     assert report.added == 4
     assert [path for path, _ in report.skipped] == ["evaluate-a-fgsm"]

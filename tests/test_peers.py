@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchattacks  # a missing peer fails the import, never skips: CI installs the peers
 from mlp_fixtures import accuracy, trained_mlp
 
 from redblue.attacks import fgsm
 from redblue.attacks.pgd import pgd
-
-try:
-    import torchattacks
-except ImportError:  # a missing peer must fail loudly, never skip: these checks are the point
-    pytest.fail("torchattacks is not installed; run `make setup-test` (it installs torchattacks==3.5.1)", pytrace=False)
 
 pytestmark = pytest.mark.peers
 

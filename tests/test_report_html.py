@@ -149,7 +149,7 @@ def test_write_reports_leaves_the_old_pair_when_the_results_are_broken(runs):
     folder = runs.root / "evaluate-b"
     write_reports(folder)
     before = (folder / "report.html").read_bytes()
-    (folder / "evaluation.json").write_text('{"results": [{"norm": "linf"}], "clean": {"accuracy": 1}}')
+    (folder / "results.json").write_text('{"results": [{"norm": "linf"}], "clean": {"accuracy": 1}}')
     with pytest.raises(RunFolderError, match="do not have the shape a report of a evaluate run needs"):
         write_reports(folder)
     assert (folder / "report.html").read_bytes() == before

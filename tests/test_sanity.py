@@ -1,4 +1,4 @@
-"""The gradient-masking sanity checks, one by one, on hand-made models and hand-made numbers."""
+"""The gradient-masking sanity checks (`checks`, `probes`), one by one, on hand-made models and hand-made numbers."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import torch
 from torch import Tensor, nn
 
 import redblue.attacks  # noqa: F401  (registers the attacks)
-from redblue import sanity
 from redblue.attacks.registry import ATTACKS
-from redblue.sanity import StandaloneAccuracy
+from redblue.evaluate import checks as sanity
+from redblue.evaluate import probes
+from redblue.evaluate.checks import StandaloneAccuracy
 
 
 def _linear(weight: list[list[float]], *, scale: float = 1.0) -> nn.Module:
@@ -190,18 +191,18 @@ def test_eps_zero_check_runs_at_eps_zero():
     pgd = ATTACKS["apgd-ce"]
     params = pgd.params(eps=0.3)
     runner = RecordingRunner(torch.zeros(10, dtype=torch.bool))
-    assert _checks(sanity.check_eps_zero(runner, pgd, params, torch.arange(10), label="apgd-ce")) == {"eps-zero": "ok"}
+    assert _checks(probes.check_eps_zero(runner, pgd, params, torch.arange(10), label="apgd-ce")) == {"eps-zero": "ok"}
     assert runner.calls[0][1].eps == 0.0 and runner.calls[0][1].n_iter == params.n_iter
     fooled = torch.zeros(10, dtype=torch.bool)
     fooled[3] = True
-    findings = sanity.check_eps_zero(RecordingRunner(fooled), pgd, params, torch.arange(10), label="apgd-ce")
+    findings = probes.check_eps_zero(RecordingRunner(fooled), pgd, params, torch.arange(10), label="apgd-ce")
     assert _checks(findings) == {"eps-zero": "fail"} and "1 of 10" in findings[0].message
 
 
 def test_unbounded_check_runs_at_eps_one_without_random_start():
     pgd = ATTACKS["pgd"]
     runner = RecordingRunner(torch.ones(100, dtype=torch.bool))
-    findings = sanity.check_unbounded(runner, pgd, pgd.params(eps=0.1), torch.arange(100), label="pgd")
+    findings = probes.check_unbounded(runner, pgd, pgd.params(eps=0.1), torch.arange(100), label="pgd")
     assert _checks(findings) == {"unbounded-eps": "ok"}
     params = runner.calls[0][1]
     assert params.eps == 1.0 and params.random_start is False
@@ -209,17 +210,17 @@ def test_unbounded_check_runs_at_eps_one_without_random_start():
     for n_left, severity in ((5, "warning"), (50, "fail")):
         fooled = torch.ones(100, dtype=torch.bool)
         fooled[:n_left] = False
-        found = sanity.check_unbounded(RecordingRunner(fooled), pgd, pgd.params(eps=0.1), torch.arange(100), label="pgd")
+        found = probes.check_unbounded(RecordingRunner(fooled), pgd, pgd.params(eps=0.1), torch.arange(100), label="pgd")
         assert _checks(found) == {"unbounded-eps": severity}
 
 
 def test_stronger_params_raise_steps_and_restarts():
     pgd = ATTACKS["pgd"].params(eps=0.1, steps=40, restarts=1)
-    stronger = sanity.stronger_params(pgd)
+    stronger = probes.stronger_params(pgd)
     assert (stronger.steps, stronger.restarts, stronger.eps) == (120, 2, 0.1)
-    apgd = sanity.stronger_params(ATTACKS["apgd-t"].params(eps=0.1))
+    apgd = probes.stronger_params(ATTACKS["apgd-t"].params(eps=0.1))
     assert (apgd.n_iter, apgd.restarts, apgd.n_target_classes) == (300, 2, 9)
-    assert sanity.stronger_params(ATTACKS["fgsm"].params(eps=0.1)) is None
+    assert probes.stronger_params(ATTACKS["fgsm"].params(eps=0.1)) is None
 
 
 def test_more_steps_scales_subset_to_all_survivors():
@@ -228,15 +229,57 @@ def test_more_steps_scales_subset_to_all_survivors():
     fooled[:5] = True  # 10% of the re-attacked subset falls
     runner = RecordingRunner(fooled)
     # 400 survivors of 1000 samples, 50 re-attacked: about 0.1 * 400 / 1000 = 4 points overstated
-    findings = sanity.check_more_steps(
+    findings = probes.check_more_steps(
         runner, pgd, pgd.params(eps=0.1), torch.arange(50), n_survivors=400, n=1000, label="pgd"
     )
     assert _checks(findings) == {"more-steps": "warning"}
     assert "-4.00%" in findings[0].message and runner.calls[0][1].steps == 120
-    none = sanity.check_more_steps(
+    none = probes.check_more_steps(
         RecordingRunner(torch.zeros(50, dtype=torch.bool)), pgd, pgd.params(eps=0.1), torch.arange(50),
         n_survivors=400, n=1000, label="pgd",
     )
     assert _checks(none) == {"more-steps": "ok"}
-    assert sanity.check_more_steps(runner, ATTACKS["fgsm"], ATTACKS["fgsm"].params(eps=0.1), torch.arange(5),
+    assert probes.check_more_steps(runner, ATTACKS["fgsm"], ATTACKS["fgsm"].params(eps=0.1), torch.arange(5),
                                    n_survivors=5, n=10, label="fgsm") == []
+
+
+def test_masking_margin_is_three_standard_errors_of_an_accuracy_at_one_half():
+    assert probes.masking_margin(200) == pytest.approx(3 * 0.5 / 200**0.5)  # 10.6 points
+    assert probes.masking_margin(50) == pytest.approx(0.2121, abs=1e-4)
+    assert probes.masking_margin(10_000) == pytest.approx(0.015)
+
+
+def test_masking_probe_warns_only_past_the_margin_and_at_each_eps():
+    pgd = ATTACKS["pgd"]
+    sample = torch.arange(200)
+    listed_robust = torch.ones(200, dtype=torch.bool)  # the listed attacks fooled none of the sample
+    for n_fooled, expected in ((21, "ok"), (22, "warning")):  # gap 10.5 points: inside 10.6; 11.0: past it
+        fooled = torch.zeros(200, dtype=torch.bool)
+        fooled[:n_fooled] = True
+        runner = RecordingRunner(fooled)
+        findings = probes.check_masking_probe(
+            runner, pgd, pgd.params(eps=0.0), sample, [(0.1, listed_robust), (0.3, listed_robust)], label="pgd", listed="fgsm"
+        )
+        assert [call[1].eps for call in runner.calls] == [0.1, 0.3]
+        if expected == "ok":
+            assert _checks(findings) == {"masking-probe": "ok"} and len(findings) == 1
+        else:  # one warning per eps, each naming masking and the numbers behind it
+            assert [f.severity for f in findings] == ["warning", "warning"]
+            assert "eps=0.1" in findings[0].message and "eps=0.3" in findings[1].message
+            assert "gradient masking" in findings[0].message and "89.0%" in findings[0].message
+    # the listed attacks already fooled what the probe fools: no gap, whatever the probe finds
+    fooled = torch.zeros(200, dtype=torch.bool)
+    fooled[:100] = True
+    findings = probes.check_masking_probe(RecordingRunner(fooled), pgd, pgd.params(eps=0.0), sample,
+                                          [(0.3, ~fooled)], label="pgd", listed="fgsm")
+    assert _checks(findings) == {"masking-probe": "ok"}
+
+
+def test_chance_level_is_three_standard_errors_above_the_best_blind_rate():
+    # n = 1000, majority class 11.35%: threshold 0.1135 + 3 * sqrt(0.1135 * 0.8865 / 1000) = 0.1436
+    assert _checks(sanity.check_chance_level(0.143, n=1000, classes=10, majority=0.1135)) == {"chance-level": "fail"}
+    assert _checks(sanity.check_chance_level(0.145, n=1000, classes=10, majority=0.1135)) == {"chance-level": "ok"}
+    # a balanced two-class set: chance 50%, threshold 0.5 + 3 * 0.5 / 10 = 0.65 on 100 samples
+    assert _checks(sanity.check_chance_level(0.64, n=100, classes=2, majority=0.5)) == {"chance-level": "fail"}
+    (ok,) = sanity.check_chance_level(0.66, n=100, classes=2, majority=0.5)
+    assert ok.severity == "ok" and "50.0% for 2 classes" in ok.message

@@ -30,6 +30,12 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+def _shown(key: str) -> str:
+    """A user-given key as it appears in a one-line message: as typed, or quoted with escapes
+    when it holds a newline or another unprintable character."""
+    return key if key.isprintable() else repr(key)
+
+
 def split_spec(text: str) -> tuple[str, dict[str, str]]:
     """Split `pgd:eps=0.3,steps=40` into ("pgd", {"eps": "0.3", "steps": "40"})."""
     name, _, rest = text.strip().partition(":")
@@ -43,7 +49,7 @@ def split_spec(text: str) -> tuple[str, dict[str, str]]:
             raise ConfigError(f"cannot read {item!r} in {text!r}; write parameters as key=value")
         key = key.strip()
         if key in values:
-            raise ConfigError(f"{key} is given twice in {text!r}; give each parameter once")
+            raise ConfigError(f"{_shown(key)} is given twice in {text!r}; give each parameter once")
         values[key] = value.strip()
     return name, values
 
@@ -91,7 +97,10 @@ def convert_text(name: str, text: str, tp: Any) -> Any:
                 return False
             raise ValueError(text)
         if inner is int:
-            return int(text)
+            value = int(text)
+            if not -(2**63) <= value < 2**63:  # no count or size is larger, and none overflows a float check
+                raise ConfigError(f"{name} must fit in 64 bits, got {text!r}")
+            return value
         if inner is float:
             return float(text)
         if inner is str:
@@ -107,7 +116,7 @@ def from_text_values(cls: type[T], values: dict[str, str], *, what: str, **fixed
     unknown = sorted(set(values) - set(types_by_name))
     if unknown:
         raise ConfigError(
-            f"{what} has no parameter {', '.join(unknown)}; {_valid(types_by_name)}"
+            f"{what} has no parameter {', '.join(map(_shown, unknown))}; {_valid(types_by_name)}"
         )
     kwargs = {key: convert_text(f"{what} {key}", text, types_by_name[key]) for key, text in values.items()}
     kwargs.update(fixed)
@@ -119,7 +128,7 @@ def construct(cls: type[T], kwargs: dict[str, Any], *, what: str) -> T:
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = sorted(set(kwargs) - set(names))
     if unknown:
-        raise ConfigError(f"{what} has no parameter {', '.join(unknown)}; {_valid(names)}")
+        raise ConfigError(f"{what} has no parameter {', '.join(map(_shown, unknown))}; {_valid(names)}")
     missing = [
         f.name
         for f in dataclasses.fields(cls)

@@ -1,17 +1,30 @@
 """Auto-PGD (Croce & Hein, ICML 2020): step-size-free PGD with momentum, CE / DLR / targeted DLR losses.
 
 "Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free
-attacks", Algorithm 1: step size 2*eps, momentum 0.75, and at the checkpoints w_j the step
-size of a sample is halved (restarting it from its best point) when fewer than rho of its
-steps since the last checkpoint raised the loss, or when neither its step size nor its best
-loss changed since then. AutoAttack's apgd-ce, apgd-dlr and apgd-t, in L-inf and L2.
+attacks", Algorithm 1: step size 2*eps, momentum 0.75, and at the checkpoints the step size of a
+sample is halved (restarting it from its best point) when at most rho of its steps since the
+last checkpoint raised the loss, or when neither its step size nor its best loss changed since
+then. AutoAttack's apgd-ce, apgd-dlr and apgd-t, in L-inf and L2.
+
+Where the paper and the reference implementation (fra31/auto-attack, `autopgd_base.py`, on the
+package index as `pyautoattack`) differ, this follows the reference, step for step, so that the
+same images, seed and model give the same adversarial examples (a test checks this):
+- the random start is x + eps * t / |t| (t uniform in [-1, 1]^d for L-inf, Gaussian for L2),
+  clipped to [0, 1]: on the ball's surface, not uniform in it;
+- the checkpoints come from integer window lengths (`apgd_checkpoints`), not ceil(p_j * n_iter);
+- the oscillation test counts increases <= rho * window (not <); the first window's first
+  comparison is with 0 (the reference reads a row of its loss history not yet written), and after
+  a restart from the best point the next step is compared with the loss before the restart;
+- the "no progress" condition cannot fire at the first checkpoint (as if the step size had just
+  been reduced);
+- APGD-T's targets are the 2nd..(n+1)-th classes of the clean logits sorted ascending, read
+  from the end.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from fractions import Fraction
 from functools import partial
 from typing import ClassVar
 
@@ -19,20 +32,18 @@ import torch
 from torch import Generator, Tensor, nn
 
 from redblue.attacks.core import (
+    NORMS,
     LossFn,
     all_finite,
     ce_loss,
     check_eps,
     dlr_loss,
     eval_mode,
-    l2_normalize,
-    loss_and_input_gradient,
+    loss_logits_and_gradient,
     per_sample,
-    project,
-    random_start,
     targeted_dlr_loss,
 )
-from redblue.attacks.registry import register
+from redblue.attacks.registry import register, run_attack
 from redblue.errors import AttackError, require_choice, require_in_range, require_positive
 
 APGD_LOSSES = ("ce", "dlr", "targeted-dlr")
@@ -40,18 +51,23 @@ MOMENTUM = 0.75  # the paper's alpha; the first step has none
 
 
 def apgd_checkpoints(n_iter: int) -> list[int]:
-    """The paper's checkpoints w_j = ceil(p_j * n_iter), p_0 = 0, p_1 = 0.22,
-    p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), while p_j <= 1.
+    """The iterations (counted from 1) after which the step size is checked, as the reference
+    computes them: a first window of max(int(0.22 n), 1) iterations, each next one shorter by
+    max(int(0.03 n), 1) but at least max(int(0.06 n), 1), while it fits in n_iter.
 
-    Exact fractions, because in floats 0.22 + 0.19 = 0.41000000000000003 and its ceil overshoots.
+    For 100 this is the paper's ceil(p_j * 100) (22, 41, 57, 70, 80, 87, 93, 99); for 50 it is
+    11, 21, 30, 38, 45. Python's float products and int() are the reference's own arithmetic.
     """
-    p = [Fraction(0), Fraction(22, 100)]
-    while True:
-        p_next = p[-1] + max(p[-1] - p[-2] - Fraction(3, 100), Fraction(6, 100))
-        if p_next > 1:
-            break
-        p.append(p_next)
-    return sorted({math.ceil(p_j * n_iter) for p_j in p})
+    window = max(int(0.22 * n_iter), 1)
+    shortest = max(int(0.06 * n_iter), 1)
+    shrink = max(int(0.03 * n_iter), 1)
+    checkpoints = []
+    at = window
+    while at <= n_iter:
+        checkpoints.append(at)
+        window = max(window - shrink, shortest)
+        at += window
+    return checkpoints
 
 
 def _where(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -59,12 +75,36 @@ def _where(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.where(per_sample(mask, a), a, b)
 
 
-def _clamp(t: Tensor, *, lower: Tensor, upper: Tensor) -> Tensor:
-    return torch.clamp(t, lower, upper)
+def _l2_norm(t: Tensor) -> Tensor:
+    """Per-sample L2 norm as (N, 1, ..., 1), summed as the reference sums it."""
+    return per_sample((t**2).flatten(1).sum(dim=1).sqrt(), t)
 
 
-def _steepest_direction(grad: Tensor, norm: str) -> Tensor:
-    return grad.sign() if norm == "linf" else l2_normalize(grad)
+def _normalized(t: Tensor, norm: str) -> Tensor:
+    """t / (|t| + 1e-12) per sample, |.| the L-inf or L2 norm (the reference's `normalize`)."""
+    size = per_sample(t.abs().flatten(1).amax(dim=1), t) if norm == "linf" else _l2_norm(t)
+    return t / (size + 1e-12)
+
+
+def _start(x: Tensor, eps: float, norm: str, generator: Generator | None) -> Tensor:
+    """The reference's random start: a random direction scaled to norm eps, clipped to [0, 1]."""
+    if norm == "linf":
+        t = 2 * torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 1
+    else:
+        t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return (x + eps * _normalized(t, norm)).clamp(0.0, 1.0)
+
+
+def _into_ball(point: Tensor, x: Tensor, eps: float, norm: str, bounds: tuple[Tensor, Tensor] | None) -> Tensor:
+    """Project into the eps-ball around x and [0, 1] with the reference's arithmetic.
+
+    L-inf: one clamp to the per-pixel bounds (the ball within [0, 1], computed once by the caller),
+    equal to the reference's clip to the ball followed by the clip to [0, 1].
+    """
+    if bounds is not None:
+        return torch.clamp(point, *bounds)
+    delta = point - x
+    return (x + _normalized(delta, "l2") * torch.clamp(_l2_norm(delta), max=eps)).clamp(0.0, 1.0)
 
 
 @dataclass
@@ -80,12 +120,13 @@ def _apgd_run(
     model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str, loss: LossFn, n_iter: int, rho: float,
     generator: Generator | None,
 ) -> _RunResult:
-    """One run of Algorithm 1 from a random start; one forward and backward per iteration, no sync.
+    """One run of Algorithm 1 from a random start, as the reference runs it (see the module).
 
-    Finiteness is tracked on the device (`finite`) and checked once by the caller.
+    One forward and backward per iteration and no device sync; finiteness is tracked on the
+    device (`finite`) and checked once by the caller. The caller runs the model in eval mode.
     """
-    gradient = partial(loss_and_input_gradient, model, loss=loss, check_finite=False)
-    x_cur = random_start(x, eps, norm=norm, generator=generator)
+    gradient = partial(loss_logits_and_gradient, model, loss=loss)
+    x_cur = _start(x, eps, norm, generator)
     loss_cur, logits, grad = gradient(x_cur, y)
     finite = all_finite(grad) & all_finite(loss_cur)
     x_prev = x_cur
@@ -93,81 +134,65 @@ def _apgd_run(
     is_adv = logits.argmax(dim=1) != y
     x_found = x_cur
     step_size = torch.full((len(x),), 2.0 * eps, dtype=x.dtype, device=x.device)
+    bounds = ((x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)) if norm == "linf" else None
 
     checkpoints = apgd_checkpoints(n_iter)
-    n_since_check = 0
+    window_start = 0  # the iteration of the last checkpoint
     n_increases = torch.zeros(len(x), dtype=torch.long, device=x.device)
+    # the loss the first step is compared with: the reference reads loss_steps[-1], a row of its
+    # history still zero (the same row, so no increase, when n_iter is 1)
+    loss_prev = torch.zeros_like(loss_cur) if n_iter > 1 else torch.full_like(loss_cur, math.inf)
     best_loss_at_check = best_loss
-    halved_at_check = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-
-    if norm == "linf":  # the ball within [0, 1] as per-pixel bounds, once: one clamp per projection
-        lower, upper = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
-        into_ball = partial(_clamp, lower=lower, upper=upper)
-    else:
-        into_ball = partial(project, center=x, eps=eps, norm=norm)
+    reduced_at_check = torch.ones(len(x), dtype=torch.bool, device=x.device)
 
     for k in range(1, n_iter + 1):
         alpha = 1.0 if k == 1 else MOMENTUM
-        z = into_ball(x_cur + per_sample(step_size, x) * _steepest_direction(grad, norm))
-        x_next = into_ball(x_cur + alpha * (z - x_cur) + (1.0 - alpha) * (x_cur - x_prev))
+        direction = grad.sign() if norm == "linf" else _normalized(grad, "l2")
+        z = _into_ball(x_cur + per_sample(step_size, x) * direction, x, eps, norm, bounds)
+        x_next = _into_ball(x_cur + (z - x_cur) * alpha + (x_cur - x_prev) * (1.0 - alpha), x, eps, norm, bounds)
         x_prev, x_cur = x_cur, x_next
-        loss_next, logits, grad = gradient(x_cur, y)
-        finite = finite & all_finite(grad) & all_finite(loss_next)
+        loss_cur, logits, grad = gradient(x_cur, y)
+        finite = finite & all_finite(grad) & all_finite(loss_cur)
 
-        n_increases += loss_next > loss_cur
-        n_since_check += 1
-        loss_cur = loss_next
-        improved = loss_cur > best_loss
-        x_best, grad_best = _where(improved, x_cur, x_best), _where(improved, grad, grad_best)
-        best_loss = torch.where(improved, loss_cur, best_loss)
         misclassified = logits.argmax(dim=1) != y
         x_found = _where(misclassified, x_cur, x_found)
         is_adv = is_adv | misclassified
+        n_increases += loss_cur > loss_prev
+        loss_prev = loss_cur
+        improved = loss_cur > best_loss
+        x_best, grad_best = _where(improved, x_cur, x_best), _where(improved, grad, grad_best)
+        best_loss = torch.where(improved, loss_cur, best_loss)
 
         if k in checkpoints:
-            # Condition 1: too few of the steps since the last checkpoint raised the loss.
-            oscillating = n_increases < rho * n_since_check
+            window = k - window_start
+            # Condition 1: at most rho of the window's steps raised the loss. (A long tensor against
+            # a Python float compares in float32, as the reference's float32 threshold does.)
+            oscillating = n_increases <= window * rho
             # Condition 2: neither the step size nor the best loss changed since the last checkpoint.
-            stalled = ~halved_at_check & (best_loss <= best_loss_at_check)
-            halve = oscillating | stalled
-            step_size = torch.where(halve, step_size / 2.0, step_size)
+            stalled = ~reduced_at_check & (best_loss <= best_loss_at_check)
+            reduce = oscillating | stalled
+            step_size = torch.where(reduce, step_size / 2.0, step_size)
             # restart from the best point: the next step starts there, with the gradient taken there
-            x_cur, grad = _where(halve, x_best, x_cur), _where(halve, grad_best, grad)
-            loss_cur = torch.where(halve, best_loss, loss_cur)
-            halved_at_check, best_loss_at_check = halve, best_loss
+            x_cur, grad = _where(reduce, x_best, x_cur), _where(reduce, grad_best, grad)
+            reduced_at_check, best_loss_at_check = reduce, best_loss
             n_increases = torch.zeros_like(n_increases)
-            n_since_check = 0
+            window_start = k
     return _RunResult(x_best=x_best, best_loss=best_loss, is_adv=is_adv, x_found=x_found, finite=finite)
 
 
-def apgd(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    eps: float,
-    norm: str = "linf",
-    loss: str = "ce",
-    n_iter: int = 100,
-    restarts: int = 1,
-    rho: float = 0.75,
-    n_target_classes: int = 9,
-    generator: Generator | None = None,
-) -> Tensor:
-    """Auto-PGD (Croce & Hein, 2020) with `restarts` random restarts, each on the samples not yet fooled.
+def run_apgd(
+    model: nn.Module, x: Tensor, y: Tensor, params: APGDParams, generator: Generator | None, *, loss: str
+) -> tuple[Tensor, Tensor]:
+    """APGD's runner (see `registry`): `restarts` runs, each on the samples not yet fooled.
 
-    x: (N, ...) pixels in [0, 1]; y: (N,) labels. loss "ce" and "dlr" are untargeted; loss
-    "targeted-dlr" is APGD-T: for each of the `n_target_classes` highest other classes of the clean
-    logits in turn, `restarts` runs of targeted DLR (any misclassification counts as success).
-    Returns x_adv (detached, in [0, 1], within eps of x in `norm`): for a fooled sample the last
-    misclassified iterate of the run that fooled it, for a robust one its highest-loss point
-    over all runs, and x itself for a sample the model already misclassifies.
+    loss "ce" and "dlr" are untargeted; "targeted-dlr" is APGD-T: for each of the
+    `n_target_classes` highest other classes of the clean logits in turn, `restarts` runs of
+    targeted DLR (any misclassification counts as success). Returns (x_adv, finite): for a fooled
+    sample the last misclassified iterate of the run that fooled it, for a robust one its
+    highest-loss point over all runs, x itself for a sample the model already misclassifies.
+    One device sync per run, to attack only the samples still robust (as the reference does).
     """
-    check_eps(eps, norm)
-    require_choice("loss", loss, APGD_LOSSES)
-    require_positive("n_iter", n_iter)
-    require_positive("restarts", restarts)
-    require_in_range("rho", rho, 0.0, 1.0)
+    norm, eps = params.norm, params.eps
     x = x.detach()
     with torch.no_grad(), eval_mode(model):
         clean_logits = model(x)
@@ -179,35 +204,33 @@ def apgd(
     is_adv = clean_logits.argmax(dim=1) != y
     x_adv = x.clone()
     best_loss = torch.full((len(x),), -math.inf, dtype=x.dtype, device=x.device)
+    finite = torch.ones((), dtype=torch.bool, device=x.device)
     if loss == "targeted-dlr":
-        require_positive("n_target_classes", n_target_classes)
-        ranked_classes = clean_logits.argsort(dim=1, descending=True)  # (N, C)
-        runs = [(rank, r) for rank in range(1, min(n_target_classes, n_classes - 1) + 1) for r in range(restarts)]
+        # the reference's order: classes sorted ascending, the target of rank r read at -(r + 1)
+        ascending = clean_logits.sort(dim=1).indices  # (N, C)
+        n_targets = min(params.n_target_classes, n_classes - 1)
+        runs = [(rank, r) for rank in range(1, n_targets + 1) for r in range(params.restarts)]
     else:
-        runs = [(0, r) for r in range(restarts)]
+        runs = [(0, r) for r in range(params.restarts)]
 
-    for target_rank, _ in runs:
-        todo = (~is_adv).nonzero().squeeze(1)  # one sync per run
-        if len(todo) == 0:
-            break
-        if loss == "targeted-dlr":
-            loss_fn: LossFn = partial(_targeted_dlr, target=ranked_classes[todo, target_rank])
-        else:
-            loss_fn = ce_loss if loss == "ce" else dlr_loss
-        run = _apgd_run(
-            model, x[todo], y[todo], eps=eps, norm=norm, loss=loss_fn, n_iter=n_iter, rho=rho, generator=generator
-        )
-        if not bool(run.finite):  # one sync per run
-            raise AttackError(
-                "APGD met a NaN or infinite loss or gradient; check the model for log(0), "
-                "division by zero or overflow before attacking it"
-            )
-        better = run.best_loss > best_loss[todo]
-        keep = _where(better, run.x_best, x_adv[todo])
-        x_adv[todo] = _where(run.is_adv, run.x_found, keep)
-        best_loss[todo] = torch.where(better, run.best_loss, best_loss[todo])
-        is_adv[todo] = run.is_adv
-    return x_adv
+    with eval_mode(model):
+        for target_rank, _ in runs:
+            todo = (~is_adv).nonzero().squeeze(1)
+            if len(todo) == 0:
+                break
+            if loss == "targeted-dlr":
+                loss_fn: LossFn = partial(_targeted_dlr, target=ascending[todo, -(target_rank + 1)])
+            else:
+                loss_fn = ce_loss if loss == "ce" else dlr_loss
+            run = _apgd_run(model, x[todo], y[todo], eps=eps, norm=norm, loss=loss_fn, n_iter=params.n_iter,
+                            rho=params.rho, generator=generator)  # fmt: skip
+            finite &= run.finite
+            better = run.best_loss > best_loss[todo]
+            keep = _where(better, run.x_best, x_adv[todo])
+            x_adv[todo] = _where(run.is_adv, run.x_found, keep)
+            best_loss[todo] = torch.where(better, run.best_loss, best_loss[todo])
+            is_adv[todo] = run.is_adv
+    return x_adv, finite
 
 
 def _targeted_dlr(logits: Tensor, y: Tensor, *, target: Tensor) -> Tensor:
@@ -250,61 +273,47 @@ class APGDTL2Params(APGDTParams):
     norm: ClassVar[str] = "l2"
 
 
-@register("apgd-ce", APGDParams, norm="linf")
-def apgd_ce(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, n_iter: int = 100, restarts: int = 1, rho: float = 0.75,
+_PARAMS_TYPES = {("linf", False): APGDParams, ("l2", False): APGDL2Params, ("linf", True): APGDTParams, ("l2", True): APGDTL2Params}
+
+
+def apgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    loss: str = "ce",
+    n_iter: int = APGDParams.n_iter,
+    restarts: int = APGDParams.restarts,
+    rho: float = APGDParams.rho,
+    n_target_classes: int = APGDTParams.n_target_classes,
     generator: Generator | None = None,
 ) -> Tensor:
-    """Auto-PGD on the cross-entropy loss, L-inf (Croce & Hein, 2020; AutoAttack's apgd-ce)."""
-    return apgd(model, x, y, eps=eps, norm="linf", loss="ce", n_iter=n_iter, restarts=restarts, rho=rho,
-                generator=generator)
+    """Auto-PGD (Croce & Hein, 2020) with `restarts` random restarts, each on the samples not yet fooled.
+
+    x: (N, ...) pixels in [0, 1]; y: (N,) labels. norm "linf" or "l2"; loss "ce", "dlr" or
+    "targeted-dlr" (APGD-T, over the `n_target_classes` highest other classes; see `run_apgd`).
+    Returns x_adv (detached, in [0, 1], within eps of x in `norm`).
+    """
+    require_choice("norm", norm, NORMS)
+    require_choice("loss", loss, APGD_LOSSES)
+    targeted = loss == "targeted-dlr"
+    values = {"eps": eps, "n_iter": n_iter, "restarts": restarts, "rho": rho}
+    params = _PARAMS_TYPES[(norm, targeted)](**values, **({"n_target_classes": n_target_classes} if targeted else {}))
+    return run_attack(f"apgd ({loss}, {norm})", partial(run_apgd, loss=loss), model, x, y, params, generator)
 
 
-@register("apgd-dlr", APGDParams, norm="linf")
-def apgd_dlr(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, n_iter: int = 100, restarts: int = 1, rho: float = 0.75,
-    generator: Generator | None = None,
-) -> Tensor:
-    """Auto-PGD on the difference-of-logits-ratio loss, L-inf (Croce & Hein, 2020; apgd-dlr)."""
-    return apgd(model, x, y, eps=eps, norm="linf", loss="dlr", n_iter=n_iter, restarts=restarts, rho=rho,
-                generator=generator)
-
-
-@register("apgd-t", APGDTParams, norm="linf")
-def apgd_t(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, n_iter: int = 100, restarts: int = 1, rho: float = 0.75,
-    n_target_classes: int = 9, generator: Generator | None = None,
-) -> Tensor:
-    """Auto-PGD on the targeted DLR loss over the top other classes in turn, L-inf (AutoAttack's apgd-t)."""
-    return apgd(model, x, y, eps=eps, norm="linf", loss="targeted-dlr", n_iter=n_iter, restarts=restarts, rho=rho,
-                n_target_classes=n_target_classes, generator=generator)
-
-
-@register("apgd-ce-l2", APGDL2Params, norm="l2")
-def apgd_ce_l2(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, n_iter: int = 100, restarts: int = 1, rho: float = 0.75,
-    generator: Generator | None = None,
-) -> Tensor:
-    """Auto-PGD on the cross-entropy loss, L2 (Croce & Hein, 2020)."""
-    return apgd(model, x, y, eps=eps, norm="l2", loss="ce", n_iter=n_iter, restarts=restarts, rho=rho,
-                generator=generator)
-
-
-@register("apgd-dlr-l2", APGDL2Params, norm="l2")
-def apgd_dlr_l2(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, n_iter: int = 100, restarts: int = 1, rho: float = 0.75,
-    generator: Generator | None = None,
-) -> Tensor:
-    """Auto-PGD on the difference-of-logits-ratio loss, L2 (Croce & Hein, 2020)."""
-    return apgd(model, x, y, eps=eps, norm="l2", loss="dlr", n_iter=n_iter, restarts=restarts, rho=rho,
-                generator=generator)
-
-
-@register("apgd-t-l2", APGDTL2Params, norm="l2")
-def apgd_t_l2(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, n_iter: int = 100, restarts: int = 1, rho: float = 0.75,
-    n_target_classes: int = 9, generator: Generator | None = None,
-) -> Tensor:
-    """Auto-PGD on the targeted DLR loss over the top other classes in turn, L2 (Croce & Hein, 2020)."""
-    return apgd(model, x, y, eps=eps, norm="l2", loss="targeted-dlr", n_iter=n_iter, restarts=restarts, rho=rho,
-                n_target_classes=n_target_classes, generator=generator)
+# AutoAttack's six APGD attacks: one runner and one keyword function (`apgd`), the norm from the
+# parameter dataclass, the loss fixed per name
+for _name, _params_type, _loss, _summary in (
+    ("apgd-ce", APGDParams, "ce", "Auto-PGD on the cross-entropy loss, L-inf (Croce & Hein, 2020; AutoAttack's apgd-ce)."),
+    ("apgd-dlr", APGDParams, "dlr", "Auto-PGD on the difference-of-logits-ratio loss, L-inf (Croce & Hein, 2020; apgd-dlr)."),
+    ("apgd-t", APGDTParams, "targeted-dlr", "Auto-PGD on the targeted DLR loss over the top other classes in turn, L-inf (AutoAttack's apgd-t)."),
+    ("apgd-ce-l2", APGDL2Params, "ce", "Auto-PGD on the cross-entropy loss, L2 (Croce & Hein, 2020)."),
+    ("apgd-dlr-l2", APGDL2Params, "dlr", "Auto-PGD on the difference-of-logits-ratio loss, L2 (Croce & Hein, 2020)."),
+    ("apgd-t-l2", APGDTL2Params, "targeted-dlr", "Auto-PGD on the targeted DLR loss over the top other classes in turn, L2 (Croce & Hein, 2020)."),
+):
+    register(_name, _params_type, run=partial(run_apgd, loss=_loss), norm=_params_type.norm, summary=_summary)(
+        partial(apgd, norm=_params_type.norm, loss=_loss)
+    )

@@ -197,10 +197,39 @@ def check_eps(eps: float, norm: str) -> None:
         raise ConfigError(f"unknown norm {norm!r}; choose one of: {', '.join(NORMS)}")
 
 
+def check_shapes(x: Tensor, y: Tensor) -> None:
+    """A batch of images (N, ...) with one label each; shapes only, no device sync."""
+    if x.dim() < 2 or y.dim() != 1 or len(x) != len(y):
+        raise ConfigError(
+            f"x {tuple(x.shape)} and y {tuple(y.shape)} do not match; pass a batch x (N, ...) and one label per image, y (N,)"
+        )
+
+
+def check_run(x: Tensor, finite: Tensor, *, what: str) -> None:
+    """The one device sync of an attack call, after the run: the input's pixel range and the run's
+    finiteness (`finite`, a 0-dim bool) read together. Raises AttackError for NaN or infinite
+    pixels, pixels outside [0, 1], or a NaN or infinite loss or gradient met by `what`, in that
+    order (bad pixels make bad gradients: the first cause is named)."""
+    if x.numel() == 0:
+        flags = [0.0, 1.0, float(finite)]
+    else:
+        low, high = torch.aminmax(x)  # one pass; NaN propagates into both
+        flags = torch.stack([low, high, finite.to(low.dtype)]).tolist()
+    low_value, high_value, run_finite = flags
+    if not (math.isfinite(low_value) and math.isfinite(high_value)):
+        raise AttackError("the input images contain NaN or infinite pixels; clean the data before attacking")
+    if low_value < 0 or high_value > 1:
+        raise AttackError("pixels must be in [0, 1]; rescale the images (and put any normalisation inside the model)")
+    if not run_finite:
+        raise AttackError(
+            f"{what} met a NaN or infinite loss or gradient; check the model for log(0), division by zero "
+            "or overflow before attacking it"
+        )
+
+
 def check_inputs(x: Tensor, y: Tensor) -> None:
-    """Validate attack inputs at the public boundary: finite pixels in [0, 1], one label each."""
-    if x.dim() < 2 or len(x) != len(y):
-        raise ConfigError(f"x has {len(x)} samples but y has {len(y)} labels; pass one label per image")
+    """Validate evaluation inputs at the public boundary: finite pixels in [0, 1], one label each."""
+    check_shapes(x, y)
     if x.numel() == 0:
         return
     low, high = torch.stack(torch.aminmax(x)).tolist()  # one pass, one sync; NaN propagates into both
@@ -215,7 +244,7 @@ TARGET_MODES = ("none", "random", "least-likely")
 
 def check_target(target: str) -> None:
     """A target is "none" (untargeted), "random", "least-likely", or a class index such as "3"."""
-    if target not in TARGET_MODES and not target.isdigit():
+    if target not in TARGET_MODES and not (target.isascii() and target.isdigit()):
         raise ConfigError(
             f"target must be one of {', '.join(TARGET_MODES)} or a class index such as 3, got {target!r}"
         )

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Generator, Tensor, nn
 
-from redblue.attacks.core import check_eps, check_target, eval_mode, l2_project, margin_loss, pick_targets
-from redblue.attacks.registry import register
-from redblue.errors import AttackError, require_non_negative, require_positive
+from redblue.attacks.core import all_finite, check_eps, check_target, eval_mode, l2_project, margin_loss, per_sample, pick_targets
+from redblue.attacks.registry import register, run_attack
+from redblue.errors import require_non_negative, require_positive
 
 UNBOUNDED_CONST = 1e10  # the reference code's "no upper bound on c yet"
 
@@ -72,48 +72,26 @@ def _to_pixels(w: Tensor) -> Tensor:
     return (torch.tanh(w) + 1.0) / 2.0
 
 
-@register("cw-l2", CWParams, norm="l2")
-def cw_l2(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    eps: float,
-    steps: int = 100,
-    binary_search_steps: int = 5,
-    initial_const: float = 1.0,
-    lr: float = 0.1,
-    confidence: float = 0.0,
-    target: str = "none",
-    generator: Generator | None = None,
-) -> Tensor:
-    """Carlini-Wagner L2: minimise |x' - x|_2^2 + c * max(-gain, -confidence), x' = (tanh(w) + 1) / 2.
-
-    gain is the margin max_{j != y} z_j - z_y (targeted: z_t - max_{j != t} z_j); an iterate is
-    adversarial when gain > confidence. Per sample, c doubles as a binary search: lowered after
-    a success, raised (x10 until bounded) after a failure; each search restarts w at x.
-    x: (N, ...) pixels in [0, 1]; y: (N,) labels. Returns x_adv: detached, on x's device, in
-    [0, 1], within eps of x in L2: the smallest adversarial iterate (else the last iterate),
-    projected into the ball. target: "none", "random", "least-likely" or a class index.
-    """
-    CWParams(eps=eps, steps=steps, binary_search_steps=binary_search_steps, initial_const=initial_const,
-             lr=lr, confidence=confidence, target=target)  # fmt: skip
+def run_cw(model: nn.Module, x: Tensor, y: Tensor, params: CWParams, generator: Generator | None) -> tuple[Tensor, Tensor]:
+    """CW-L2's runner (see `registry`): (x_adv, every objective finite); see `cw_l2`."""
     n = len(x)
+    confidence = params.confidence
     with eval_mode(model):
-        targets = pick_targets(model, x, y, target, generator)
+        targets = pick_targets(model, x, y, params.target, generator)
         # atanh(+-1) is infinite: shrink a little, as the reference code does
         w_start = torch.atanh((2.0 * x - 1.0) * (1.0 - 1e-6))
-        const = torch.full((n,), initial_const, device=x.device, dtype=x.dtype)
+        const = torch.full((n,), params.initial_const, device=x.device, dtype=x.dtype)
         lower_const = torch.zeros_like(const)
         upper_const = torch.full_like(const, UNBOUNDED_CONST)
         best_norm = torch.full_like(const, torch.inf)
         x_best = x.clone()
+        x_new = x
         finite = torch.ones((), dtype=torch.bool, device=x.device)
-        for _ in range(binary_search_steps):
+        for _ in range(params.binary_search_steps):
             w = w_start.clone()
-            adam = _Adam(w, lr=lr)
+            adam = _Adam(w, lr=params.lr)
             succeeded = torch.zeros(n, dtype=torch.bool, device=x.device)
-            for _ in range(steps):
+            for _ in range(params.steps):
                 with torch.enable_grad():
                     w.requires_grad_(True)
                     x_new = _to_pixels(w)
@@ -129,17 +107,42 @@ def cw_l2(
                 norm = dist.sqrt()
                 better = is_adv & (norm < best_norm)
                 best_norm = torch.where(better, norm, best_norm)
-                x_best = torch.where(better.view(-1, *([1] * (x.dim() - 1))), x_new, x_best)
+                x_best = torch.where(per_sample(better, x), x_new, x_best)
                 w = adam.step(w.detach(), grad)
-            finite &= torch.isfinite(objective.detach()).all()
+            finite &= all_finite(objective.detach())
             # binary search on c, per sample (the reference code's update)
             upper_const = torch.where(succeeded, torch.minimum(upper_const, const), upper_const)
             lower_const = torch.where(succeeded, lower_const, torch.maximum(lower_const, const))
             bounded = upper_const < UNBOUNDED_CONST
             const = torch.where(bounded, (lower_const + upper_const) / 2.0, const * 10.0)
-        if not bool(finite):
-            raise AttackError(
-                "CW met a NaN or infinite loss; check the model for log(0), division by zero or overflow"
-            )
-        found = torch.isfinite(best_norm).view(-1, *([1] * (x.dim() - 1)))
-        return l2_project(torch.where(found, x_best, x_new), center=x, eps=eps).detach()
+    found = per_sample(torch.isfinite(best_norm), x)
+    return l2_project(torch.where(found, x_best, x_new), center=x, eps=params.eps).detach(), finite
+
+
+@register("cw-l2", CWParams, run=run_cw, norm="l2")
+def cw_l2(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    steps: int = CWParams.steps,
+    binary_search_steps: int = CWParams.binary_search_steps,
+    initial_const: float = CWParams.initial_const,
+    lr: float = CWParams.lr,
+    confidence: float = CWParams.confidence,
+    target: str = CWParams.target,
+    generator: Generator | None = None,
+) -> Tensor:
+    """Carlini-Wagner L2: minimise |x' - x|_2^2 + c * max(-gain, -confidence), x' = (tanh(w) + 1) / 2.
+
+    gain is the margin max_{j != y} z_j - z_y (targeted: z_t - max_{j != t} z_j); an iterate is
+    adversarial when gain > confidence. Per sample, c doubles as a binary search: lowered after
+    a success, raised (x10 until bounded) after a failure; each search restarts w at x.
+    x: (N, ...) pixels in [0, 1]; y: (N,) labels. Returns x_adv: detached, on x's device, in
+    [0, 1], within eps of x in L2: the smallest adversarial iterate (else the last iterate),
+    projected into the ball. target: "none", "random", "least-likely" or a class index.
+    """
+    params = CWParams(eps=eps, steps=steps, binary_search_steps=binary_search_steps, initial_const=initial_const,
+                      lr=lr, confidence=confidence, target=target)  # fmt: skip
+    return run_attack("cw-l2", run_cw, model, x, y, params, generator)

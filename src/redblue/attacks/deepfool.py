@@ -12,13 +12,14 @@ sample counts as fooled exactly when DeepFool's perturbation fits in the ball).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Generator, Tensor, nn
 
-from redblue.attacks.core import check_eps, eval_mode, project
-from redblue.attacks.registry import register
-from redblue.errors import AttackError, ConfigError, require_non_negative, require_positive
+from redblue.attacks.core import all_finite, check_eps, eval_mode, project
+from redblue.attacks.registry import register, run_attack
+from redblue.errors import ConfigError, require_non_negative, require_positive
 
 # the reference code's extra step past the linearised boundary, in pixel units
 BOUNDARY_STEP = 1e-4
@@ -33,25 +34,21 @@ class DeepFoolParams:
     overshoot: float = 0.02
     candidates: int = 10
 
+    norm: ClassVar[str] = "l2"
+
     def __post_init__(self) -> None:
-        check_eps(self.eps, "l2")
-        check_deepfool_params(self)
+        check_eps(self.eps, self.norm)
+        require_positive("steps", self.steps)
+        require_non_negative("overshoot", self.overshoot)
+        if self.candidates < 2:
+            raise ConfigError(f"candidates must be >= 2 (the true class and at least one other), got {self.candidates}")
 
 
 @dataclass(frozen=True)
 class DeepFoolLinfParams(DeepFoolParams):
     """DeepFool in L-inf (the dual norm is L1, so steps follow the gradient's sign)."""
 
-    def __post_init__(self) -> None:
-        check_eps(self.eps, "linf")
-        check_deepfool_params(self)
-
-
-def check_deepfool_params(params: DeepFoolParams) -> None:
-    require_positive("steps", params.steps)
-    require_non_negative("overshoot", params.overshoot)
-    if params.candidates < 2:
-        raise ConfigError(f"candidates must be >= 2 (the true class and at least one other), got {params.candidates}")
+    norm: ClassVar[str] = "linf"
 
 
 def _differences_and_gradients(
@@ -74,8 +71,9 @@ def _differences_and_gradients(
 
 def deepfool_perturbation(
     model: nn.Module, x: Tensor, y: Tensor, *, norm: str, steps: int, overshoot: float, candidates: int
-) -> Tensor:
-    """DeepFool's perturbed images x + (1 + overshoot) * r, clipped to [0, 1], before any eps-ball.
+) -> tuple[Tensor, Tensor]:
+    """DeepFool's perturbed images x + (1 + overshoot) * r, clipped to [0, 1], before any eps-ball,
+    and whether the total perturbation r stayed finite.
 
     Samples the model already misclassifies are returned unchanged. Each iteration works only on
     the samples not yet fooled; the one device sync per iteration (to drop fooled samples and stop
@@ -103,35 +101,52 @@ def deepfool_perturbation(
             distance = distances.gather(1, nearest[:, None]) + BOUNDARY_STEP  # (N_a, 1)
             direction = w / (w.norm(dim=1, keepdim=True) + 1e-12) if norm == "l2" else w.sign()
             r_total[active] += (distance * direction).view(len(active), *x.shape[1:])
-    if not bool(torch.isfinite(r_total).all()):
-        raise AttackError(
-            "DeepFool met a NaN or infinite gradient; check the model for log(0), division by zero or overflow"
-        )
-    return (x + (1.0 + overshoot) * r_total).clamp(0.0, 1.0)
+    return (x + (1.0 + overshoot) * r_total).clamp(0.0, 1.0), all_finite(r_total)
 
 
-@register("deepfool-l2", DeepFoolParams, norm="l2")
+def run_deepfool(
+    model: nn.Module, x: Tensor, y: Tensor, params: DeepFoolParams, generator: Generator | None
+) -> tuple[Tensor, Tensor]:
+    """DeepFool's runner (see `registry`): its perturbation, projected into the eps-ball."""
+    x_found, finite = deepfool_perturbation(model, x, y, norm=params.norm, steps=params.steps,
+                                            overshoot=params.overshoot, candidates=params.candidates)  # fmt: skip
+    return project(x_found, center=x, eps=params.eps, norm=params.norm).detach(), finite
+
+
+@register("deepfool-l2", DeepFoolParams, run=run_deepfool, norm="l2")
 def deepfool_l2(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, steps: int = 50, overshoot: float = 0.02, candidates: int = 10
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    steps: int = DeepFoolParams.steps,
+    overshoot: float = DeepFoolParams.overshoot,
+    candidates: int = DeepFoolParams.candidates,
 ) -> Tensor:
     """DeepFool in L2 (Moosavi-Dezfooli et al., 2016): steps to the nearest linearised boundary.
 
     x: (N, ...) pixels in [0, 1]; y: (N,) labels. Returns x_adv: detached, on x's device, in
     [0, 1], within eps of x in L2: DeepFool's perturbation, projected into the ball (see module).
     """
-    DeepFoolParams(eps=eps, steps=steps, overshoot=overshoot, candidates=candidates)
-    x_found = deepfool_perturbation(model, x, y, norm="l2", steps=steps, overshoot=overshoot, candidates=candidates)
-    return project(x_found, center=x, eps=eps, norm="l2").detach()
+    params = DeepFoolParams(eps=eps, steps=steps, overshoot=overshoot, candidates=candidates)
+    return run_attack("deepfool-l2", run_deepfool, model, x, y, params, None)
 
 
-@register("deepfool", DeepFoolLinfParams, norm="linf")
+@register("deepfool", DeepFoolLinfParams, run=run_deepfool, norm="linf")
 def deepfool_linf(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, steps: int = 50, overshoot: float = 0.02, candidates: int = 10
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    steps: int = DeepFoolLinfParams.steps,
+    overshoot: float = DeepFoolLinfParams.overshoot,
+    candidates: int = DeepFoolLinfParams.candidates,
 ) -> Tensor:
     """DeepFool in L-inf (Moosavi-Dezfooli et al., 2016): distances |f_k| / |w_k|_1, steps along sign(w).
 
     Same contract as `deepfool_l2`, with eps the L-inf radius.
     """
-    DeepFoolLinfParams(eps=eps, steps=steps, overshoot=overshoot, candidates=candidates)
-    x_found = deepfool_perturbation(model, x, y, norm="linf", steps=steps, overshoot=overshoot, candidates=candidates)
-    return project(x_found, center=x, eps=eps, norm="linf").detach()
+    params = DeepFoolLinfParams(eps=eps, steps=steps, overshoot=overshoot, candidates=candidates)
+    return run_attack("deepfool", run_deepfool, model, x, y, params, None)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor, nn
+from torch import Generator, Tensor, nn
 
-from redblue.attacks.core import check_eps, input_gradient
-from redblue.attacks.registry import register
+from redblue.attacks.core import all_finite, check_eps, eval_mode, loss_logits_and_gradient
+from redblue.attacks.registry import register, run_attack
 
 
 @dataclass(frozen=True)
@@ -20,13 +20,22 @@ class FGSMParams:
         check_eps(self.eps, "linf")
 
 
-@register("fgsm", FGSMParams, norm="linf", iterative=False)
-def fgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, clip: bool = True) -> Tensor:
+def run_fgsm(model: nn.Module, x: Tensor, y: Tensor, params: FGSMParams, generator: Generator | None) -> tuple[Tensor, Tensor]:
+    """FGSM's runner (see `registry`): x_adv and whether the input gradient was finite."""
+    with eval_mode(model):
+        _, _, grad = loss_logits_and_gradient(model, x, y)
+    finite = all_finite(grad)
+    # in place on the fresh tensors: these passes are FGSM's only cost beyond the model's
+    x_adv = x.add(grad.sign_(), alpha=params.eps)
+    return (x_adv.clamp_(0.0, 1.0) if params.clip else x_adv).detach(), finite
+
+
+@register("fgsm", FGSMParams, run=run_fgsm, norm="linf", iterative=False)
+def fgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, clip: bool = FGSMParams.clip) -> Tensor:
     """Fast gradient sign method: x + eps * sign(grad_x CE(model(x), y)).
 
     x: (N, 1, 28, 28) pixels in [0, 1]; y: (N,) labels. Returns x_adv: detached, on x's
-    device, within eps of x in L-inf, and in [0, 1] unless clip=False.
+    device, within eps of x in L-inf, and in [0, 1] unless clip=False. A NaN or infinite
+    gradient, or pixels that are not finite values in [0, 1], raise AttackError.
     """
-    grad = input_gradient(model, x, y)
-    x_adv = x + eps * grad.sign()
-    return (x_adv.clamp(0.0, 1.0) if clip else x_adv).detach()
+    return run_attack("fgsm", run_fgsm, model, x, y, FGSMParams(eps=eps, clip=clip), None)

@@ -1,25 +1,27 @@
-"""Projected gradient attacks in L-inf and L2: BIM, PGD with random restarts, MIM, PGD on the
-Carlini-Wagner margin, and their targeted variants.
+"""Projected gradient attacks in L-inf and L2: PGD with random restarts, PGD on the Carlini-Wagner
+margin, targeted PGD; and the loop that BIM and MIM (`bim.py`) run on too.
 
-All of them share one loop (`_ascend`): take steepest-ascent steps on a per-sample objective,
-project into the eps-ball and [0, 1], and keep, per sample, the best iterate seen: a fooled
-iterate beats any that is not, and among equals the higher objective wins. The logits of the
-gradient's own forward pass judge each iterate, so tracking costs no extra forward per step
-(one extra forward judges the last iterate). Restarts run only on the samples no earlier
-restart fooled, and the only device syncs are between restarts.
+All of them share one step (`_ascent`): steepest ascent on a per-sample objective, projected
+into the eps-ball and [0, 1]. The attacks keep, per sample, the best iterate seen (the random
+start included): a fooled iterate beats any that is not, and among equals the higher objective
+wins. The logits of the gradient's own forward pass judge each iterate, so tracking costs no
+extra forward per step (one extra forward judges the last iterate). Restarts run only on the
+samples no earlier restart fooled. Training objectives call `pgd_last_iterate`, the same step
+without the tracking.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Generator, Tensor, nn
 
 from redblue.attacks.core import (
     LossFn,
+    all_finite,
     ce_loss,
     check_eps,
     check_target,
@@ -35,8 +37,8 @@ from redblue.attacks.core import (
     random_start as draw_random_start,
     targeted_dlr_loss,
 )
-from redblue.attacks.registry import register
-from redblue.errors import AttackError, ConfigError, require_choice, require_non_negative, require_positive
+from redblue.attacks.registry import register, run_attack
+from redblue.errors import ConfigError, require_choice, require_non_negative, require_positive
 
 LossName = Literal["ce", "margin", "dlr"]
 LOSSES: dict[str, LossFn] = {"ce": ce_loss, "margin": margin_loss, "dlr": dlr_loss}
@@ -44,21 +46,23 @@ LOSSES: dict[str, LossFn] = {"ce": ce_loss, "margin": margin_loss, "dlr": dlr_lo
 MADRY_STEP = 2.5  # default step_size = 2.5 * eps / steps (Madry et al., 2018, appendix)
 
 
-def check_iterative_params(params: Any, norm: str) -> None:
-    """Validate the fields an iterative attack's parameter dataclass has (eps, steps, ...)."""
-    check_eps(params.eps, norm)
+def check_iterative_params(params: Any) -> None:
+    """Validate an iterative attack's parameter dataclass (its fields and its fixed ClassVars)."""
+    check_eps(params.eps, params.norm)
     require_positive("steps", params.steps)
     if params.step_size is not None:
         require_positive("step_size", params.step_size)
-    if hasattr(params, "restarts"):
-        require_positive("restarts", params.restarts)
-        if params.restarts > 1 and not params.random_start:
-            raise ConfigError("restarts > 1 without random_start repeats one deterministic run; set random_start=true")
-    if hasattr(params, "decay"):
+    require_positive("restarts", params.restarts)
+    if params.restarts > 1 and not params.random_start:
+        raise ConfigError("restarts > 1 without random_start repeats one deterministic run; set random_start=true")
+    if params.decay is not None:
         require_non_negative("decay", params.decay)
-    if hasattr(params, "loss"):
-        require_choice("loss", params.loss, tuple(LOSSES))
+    require_choice("loss", params.loss, tuple(LOSSES))
     check_target(params.target)
+
+
+# Each dataclass holds the fields a user may set; the ClassVars are what its attack fixes (the
+# norm, no momentum, no restarts, ...), so that one runner (`run_ascent`) serves them all.
 
 
 @dataclass(frozen=True)
@@ -73,16 +77,19 @@ class PGDParams:
     loss: LossName = "ce"
     target: str = "none"
 
+    norm: ClassVar[str] = "linf"
+    decay: ClassVar[float | None] = None
+    step_factor: ClassVar[float] = MADRY_STEP
+
     def __post_init__(self) -> None:
-        check_iterative_params(self, "linf")
+        check_iterative_params(self)
 
 
 @dataclass(frozen=True)
 class PGDL2Params(PGDParams):
     """PGD in L2; eps is the radius of the L2 ball in pixel units."""
 
-    def __post_init__(self) -> None:
-        check_iterative_params(self, "l2")
+    norm: ClassVar[str] = "l2"
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,7 @@ class PGDTargetedParams(PGDParams):
     target: str = "random"
 
     def __post_init__(self) -> None:
-        check_iterative_params(self, "linf")
+        check_iterative_params(self)
         if self.target == "none":
             raise ConfigError("pgd-t is targeted; set target=random, least-likely or a class index, or use pgd")
 
@@ -108,44 +115,13 @@ class PGDCWParams:
     random_start: bool = True
     target: str = "none"
 
-    def __post_init__(self) -> None:
-        check_iterative_params(self, "linf")
-
-
-@dataclass(frozen=True)
-class BIMParams:
-    """Basic iterative method: PGD without random start; step_size None means 2.5 * eps / steps."""
-
-    eps: float
-    steps: int = 10
-    step_size: float | None = None
-    loss: LossName = "ce"
-    target: str = "none"
+    norm: ClassVar[str] = "linf"
+    loss: ClassVar[str] = "margin"
+    decay: ClassVar[float | None] = None
+    step_factor: ClassVar[float] = MADRY_STEP
 
     def __post_init__(self) -> None:
-        check_iterative_params(self, "linf")
-
-
-@dataclass(frozen=True)
-class MIMParams:
-    """Momentum iterative method in L-inf; step_size None means eps / steps (Dong et al., 2018)."""
-
-    eps: float
-    steps: int = 10
-    step_size: float | None = None
-    decay: float = 1.0
-    target: str = "none"
-
-    def __post_init__(self) -> None:
-        check_iterative_params(self, "linf")
-
-
-@dataclass(frozen=True)
-class MIML2Params(MIMParams):
-    """Momentum iterative method in L2."""
-
-    def __post_init__(self) -> None:
-        check_iterative_params(self, "l2")
+        check_iterative_params(self)
 
 
 def _objective(loss: str, target: Tensor | None) -> LossFn:
@@ -201,7 +177,8 @@ def _ascent(
     around x and [0, 1]; direction is sign(grad) in L-inf, grad / |grad|_2 in L2. With `decay`,
     the steps follow the momentum of L1-normalised gradients (Dong et al., 2018).
     `on_iterate(x_k, loss_k, logits_k)` sees every point a gradient was taken at (k = 0..steps-1),
-    from the forward pass the gradient needed anyway.
+    from the forward pass the gradient needed anyway; x_k is valid during the call only (the loop
+    then updates it in place).
     """
     x_adv = x_start
     if norm == "linf":  # the L-inf ball within [0, 1], as bounds per pixel, once
@@ -218,9 +195,12 @@ def _ascent(
             momentum = decay * momentum + grad / per_sample(l1_mean, grad)
             grad = momentum
         if norm == "linf":
-            # = linf_project(ascent_step(...)) with the ball's bounds computed once; in place on
-            # fresh tensors, since these elementwise passes are PGD's only cost beyond the model
-            x_adv = x_adv.add(grad.sign() if momentum is not None else grad.sign_(), alpha=step_size).clamp_(lower, upper)
+            # = linf_project(ascent_step(...)) with the ball's bounds computed once; in place after
+            # the first step (x_start is the caller's), since these elementwise passes are PGD's
+            # only cost beyond the model: 3 instead of 5 per step
+            direction = grad.sign() if momentum is not None else grad.sign_()
+            x_adv = x_adv.add(direction, alpha=step_size) if x_adv is x_start else x_adv.add_(direction, alpha=step_size)
+            x_adv.clamp_(lower, upper)
         else:
             x_adv = l2_project(x_adv.add(l2_normalize(grad), alpha=step_size), center=x, eps=eps)
     return x_adv
@@ -271,19 +251,21 @@ def _ascend(
 ) -> tuple[Best, Tensor]:
     """One run of projected steepest ascent; returns the per-sample best and a 'stayed finite' flag.
 
-    The start is no candidate, only the iterates after each step are: so one step of size eps
-    from x is exactly FGSM. The caller runs the model in eval mode.
+    Every iterate is a candidate, a random start included (a sample fooled only there is kept);
+    x itself is not (it is no attack), so one step of size eps from x is exactly FGSM. The
+    caller runs the model in eval mode.
     """
     objective_fn = _objective(loss, target)
     x_start = draw_random_start(x, eps, norm=norm, generator=generator) if start_random else x
     best: Best = (x, torch.full((len(x),), -torch.inf, device=x.device, dtype=x.dtype), torch.zeros_like(y, dtype=torch.bool))
-    seen = 0
+
+    is_candidate = start_random  # the start is a candidate when it is random; x itself is not
 
     def keep(x_k: Tensor, objective: Tensor, logits: Tensor) -> None:
-        nonlocal best, seen
-        if seen > 0:
+        nonlocal best, is_candidate
+        if is_candidate:
             best = _keep_better(best, x_k, objective, _fooled(logits, y, target))
-        seen += 1
+        is_candidate = True
 
     x_adv = _ascent(model, x, y, x_start, loss=objective_fn, eps=eps, norm=norm, steps=steps, step_size=step_size,
                     decay=decay, on_iterate=keep)  # fmt: skip
@@ -291,8 +273,7 @@ def _ascend(
         logits = model(x_adv)
     objective = objective_fn(logits, y)
     best = _keep_better(best, x_adv, objective, _fooled(logits, y, target))
-    finite = torch.isfinite(objective).all() & torch.isfinite(x_adv).all()
-    return best, finite
+    return best, all_finite(objective) & all_finite(x_adv)
 
 
 def attack_with_restarts(
@@ -310,61 +291,60 @@ def attack_with_restarts(
     target: str = "none",
     decay: float | None = None,
     generator: Generator | None = None,
-) -> Tensor:
-    """The loop behind every attack of this module; see the module docstring.
+) -> tuple[Tensor, Tensor]:
+    """The loop behind every attack of this module; returns (x_adv, finite), see the module docstring.
 
     A sample counts as fooled as soon as any iterate of any restart fools it (that iterate is
-    returned); otherwise the iterate with the highest objective is. Later restarts run only on
-    samples not yet fooled, and stop early once all are.
+    returned); otherwise the iterate with the highest objective is. The first run attacks every
+    sample without a device sync; each later restart costs one sync, to run only the samples not
+    yet fooled (and to stop once all are), which on a CPU saves the fooled fraction of its work.
     """
     if len(x) == 0:  # an evaluation cascade may leave no sample to attack
-        return x.detach().clone()
+        return x.detach().clone(), torch.ones((), dtype=torch.bool, device=x.device)
+    settings = {"eps": eps, "norm": norm, "steps": steps, "step_size": step_size, "start_random": random_start,
+                "loss": loss, "decay": decay, "generator": generator}  # fmt: skip
     with eval_mode(model):
         targets = pick_targets(model, x, y, target, generator)
-        best: Best | None = None
-        todo: Tensor | None = None  # indices still to attack; None: all
-        for _ in range(restarts):
-            pick = (lambda t: t) if todo is None else (lambda t: t[todo])
-            run_best, finite = _ascend(
-                model, pick(x), pick(y), None if targets is None else pick(targets),
-                eps=eps, norm=norm, steps=steps, step_size=step_size, start_random=random_start,
-                loss=loss, decay=decay, generator=generator,
-            )  # fmt: skip
-            if best is None or todo is None:
-                best = run_best
-            else:
-                merged = _keep_better(tuple(t[todo] for t in best), *run_best)  # type: ignore[arg-type]
-                for kept, new in zip(best, merged):
-                    kept[todo] = new
-            if not bool(finite):
-                raise AttackError(
-                    "the attack met a NaN or infinite loss or gradient; check the model for log(0), "
-                    "division by zero or overflow before attacking it"
-                )
+        best, finite = _ascend(model, x, y, targets, **settings)
+        for _ in range(restarts - 1):
             todo = (~best[2]).nonzero().squeeze(1)
             if len(todo) == 0:
                 break
-    assert best is not None
-    return best[0].detach()
+            run_best, run_finite = _ascend(model, x[todo], y[todo], None if targets is None else targets[todo], **settings)
+            finite = finite & run_finite
+            merged = _keep_better((best[0][todo], best[1][todo], best[2][todo]), *run_best)
+            for kept, new in zip(best, merged):
+                kept[todo] = new
+    return best[0].detach(), finite
 
 
-def default_step_size(step_size: float | None, eps: float, steps: int, *, factor: float = MADRY_STEP) -> float:
-    return factor * eps / steps if step_size is None else step_size
+def resolved_step_size(params: Any) -> float:
+    """The step size an iterative attack uses: the given one, or step_factor * eps / steps."""
+    return params.step_factor * params.eps / params.steps if params.step_size is None else params.step_size
 
 
-@register("pgd", PGDParams, norm="linf")
+def run_ascent(model: nn.Module, x: Tensor, y: Tensor, params: Any, generator: Generator | None) -> tuple[Tensor, Tensor]:
+    """The runner (see `registry`) of every attack of this module, from its validated params."""
+    return attack_with_restarts(
+        model, x, y, eps=params.eps, norm=params.norm, steps=params.steps, step_size=resolved_step_size(params),
+        restarts=params.restarts, random_start=params.random_start, loss=params.loss, target=params.target,
+        decay=params.decay, generator=generator,
+    )  # fmt: skip
+
+
+@register("pgd", PGDParams, run=run_ascent, norm="linf")
 def pgd(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
     *,
     eps: float,
-    steps: int = 40,
-    step_size: float | None = None,
-    restarts: int = 1,
-    random_start: bool = True,
-    loss: LossName = "ce",
-    target: str = "none",
+    steps: int = PGDParams.steps,
+    step_size: float | None = PGDParams.step_size,
+    restarts: int = PGDParams.restarts,
+    random_start: bool = PGDParams.random_start,
+    loss: LossName = PGDParams.loss,
+    target: str = PGDParams.target,
     generator: Generator | None = None,
 ) -> Tensor:
     """L-inf projected gradient descent (Madry et al., 2018) with random restarts.
@@ -374,26 +354,24 @@ def pgd(
     `attack_with_restarts`). step_size None: 2.5 * eps / steps. loss: "ce", "margin" or "dlr";
     target: "none", "random", "least-likely" or a class index such as "3".
     """
-    PGDParams(eps=eps, steps=steps, step_size=step_size, restarts=restarts, random_start=random_start, loss=loss, target=target)
-    return attack_with_restarts(
-        model, x, y, eps=eps, norm="linf", steps=steps, step_size=default_step_size(step_size, eps, steps),
-        restarts=restarts, random_start=random_start, loss=loss, target=target, generator=generator,
-    )  # fmt: skip
+    params = PGDParams(eps=eps, steps=steps, step_size=step_size, restarts=restarts, random_start=random_start,
+                       loss=loss, target=target)  # fmt: skip
+    return run_attack("pgd", run_ascent, model, x, y, params, generator)
 
 
-@register("pgd-l2", PGDL2Params, norm="l2")
+@register("pgd-l2", PGDL2Params, run=run_ascent, norm="l2")
 def pgd_l2(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
     *,
     eps: float,
-    steps: int = 40,
-    step_size: float | None = None,
-    restarts: int = 1,
-    random_start: bool = True,
-    loss: LossName = "ce",
-    target: str = "none",
+    steps: int = PGDL2Params.steps,
+    step_size: float | None = PGDL2Params.step_size,
+    restarts: int = PGDL2Params.restarts,
+    random_start: bool = PGDL2Params.random_start,
+    loss: LossName = PGDL2Params.loss,
+    target: str = PGDL2Params.target,
     generator: Generator | None = None,
 ) -> Tensor:
     """L2 projected gradient descent (Madry et al., 2018): steps along the normalised gradient.
@@ -401,53 +379,47 @@ def pgd_l2(
     Same contract as `pgd`, with eps the L2 radius in pixel units and a random start drawn
     uniformly from the L2 ball.
     """
-    PGDL2Params(eps=eps, steps=steps, step_size=step_size, restarts=restarts, random_start=random_start, loss=loss, target=target)
-    return attack_with_restarts(
-        model, x, y, eps=eps, norm="l2", steps=steps, step_size=default_step_size(step_size, eps, steps),
-        restarts=restarts, random_start=random_start, loss=loss, target=target, generator=generator,
-    )  # fmt: skip
+    params = PGDL2Params(eps=eps, steps=steps, step_size=step_size, restarts=restarts, random_start=random_start,
+                         loss=loss, target=target)  # fmt: skip
+    return run_attack("pgd-l2", run_ascent, model, x, y, params, generator)
 
 
-@register("pgd-t", PGDTargetedParams, norm="linf", targeted=True)
+@register("pgd-t", PGDTargetedParams, run=run_ascent, norm="linf", targeted=True)
 def pgd_targeted(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
     *,
     eps: float,
-    steps: int = 40,
-    step_size: float | None = None,
-    restarts: int = 1,
-    random_start: bool = True,
-    loss: LossName = "ce",
-    target: str = "random",
+    steps: int = PGDTargetedParams.steps,
+    step_size: float | None = PGDTargetedParams.step_size,
+    restarts: int = PGDTargetedParams.restarts,
+    random_start: bool = PGDTargetedParams.random_start,
+    loss: LossName = PGDTargetedParams.loss,
+    target: str = PGDTargetedParams.target,
     generator: Generator | None = None,
 ) -> Tensor:
     """Targeted L-inf PGD: descends the loss towards a target class (random other class by default).
 
     A sample counts as fooled when the model predicts its target. Same contract as `pgd`.
     """
-    PGDTargetedParams(
-        eps=eps, steps=steps, step_size=step_size, restarts=restarts, random_start=random_start, loss=loss, target=target
-    )
-    return pgd(
-        model, x, y, eps=eps, steps=steps, step_size=step_size, restarts=restarts,
-        random_start=random_start, loss=loss, target=target, generator=generator,
-    )  # fmt: skip
+    params = PGDTargetedParams(eps=eps, steps=steps, step_size=step_size, restarts=restarts,
+                               random_start=random_start, loss=loss, target=target)  # fmt: skip
+    return run_attack("pgd-t", run_ascent, model, x, y, params, generator)
 
 
-@register("pgd-cw", PGDCWParams, norm="linf")
+@register("pgd-cw", PGDCWParams, run=run_ascent, norm="linf")
 def pgd_cw(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
     *,
     eps: float,
-    steps: int = 40,
-    step_size: float | None = None,
-    restarts: int = 1,
-    random_start: bool = True,
-    target: str = "none",
+    steps: int = PGDCWParams.steps,
+    step_size: float | None = PGDCWParams.step_size,
+    restarts: int = PGDCWParams.restarts,
+    random_start: bool = PGDCWParams.random_start,
+    target: str = PGDCWParams.target,
     generator: Generator | None = None,
 ) -> Tensor:
     """L-inf PGD on the Carlini-Wagner margin max_{j != y} z_j - z_y (Carlini & Wagner, 2017).
@@ -455,80 +427,6 @@ def pgd_cw(
     The margin ignores softmax saturation, where cross-entropy's gradient vanishes. Same
     contract as `pgd`.
     """
-    PGDCWParams(eps=eps, steps=steps, step_size=step_size, restarts=restarts, random_start=random_start, target=target)
-    return pgd(
-        model, x, y, eps=eps, steps=steps, step_size=step_size, restarts=restarts,
-        random_start=random_start, loss="margin", target=target, generator=generator,
-    )  # fmt: skip
-
-
-@register("bim", BIMParams, norm="linf")
-def bim(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    eps: float,
-    steps: int = 10,
-    step_size: float | None = None,
-    loss: LossName = "ce",
-    target: str = "none",
-    generator: Generator | None = None,
-) -> Tensor:
-    """Basic iterative method (Kurakin et al., 2017): iterated FGSM from x, projected to the ball.
-
-    Deterministic unless target="random". step_size None: 2.5 * eps / steps. Same contract as `pgd`.
-    """
-    BIMParams(eps=eps, steps=steps, step_size=step_size, loss=loss, target=target)
-    return attack_with_restarts(
-        model, x, y, eps=eps, norm="linf", steps=steps, step_size=default_step_size(step_size, eps, steps),
-        random_start=False, loss=loss, target=target, generator=generator,
-    )  # fmt: skip
-
-
-@register("mim", MIMParams, norm="linf")
-def mim(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    eps: float,
-    steps: int = 10,
-    step_size: float | None = None,
-    decay: float = 1.0,
-    target: str = "none",
-    generator: Generator | None = None,
-) -> Tensor:
-    """Momentum iterative FGSM (Dong et al., 2018): g <- decay * g + grad / |grad|_1, x <- x + a * sign(g).
-
-    Starts from x; step_size None: eps / steps as in the paper. Same contract as `pgd`.
-    """
-    MIMParams(eps=eps, steps=steps, step_size=step_size, decay=decay, target=target)
-    return attack_with_restarts(
-        model, x, y, eps=eps, norm="linf", steps=steps, step_size=default_step_size(step_size, eps, steps, factor=1.0),
-        random_start=False, target=target, decay=decay, generator=generator,
-    )  # fmt: skip
-
-
-@register("mim-l2", MIML2Params, norm="l2")
-def mim_l2(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    eps: float,
-    steps: int = 10,
-    step_size: float | None = None,
-    decay: float = 1.0,
-    target: str = "none",
-    generator: Generator | None = None,
-) -> Tensor:
-    """Momentum iterative method in L2 (Dong et al., 2018): steps of length a along g / |g|_2.
-
-    Starts from x; step_size None: eps / steps. Same contract as `pgd-l2`.
-    """
-    MIML2Params(eps=eps, steps=steps, step_size=step_size, decay=decay, target=target)
-    return attack_with_restarts(
-        model, x, y, eps=eps, norm="l2", steps=steps, step_size=default_step_size(step_size, eps, steps, factor=1.0),
-        random_start=False, target=target, decay=decay, generator=generator,
-    )  # fmt: skip
+    params = PGDCWParams(eps=eps, steps=steps, step_size=step_size, restarts=restarts, random_start=random_start,
+                         target=target)  # fmt: skip
+    return run_attack("pgd-cw", run_ascent, model, x, y, params, generator)

@@ -13,24 +13,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import torch
 from torch import Generator, Tensor, nn
 
-from redblue.attacks.core import check_eps, eval_mode, l2_normalize, margin_loss
-from redblue.attacks.registry import register
-from redblue.errors import ConfigError, require_in_range, require_positive
+from redblue.attacks.core import NORMS, all_finite, check_eps, eval_mode, l2_normalize, margin_loss
+from redblue.attacks.registry import register, run_attack
+from redblue.errors import ConfigError, require_choice, require_in_range, require_positive
 
 # p is halved after each of these iterations, counted on a budget of 10,000 queries
 _P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
-def p_schedule(iteration: int, n_queries: int, p_init: float) -> float:
+def p_schedule(iteration: int, n_queries: int, p_init: float, *, rescale: bool = True) -> float:
     """Fraction of pixels changed at `iteration` (from 0): the paper's piecewise-constant schedule,
-    with the iteration rescaled to a 10,000-query budget as in the reference implementation."""
-    rescaled = int(iteration / n_queries * 10000)
-    return p_init / 2 ** sum(rescaled > threshold for threshold in _P_HALVINGS)
+    with the iteration rescaled to a 10,000-query budget when `rescale` (the reference
+    SquareAttack's default; AutoAttack's standard version turns it off)."""
+    counted = int(iteration / n_queries * 10000) if rescale else iteration
+    return p_init / 2 ** sum(counted > threshold for threshold in _P_HALVINGS)
 
 
 def _as_images(x: Tensor) -> Tensor:
@@ -201,7 +203,7 @@ def _l2_proposal(x: Tensor, x_best: Tensor, side: int, draws: tuple[Tensor, ...]
 
 
 def _square_run(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str, n_queries: int, p_init: float,
+    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str, n_queries: int, p_init: float, rescale: bool,
     generator: Generator | None, input_shape: tuple[int, ...],
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One run: n_queries forwards per sample at most (the start counts); returns (x_best, margin, is_adv).
@@ -231,7 +233,7 @@ def _square_run(
             adv_act = adv_act[keep]
         if len(active) == 0:
             break
-        side = _window_side(p_schedule(iteration, n_queries, p_init), height, width, norm=norm)
+        side = _window_side(p_schedule(iteration, n_queries, p_init, rescale=rescale), height, width, norm=norm)
         draws = [d[active] for d in _draw(len(x), x, norm, generator)]
         if norm == "linf":  # the proposal differs from x_best in one window: edit it in place
             positions, old_window, new_window = _linf_window(x_act, best_act, side, draws, eps=eps)
@@ -251,59 +253,15 @@ def _square_run(
     return x_best, best_margin, is_adv
 
 
-def square(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    eps: float,
-    norm: str = "linf",
-    n_queries: int = 5000,
-    p_init: float = 0.8,
-    restarts: int = 1,
-    generator: Generator | None = None,
-) -> Tensor:
-    """Square Attack (Andriushchenko et al., 2020): black-box random search on the margin loss.
-
-    x: (N, C, H, W) (or (N, H, W), (N, D)) pixels in [0, 1]; y: (N,) labels. Queries only the
-    model's logits, without gradients: at most n_queries forwards per sample and run, plus one
-    clean forward. Each restart attacks the samples not yet fooled. Returns x_adv (detached,
-    in [0, 1], within eps of x in `norm`): for a fooled sample the first point found that the
-    model misclassifies, for a robust one the lowest-margin point, x itself where the model
-    already errs.
-    """
-    check_eps(eps, norm)
-    require_positive("n_queries", n_queries)
-    require_in_range("p_init", p_init, 0.0, 1.0)
-    require_positive("p_init", p_init)
-    require_positive("restarts", restarts)
-    x = x.detach()
-    images = _as_images(x)
-    with torch.no_grad(), eval_mode(model):
-        is_adv = model(x).argmax(dim=1) != y
-        x_adv = images.clone()
-        best_margin = torch.full((len(x),), -math.inf, dtype=x.dtype, device=x.device)
-        for _ in range(restarts):
-            todo = (~is_adv).nonzero().squeeze(1)  # one sync per restart
-            if len(todo) == 0:
-                break
-            x_run, margin, fooled = _square_run(
-                model, images[todo], y[todo], eps=eps, norm=norm, n_queries=n_queries, p_init=p_init,
-                generator=generator, input_shape=tuple(x.shape[1:]),
-            )
-            better = (margin > best_margin[todo]) | fooled
-            x_adv[todo] = torch.where(better[:, None, None, None], x_run, x_adv[todo])
-            best_margin[todo] = torch.where(better, margin, best_margin[todo])
-            is_adv[todo] = fooled
-    return x_adv.view_as(x)
-
-
 @dataclass(frozen=True)
 class SquareParams:
     eps: float
     n_queries: int = 5000  # AutoAttack's standard budget
     p_init: float = 0.8  # AutoAttack's standard version, for L-inf and L2 alike
     restarts: int = 1
+    # p's schedule rescaled to n_queries (pyautoattack's SquareAttack default); AutoAttack's
+    # standard version runs Square with rescale off (its schedule is counted on 10,000 queries)
+    rescale: bool = True
 
     norm: ClassVar[str] = "linf"
 
@@ -320,21 +278,67 @@ class SquareL2Params(SquareParams):
     norm: ClassVar[str] = "l2"
 
 
-@register("square", SquareParams, norm="linf", threat="black-box")
-def square_linf(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, n_queries: int = 5000, p_init: float = 0.8,
-    restarts: int = 1, generator: Generator | None = None,
-) -> Tensor:
-    """Square Attack, L-inf: score-based black-box random search (Andriushchenko et al., 2020)."""
-    return square(model, x, y, eps=eps, norm="linf", n_queries=n_queries, p_init=p_init, restarts=restarts,
-                  generator=generator)
+def run_square(
+    model: nn.Module, x: Tensor, y: Tensor, params: SquareParams, generator: Generator | None
+) -> tuple[Tensor, Tensor]:
+    """Square's runner (see `registry`): each restart attacks the samples not yet fooled.
+
+    Returns (x_adv, finite): for a fooled sample the first point found that the model
+    misclassifies, for a robust one the lowest-margin point, x itself where the model already
+    errs; finite is whether every margin the model returned was finite.
+    """
+    x = x.detach()
+    images = _as_images(x)
+    with torch.no_grad(), eval_mode(model):
+        is_adv = model(x).argmax(dim=1) != y
+        x_adv = images.clone()
+        best_margin = torch.full((len(x),), -math.inf, dtype=x.dtype, device=x.device)
+        finite = torch.ones((), dtype=torch.bool, device=x.device)
+        for _ in range(params.restarts):
+            todo = (~is_adv).nonzero().squeeze(1)  # one sync per restart
+            if len(todo) == 0:
+                break
+            x_run, margin, fooled = _square_run(
+                model, images[todo], y[todo], eps=params.eps, norm=params.norm, n_queries=params.n_queries,
+                p_init=params.p_init, rescale=params.rescale, generator=generator, input_shape=tuple(x.shape[1:]),
+            )  # fmt: skip
+            finite &= all_finite(margin)
+            better = (margin > best_margin[todo]) | fooled
+            x_adv[todo] = torch.where(better[:, None, None, None], x_run, x_adv[todo])
+            best_margin[todo] = torch.where(better, margin, best_margin[todo])
+            is_adv[todo] = fooled
+    return x_adv.view_as(x), finite
 
 
-@register("square-l2", SquareL2Params, norm="l2", threat="black-box")
-def square_l2(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, n_queries: int = 5000, p_init: float = 0.8,
-    restarts: int = 1, generator: Generator | None = None,
+def square(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    n_queries: int = SquareParams.n_queries,
+    p_init: float = SquareParams.p_init,
+    restarts: int = SquareParams.restarts,
+    rescale: bool = SquareParams.rescale,
+    generator: Generator | None = None,
 ) -> Tensor:
-    """Square Attack, L2: score-based black-box random search (Andriushchenko et al., 2020)."""
-    return square(model, x, y, eps=eps, norm="l2", n_queries=n_queries, p_init=p_init, restarts=restarts,
-                  generator=generator)
+    """Square Attack (Andriushchenko et al., 2020): black-box random search on the margin loss.
+
+    x: (N, C, H, W) (or (N, H, W), (N, D)) pixels in [0, 1]; y: (N,) labels. Queries only the
+    model's logits, without gradients: at most n_queries forwards per sample and run, plus one
+    clean forward. Returns x_adv (detached, in [0, 1], within eps of x in `norm`); see
+    `run_square`.
+    """
+    require_choice("norm", norm, NORMS)
+    params_type = SquareParams if norm == "linf" else SquareL2Params
+    params = params_type(eps=eps, n_queries=n_queries, p_init=p_init, restarts=restarts, rescale=rescale)
+    return run_attack(f"square ({norm})", run_square, model, x, y, params, generator)
+
+
+for _name, _params_type in (("square", SquareParams), ("square-l2", SquareL2Params)):
+    register(
+        _name, _params_type, run=run_square, norm=_params_type.norm, threat="black-box",
+        summary=f"Square Attack, {'L-inf' if _params_type.norm == 'linf' else 'L2'}: score-based black-box "
+        "random search (Andriushchenko et al., 2020).",
+    )(partial(square, norm=_params_type.norm))  # fmt: skip

@@ -23,7 +23,7 @@ import torch
 from torch import Generator, Tensor, nn
 
 from redblue.attacks.core import check_eps
-from redblue.attacks.registry import AttackEntry, get_attack, parse_attack, register
+from redblue.attacks.registry import AttackEntry, get_attack, parse_attack, register, run_attack
 from redblue.config import split_spec
 from redblue.errors import ConfigError, ModelError
 from redblue.models import load_model
@@ -91,28 +91,24 @@ def load_surrogate(path: str | os.PathLike[str], *, device: torch.device, dtype:
     return _cached_surrogate(str(resolved), stat.st_mtime_ns, stat.st_size, str(device), dtype)
 
 
-def transfer_attack(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    eps: float,
-    surrogate: str,
-    attack: str,
-    norm: str,
-    generator: Generator | None = None,
-) -> Tensor:
-    """Adversarial images crafted by `attack` on the surrogate; `model` (the target) is not used."""
-    entry, params = parse_inner(attack, eps=eps, norm=norm)
-    surrogate_model = load_surrogate(surrogate, device=x.device, dtype=x.dtype)
+def run_transfer(
+    model: nn.Module, x: Tensor, y: Tensor, params: TransferParams, generator: Generator | None
+) -> tuple[Tensor, Tensor]:
+    """Transfer's runner (see `registry`): the inner attack's runner on the surrogate; `model` (the
+    target) is not used."""
+    entry, inner_params = parse_inner(params.attack, eps=params.eps, norm=params.norm)
+    surrogate_model = load_surrogate(params.surrogate, device=x.device, dtype=x.dtype)
     with torch.no_grad():
         n_classes = surrogate_model(x[:1]).shape[1]
-    if len(y) and int(y.max()) >= n_classes:
-        raise ModelError(f"surrogate {surrogate} has {n_classes} classes but a label is {int(y.max())}; use a surrogate trained on the same dataset")
-    return entry(surrogate_model, x, y, params, generator=generator)
+    if len(y) and int(y.max()) >= n_classes:  # a sync, once per call: a wrong label would crash the inner attack
+        raise ModelError(
+            f"surrogate {params.surrogate} has {n_classes} classes but a label is {int(y.max())}; "
+            "use a surrogate trained on the same dataset"
+        )
+    return entry.run(surrogate_model, x, y, inner_params, generator)
 
 
-@register("transfer", TransferParams, norm="linf", threat="transfer")
+@register("transfer", TransferParams, run=run_transfer, norm="linf", threat="transfer")
 def transfer(
     model: nn.Module,
     x: Tensor,
@@ -120,7 +116,7 @@ def transfer(
     *,
     eps: float,
     surrogate: str,
-    attack: str = "pgd",
+    attack: str = TransferParams.attack,
     generator: Generator | None = None,
 ) -> Tensor:
     """Transfer in L-inf: crafted on the surrogate file by `attack`, e.g. attack=pgd/steps=40/restarts=2.
@@ -129,11 +125,11 @@ def transfer(
     (detached, on x's device, in [0, 1], within eps of x in L-inf). `attack`: an L-inf attack spec
     with '/' between its parameters, e.g. "pgd/steps=40/restarts=2".
     """
-    TransferParams(eps=eps, surrogate=surrogate, attack=attack)
-    return transfer_attack(model, x, y, eps=eps, surrogate=surrogate, attack=attack, norm="linf", generator=generator)
+    params = TransferParams(eps=eps, surrogate=surrogate, attack=attack)
+    return run_attack("transfer", run_transfer, model, x, y, params, generator)
 
 
-@register("transfer-l2", TransferL2Params, norm="l2", threat="transfer")
+@register("transfer-l2", TransferL2Params, run=run_transfer, norm="l2", threat="transfer")
 def transfer_l2(
     model: nn.Module,
     x: Tensor,
@@ -141,12 +137,12 @@ def transfer_l2(
     *,
     eps: float,
     surrogate: str,
-    attack: str = "pgd-l2",
+    attack: str = TransferL2Params.attack,
     generator: Generator | None = None,
 ) -> Tensor:
     """Transfer in L2: crafted on the surrogate file by an L2 `attack`, e.g. attack=pgd-l2/steps=40.
 
     Same contract as `transfer`, with eps the L2 radius and `attack` an L2 attack spec.
     """
-    TransferL2Params(eps=eps, surrogate=surrogate, attack=attack)
-    return transfer_attack(model, x, y, eps=eps, surrogate=surrogate, attack=attack, norm="l2", generator=generator)
+    params = TransferL2Params(eps=eps, surrogate=surrogate, attack=attack)
+    return run_attack("transfer-l2", run_transfer, model, x, y, params, generator)

@@ -1,60 +1,123 @@
-"""`redblue attack` (one attack, images written out) and `redblue evaluate` (attack x eps grid, worst case, bounds, checks)."""
+"""`redblue attack` (one attack, images written out) and `redblue evaluate` (attack x eps grid, worst case, bounds, checks).
+
+Both verbs parse their options, call the engine (`redblue.evaluate`) and print (`evaluate_view`).
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import functools
+import os
 import platform
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import torch
 import typer
 from rich.console import Console
-from rich.table import Table
 
 import redblue
 from redblue.attacks import parse_attack
-from redblue.attacks.core import check_eps, per_sample_norm
-from redblue.cli.app import DataDirOption, DeviceOption, JsonOption, app, parse_floats, print_json, resolve_device
+from redblue.attacks.core import check_eps
+from redblue.cli.app import (
+    DataDirOption,
+    DeviceOption,
+    JsonOption,
+    ThreadsOption,
+    app,
+    apply_threads,
+    parse_floats,
+    print_json,
+    resolve_device,
+    set_interrupt_message,
+)
+from redblue.cli.evaluate_view import (
+    batch_progress_line,
+    interactive,
+    print_attack,
+    print_evaluation,
+    progress_line,
+)
+from redblue.cli.verbs_data import DownloadOption, require_dataset
 from redblue.config import atomic_write_bytes
 from redblue.errors import ConfigError, require_choice, require_positive
 from redblue.evaluate import (
     CERTIFY_METHODS,
     MODES,
-    Evaluation,
-    attack_label,
     evaluate,
     parse_attack_list,
-    require_logits,
-    run_attack,
-    validity_findings,
+    require_batch_size,
+    require_model_fits,
 )
-from redblue.metrics import DEFAULT_BATCH, predict_logits
+from redblue.evaluate.folder import EvaluationFolder, file_sha256
+from redblue.evaluate.single import attack_every_sample
+from redblue.metrics import DEFAULT_BATCH
 from redblue.models import load_model, save_tensors
+from redblue.store import environment, json_bytes
 
-DatasetOption = Annotated[str, typer.Option("--dataset", help="mnist, fashion-mnist or kmnist.")]
+DatasetOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--dataset",
+        help="mnist, fashion-mnist or kmnist. Default: the dataset the model was trained on (its metadata), else mnist.",
+    ),
+]
 SplitOption = Annotated[str, typer.Option("--split", help="Which split to attack: test or train.")]
 LimitOption = Annotated[Optional[int], typer.Option("--limit", help="Use only the first N images of the split.")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seeds the attacks' random starts and searches.")]
-BatchOption = Annotated[int, typer.Option("--batch-size", help="Images per attack batch.")]
-
-SEVERITY_STYLE = {"ok": ("ok", "green"), "warning": ("warning", "yellow"), "fail": ("FAIL", "bold red")}
+BatchOption = Annotated[int, typer.Option("--batch-size", help="Images per attack batch (an integer >= 1).")]
 
 
 def _versions() -> dict[str, str]:
     return {"redblue": redblue.__version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
-def _load(model_path: Path, dataset: str, split: str, limit: int | None, data_dir: Path | None, device: torch.device):
-    from redblue.data import load_dataset
+@dataclass(frozen=True, eq=False)
+class _Inputs:
+    """The model and the images a verb works on, and where they came from."""
+
+    model: torch.nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    dataset: str  # the dataset used: --dataset, else the one the model's record names, else mnist
+
+
+def _load(
+    model_path: Path, dataset: str | None, split: str, limit: int | None, data_dir: Path | None, download: bool,
+    device: torch.device,
+) -> _Inputs:
+    """Load the model, then the dataset it was trained on unless --dataset names another (downloaded
+    on first use with consent), and refuse a dataset whose images or classes the model does not fit."""
+    from redblue.data import get_spec, load_dataset
 
     if limit is not None:
         require_positive("--limit", limit)
     loaded = load_model(model_path, device=device)
-    data = load_dataset(dataset, split, data_dir=data_dir)
+    trained_on = loaded.record.get("dataset") if isinstance(loaded.record.get("dataset"), str) else None
+    name = dataset or trained_on or "mnist"
+    require_dataset(name, data_dir=data_dir, download=download, splits=(split,))
+    data = load_dataset(name, split, data_dir=data_dir)
     x, y = (data.x, data.y) if limit is None else (data.x[:limit], data.y[:limit])
-    return loaded.model, x.to(device), y.to(device)
+    x, y = x.to(device), y.to(device)
+    require_model_fits(loaded.model, x, classes=get_spec(name).n_classes, dataset=name, trained_on=trained_on)
+    return _Inputs(loaded.model, x, y, name)
+
+
+def _restoring_threads(verb: Callable[..., None]) -> Callable[..., None]:
+    """Run the verb, then give torch back the thread count it had: --threads holds for this verb only
+    (a process that runs several verbs, such as the test suite, keeps its own setting)."""
+
+    @functools.wraps(verb)
+    def run(*args: Any, **kwargs: Any) -> None:
+        before = torch.get_num_threads()
+        try:
+            verb(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return run
 
 
 def _generator(seed: int, device: torch.device) -> torch.Generator:
@@ -66,18 +129,27 @@ def _check_out_dir(out: Path | None) -> None:
         raise ConfigError(f"--out {out} is a file; give a folder to write the results into")
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
+def _prepare_out_dir(out: Path) -> None:
+    """Create --out and prove a file can be written there, before the work rather than after it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"cannot write to {out} ({reason}); choose a writable --out folder") from None
 
 
 # --- redblue attack -------------------------------------------------------------------------------
 
 
 @app.command("attack")
+@_restoring_threads
 def attack_command(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model weights (.safetensors) from `redblue train`.")],
     attack: Annotated[str, typer.Option("--attack", help="Attack spec with its eps, e.g. fgsm:eps=0.1 or pgd:eps=0.3,steps=40.")],
-    dataset: DatasetOption = "mnist",
+    dataset: DatasetOption = None,
     split: SplitOption = "test",
     limit: LimitOption = None,
     seed: SeedOption = 0,
@@ -86,7 +158,9 @@ def attack_command(
         Optional[Path], typer.Option("--out", help="Folder for adversarial.safetensors and metrics.json (nothing is written without it).")
     ] = None,
     data_dir: DataDirOption = None,
+    download: DownloadOption = False,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = "auto",
     as_json: JsonOption = False,
 ) -> None:
     """Attack every image of a split once; report clean vs adversarial accuracy and confidence.
@@ -95,77 +169,43 @@ def attack_command(
     adversarial images, `robust_accuracy` counts only samples correct both clean and attacked. Each
     image is verified (eps-ball, [0, 1], finite) and re-predicted by the evaluator.
     """
+    set_interrupt_message("interrupted; nothing was written" + (f" to {out}" if out is not None else ""))
+    apply_threads(threads)
     entry, params = parse_attack(attack)
-    require_positive("--batch-size", batch_size)
+    require_batch_size(batch_size, name="--batch-size")
     _check_out_dir(out)
     torch_device = resolve_device(device)
-    model, x, y = _load(model_path, dataset, split, limit, data_dir, torch_device)
-    require_logits(model, x[:256])
-    clean_logits = predict_logits(model, x, batch_size=batch_size)
-    clean_top, clean_pred = clean_logits.softmax(dim=1).max(dim=1)
-    clean_correct = clean_pred == y
-    run = run_attack(model, entry, params, x, y, batch_size=batch_size, generator=_generator(seed, torch_device), keep_images=True)
-    label = attack_label(entry, params)
-    # an image that failed verification is not an adversarial example: the sample keeps its clean prediction
-    predicted = torch.where(run.valid, run.predicted, clean_pred)
-    top_prob = torch.where(run.valid, run.top_prob, clean_top)
-    adv_correct = predicted == y
-    delta = (run.x_adv - x).double()
-    linf, l2 = per_sample_norm(delta, "linf"), per_sample_norm(delta, "l2")
-    n = len(y)
+    inputs = _load(model_path, dataset, split, limit, data_dir, download, torch_device)
+    if out is not None:
+        _prepare_out_dir(out)
+    with batch_progress_line(interactive() and not as_json, description=attack, total=len(inputs.y)) as on_batch:
+        outcome = attack_every_sample(
+            inputs.model, inputs.x, inputs.y, entry, params, batch_size=batch_size,
+            generator=_generator(seed, torch_device), on_batch=on_batch,
+        )
     metrics = {
         "model": str(model_path),
-        "dataset": dataset,
+        "dataset": inputs.dataset,
         "split": split,
-        "n": n,
-        "attack": {"name": entry.name, "label": label, "norm": entry.norm, "threat": entry.threat, "params": dataclasses.asdict(params)},
-        "eps": params.eps,
-        "clean": {"accuracy": clean_correct.double().mean().item(), "confidence": clean_top.double().mean().item()},
-        "adversarial": {
-            "accuracy": adv_correct.double().mean().item(),
-            "confidence": top_prob.double().mean().item(),
-            "robust_accuracy": (clean_correct & adv_correct).double().mean().item(),
-        },
-        "perturbation": {
-            "linf_mean": linf.mean().item() if n else 0.0,
-            "linf_max": linf.max().item() if n else 0.0,
-            "l2_mean": l2.mean().item() if n else 0.0,
-            "l2_max": l2.max().item() if n else 0.0,
-        },
-        "invalid": {
-            "outside_ball": run.n_outside_ball,
-            "outside_box": run.n_outside_box,
-            "nonfinite": run.n_nonfinite,
-            "outside_box_allowed": run.n_box_exempt,
-        },
-        "findings": [dataclasses.asdict(f) for f in validity_findings(label, run, eps=params.eps, norm=entry.norm)],
+        **outcome.to_dict(),
         "seed": seed,
         "device": str(torch_device),
         "versions": _versions(),
-        "seconds": run.seconds,
+        "seconds": outcome.seconds,
     }
     if out is not None:
-        indices = torch.arange(n)
-        save_tensors(
-            out / "adversarial.safetensors",
-            {"x_adv": run.x_adv, "y": y, "predicted": predicted, "indices": indices, "valid": run.valid.to(torch.uint8)},
-            {"redblue.attack": label, "redblue.eps": repr(params.eps), "redblue.model": str(model_path)},
-        )
-        _write_json(out / "metrics.json", metrics)  # written last: its presence marks a complete folder
+        images = {"x_adv": outcome.x_adv, "y": inputs.y, "predicted": outcome.predicted,
+                  "indices": torch.arange(outcome.n), "valid": outcome.valid.to(torch.uint8)}
+        about = {"redblue.attack": outcome.label, "redblue.eps": repr(params.eps), "redblue.model": str(model_path)}
+        save_tensors(out / "adversarial.safetensors", images, about)
+        # written last: its presence marks a complete folder
+        atomic_write_bytes(out / "metrics.json", json_bytes(metrics))
         metrics["written"] = [str(out / "adversarial.safetensors"), str(out / "metrics.json")]
     if as_json:
         print_json(metrics)
         return
     console = Console()
-    table = Table("", "accuracy", "confidence", title=f"{label} at {entry.norm} eps={params.eps:g} on {n} {dataset} {split} images")
-    table.add_row("clean", f"{metrics['clean']['accuracy']:.2%}", f"{metrics['clean']['confidence']:.3f}")
-    adv = metrics["adversarial"]
-    table.add_row("adversarial", f"{adv['accuracy']:.2%}", f"{adv['confidence']:.3f}")
-    table.add_row("robust (correct both)", f"{adv['robust_accuracy']:.2%}", "")
-    console.print(table)
-    pert = metrics["perturbation"]
-    console.print(f"perturbation: L-inf mean {pert['linf_mean']:.4f} max {pert['linf_max']:.4f}; L2 mean {pert['l2_mean']:.3f} max {pert['l2_max']:.3f}")
-    _print_findings(console, metrics["findings"])
+    print_attack(console, outcome, dataset=inputs.dataset, split=split)
     if out is not None:
         console.print(f"wrote {out / 'adversarial.safetensors'} and {out / 'metrics.json'}")
 
@@ -174,6 +214,7 @@ def attack_command(
 
 
 @app.command("evaluate")
+@_restoring_threads
 def evaluate_command(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model weights (.safetensors) from `redblue train`.")],
     attacks: Annotated[
@@ -195,23 +236,34 @@ def evaluate_command(
     ] = "auto",
     certify: Annotated[str, typer.Option("--certify", help="Certified lower bound beside each eps: auto (crown for MLPs, crown-ibp with convolutions), crown, crown-ibp, ibp or none.")] = "auto",
     no_checks: Annotated[bool, typer.Option("--no-checks", help="Skip the gradient-masking sanity checks.")] = False,
-    dataset: DatasetOption = "mnist",
+    dataset: DatasetOption = None,
     split: SplitOption = "test",
     limit: LimitOption = None,
     seed: SeedOption = 0,
     batch_size: BatchOption = DEFAULT_BATCH,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for evaluation.json and masks.safetensors.")] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out",
+            help="Run folder: results.json, masks.safetensors, and each finished attack row in cells/, so that "
+            "an interrupted run resumes when the same command runs again.",
+        ),
+    ] = None,
     data_dir: DataDirOption = None,
+    download: DownloadOption = False,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = "auto",
     as_json: JsonOption = False,
 ) -> None:
     """Robust accuracy for every attack x eps, the per-sample worst case, certified bounds and sanity findings."""
+    set_interrupt_message("interrupted; nothing was saved (with --out DIR, finished attack rows are kept and a rerun resumes)")
+    n_threads = apply_threads(threads)
     eps_list = parse_floats("--eps", eps)
     if not eps_list:
         raise ConfigError("--eps needs at least one value, for example 0.1")
     require_choice("--mode", mode, ("auto",) + MODES)
     require_choice("--certify", certify, CERTIFY_METHODS + ("none",))
-    require_positive("--batch-size", batch_size)
+    require_batch_size(batch_size, name="--batch-size")
     plan, used_preset = parse_attack_list(attacks, eps=eps_list[0])
     for entry, _ in plan:  # every eps must suit every attack's norm, before anything loads
         for value in eps_list:
@@ -219,93 +271,54 @@ def evaluate_command(
     chosen_mode = ("worst-case" if used_preset else "per-attack") if mode == "auto" else mode
     _check_out_dir(out)
     torch_device = resolve_device(device)
-    model, x, y = _load(model_path, dataset, split, limit, data_dir, torch_device)
-    result = evaluate(
-        model, x, y, plan, eps_list,
-        mode=chosen_mode,
-        batch_size=batch_size,
-        generator=_generator(seed, torch_device),
-        certify_method=None if certify == "none" else certify,
-        checks=not no_checks,
-    )
-    record = {
+    inputs = _load(model_path, dataset, split, limit, data_dir, download, torch_device)
+    settings = {
         "model": str(model_path),
-        "dataset": dataset,
+        "dataset": inputs.dataset,
         "split": split,
         "limit": limit,
         "attacks": attacks,
         "eps": eps_list,
+        "mode": chosen_mode,
+        "certify": certify,
+        "checks": not no_checks,
         "seed": seed,
+        "batch_size": batch_size,
         "device": str(torch_device),
-        "versions": _versions(),
-        **result.to_dict(),
+        "threads": n_threads,
     }
+    folder = None
     if out is not None:
-        masks = {"clean_correct": result.clean_mask}
-        for r in result.results:
-            masks[f"{r.norm}/eps={r.eps:g}/worst_case"] = r.worst_case_mask
-            if r.certified_mask is not None:
-                masks[f"{r.norm}/eps={r.eps:g}/certified"] = r.certified_mask
-            for a in r.attacks:
-                masks[f"{r.norm}/eps={r.eps:g}/{a.label}"] = a.robust_mask
-        save_tensors(out / "masks.safetensors", {k: v.to(torch.uint8) for k, v in masks.items()}, {"redblue.model": str(model_path)})
-        _write_json(out / "evaluation.json", record)
+        folder = EvaluationFolder(
+            out, {**settings, "model_sha256": file_sha256(model_path)},
+            environment(device=str(torch_device), seed=seed, threads=n_threads), device=str(torch_device),
+        )
+        folder.check_writable()
+        set_interrupt_message(f"interrupted; finished attack rows are kept in {out / 'cells'}; run the same command again to resume")
+    try:
+        with progress_line(interactive() and not as_json) as progress:
+            result = evaluate(
+                inputs.model, inputs.x, inputs.y, plan, eps_list,
+                mode=chosen_mode,
+                batch_size=batch_size,
+                generator=_generator(seed, torch_device),
+                certify_method=None if certify == "none" else certify,
+                checks=not no_checks,
+                cache=folder,
+                progress=progress,
+            )
+    except BaseException as exc:
+        if folder is not None:
+            folder.fail("interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}")
+        raise
+    record = {**settings, "versions": _versions(), **result.to_dict()}
+    written = [] if folder is None else folder.finish(record, result.masks())
     if as_json:
         print_json(record)
         return
-    _print_evaluation(Console(), result, title=f"{model_path.name} on {result.n} {dataset} {split} images")
-    if out is not None:
-        Console().print(f"wrote {out / 'evaluation.json'} and {out / 'masks.safetensors'}")
-
-
-def _cell(accuracy: float, confidence: float | None = None) -> str:
-    return f"{accuracy:.2%}" + (f" · {confidence:.2f}" if confidence is not None else "")
-
-
-def _print_evaluation(console: Console, result: Evaluation, *, title: str) -> None:
-    cumulative = result.mode == "worst-case"
-    for norm in dict.fromkeys(r.norm for r in result.results):
-        here = [r for r in result.results if r.norm == norm]
-        table = Table(
-            "attack", *[f"eps={r.eps:g}" for r in here],
-            title=f"{title}: robust accuracy · confidence ({norm}, {result.mode} mode)",
-            caption=(
-                "attack rows are cumulative: each attack ran only on the samples every row above left robust"
-                if cumulative
-                else "each attack ran on every sample; rows are robust accuracy (correct clean and attacked); worst case = per-sample minimum"
-            ),
-        )
-        table.add_row("clean", *[_cell(result.clean_accuracy, result.clean_confidence)] * len(here))
-        for i, first in enumerate(here[0].attacks):
-            name = ("+ " if cumulative and i else "") + first.label
-            table.add_row(name, *[_cell(r.attacks[i].accuracy, r.attacks[i].confidence) for r in here])
-        table.add_row("[bold]worst case[/bold]", *[f"[bold]{_cell(r.worst_case_accuracy, r.worst_case_confidence)}[/bold]" for r in here])
-        if result.certify_method is not None:
-            table.add_row(
-                f"certified ({result.certify_method})",
-                *[_cell(r.certified_accuracy) if r.certified_accuracy is not None else "—" for r in here],
-            )
-            table.add_row(
-                "robust accuracy in",
-                *[f"[{r.interval[0]:.2%}, {r.interval[1]:.2%}]" if r.interval else "—" for r in here],
-            )
-        console.print(table)
-        notes = sorted({r.certified_note for r in here if r.certified_note})
-        for note in notes:
-            console.print(f"certified bound not available: {note}")
-    stages = Table("stage", "eps", "attacked", "fooled", "invalid", "seconds", title="attack stages")
-    for r in result.results:
-        for a in r.attacks:
-            stages.add_row(a.label, f"{r.eps:g}", str(a.n_attacked), str(a.n_fooled), str(a.n_invalid), f"{a.seconds:.2f}")
-    console.print(stages)
-    console.print(f"attacks {result.seconds_attacks:.1f} s, sanity checks {result.seconds_checks:.1f} s")
-    _print_findings(console, [dataclasses.asdict(f) for f in result.findings])
-
-
-def _print_findings(console: Console, findings: list[dict[str, str]]) -> None:
-    if not findings:
-        return
-    console.print("[bold]sanity findings[/bold]")
-    for f in sorted(findings, key=lambda f: ("fail", "warning", "ok").index(f["severity"])):
-        word, style = SEVERITY_STYLE[f["severity"]]
-        console.print(f"  [{style}]{word:>7}[/{style}] {f['check']}: {f['message']}", highlight=False)
+    console = Console()
+    print_evaluation(console, result, title=f"{model_path.name} on {result.n} {inputs.dataset} {split} images")
+    if folder is not None:
+        total = sum(len(r.attacks) for r in result.results)
+        reuse = f"reused {result.rows_reused} of {total} attack rows from {out / 'cells'}"
+        console.print(f"{reuse}; wrote {' and '.join(map(str, written))}", soft_wrap=True, highlight=False)

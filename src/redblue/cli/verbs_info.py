@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import typer
 from rich.console import Console
 from rich.table import Table
 
 from redblue.attacks import ATTACKS
 from redblue.cli.app import JsonOption, app, print_json
-from redblue.models import MODELS
+from redblue.models import MODELS, build_model, input_shape, parameter_count
 
 
 def _fields(params_type: type) -> list[dict[str, object]]:
@@ -48,10 +47,24 @@ def list_attacks(as_json: JsonOption = False) -> None:
 
 @app.command("models")
 def list_models(as_json: JsonOption = False) -> None:
-    """List the model architectures and their spec fields."""
-    rows = [{"name": name, "params": _fields(spec_type)} for name, (spec_type, _) in MODELS.items()]
+    """List the model architectures: what each is, its parameter count and its spec fields."""
+    rows = []
+    for entry in MODELS.values():
+        spec = entry.spec_type()
+        rows.append(
+            {
+                "name": entry.name,
+                "summary": entry.summary,
+                "parameter_count": parameter_count(build_model(spec)),  # at the defaults: MNIST, 10 classes
+                "input_shape": list(input_shape(spec)),
+                "params": _fields(entry.spec_type),
+            }
+        )
     if as_json:
         print_json({"models": rows})
         return
+    table = Table("model", "parameters", "spec fields (default)", "what it is")
     for row in rows:
-        typer.echo(f"{row['name']}: " + ", ".join(f"{p['name']}={p['default']}" for p in row["params"]))
+        fields = ", ".join(f"{p['name']}={p['default']}" for p in row["params"])
+        table.add_row(row["name"], f"{row['parameter_count']:,}", fields, row["summary"])
+    Console().print(table)

@@ -3,14 +3,13 @@
 A robustness number is only as good as the attacks behind it. Masked or obfuscated gradients
 (Athalye et al., 2018; Carlini et al., 2019) make weak attacks look strong defenses. Each check
 here looks for one known symptom and returns `Finding`s that say what was seen, what it means
-and what to do. Checks that need attacks take a `run` callable from the evaluator, so this
-module knows nothing about how attacks are batched or verified, and all of them work on small
-subsets so they stay cheap beside the evaluation they check.
+and what to do. The checks here read numbers the evaluation produced, or call the model once;
+the checks that run attacks of their own are in `probes`.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,18 +30,11 @@ MIN_TOLERANCE = 0.005
 TOLERANCE_SAMPLES = 3
 # A rise or a gap larger than this (absolute accuracy) is a failure rather than a warning.
 FAIL_GAP = 0.05
-# At eps = 1 (L-inf) every image is reachable; a gradient attack should leave almost nothing.
-UNBOUNDED_OK = 0.02
-UNBOUNDED_FAIL = 0.10
+# Clean accuracy within this many binomial standard errors of the best input-blind rate is chance level.
+CHANCE_SIGMAS = 3.0
 # Fraction of samples with an all-zero input gradient above which the gradient check warns / fails.
 ZERO_GRADIENT_WARN = 0.01
 ZERO_GRADIENT_FAIL = 0.5
-# How much stronger the re-run attack is in the convergence check.
-MORE_STEPS_FACTOR = 3
-MORE_RESTARTS_FACTOR = 2
-
-STEP_FIELDS = ("steps", "iterations", "n_iter", "max_iter", "iters")
-RESTART_FIELDS = ("restarts", "n_restarts")
 
 
 @dataclass(frozen=True)
@@ -52,11 +44,6 @@ class Finding:
     severity: Severity
     check: str
     message: str
-
-
-# (entry, params, sample indices) -> fooled (bool, len(indices)): the evaluator runs the attack,
-# verifies every image (eps-ball, [0, 1], finite) and re-predicts it; invalid images are not fooled.
-AttackRunner = Callable[[AttackEntry, Any, Tensor], Tensor]
 
 
 def tolerance(n: int) -> float:
@@ -70,6 +57,34 @@ def spread_subset(indices: Tensor, size: int) -> Tensor:
         return indices
     picks = torch.linspace(0, len(indices) - 1, size, device=indices.device).round().long()
     return indices[picks]
+
+
+def check_chance_level(accuracy: float, *, n: int, classes: int, majority: float) -> list[Finding]:
+    """Clean accuracy must be clearly above what a model that ignores its input can reach.
+
+    accuracy: clean accuracy on n samples; classes: the model's output classes; majority: the
+    fraction of the samples in their most common class. A classifier blind to the image scores at
+    most chance = max(1/classes, majority) on average; an accuracy within CHANCE_SIGMAS binomial
+    standard errors (sqrt(chance (1 - chance) / n)) of it is at chance level. That is a failure, not
+    a warning: every robust accuracy of such a model is at most chance too and says nothing about
+    robustness, and the usual causes (a model evaluated on a dataset it was not trained on, an
+    untrained or broken model) make the whole evaluation meaningless.
+    """
+    chance = max(1.0 / classes, majority)
+    threshold = chance + CHANCE_SIGMAS * math.sqrt(chance * (1.0 - chance) / max(n, 1))
+    where = f"chance is {1 / classes:.1%} for {classes} classes, {majority:.1%} for the most common class"
+    if accuracy <= threshold:
+        return [
+            Finding(
+                "fail",
+                "chance-level",
+                f"clean accuracy {accuracy:.1%} on {n} samples is at chance level ({where}; within "
+                f"{CHANCE_SIGMAS:g} standard errors): the model does not recognise these images — evaluate it on the "
+                "dataset it was trained on (--dataset), or check that it was trained at all; robust accuracies "
+                "below mean nothing",
+            )
+        ]
+    return [Finding("ok", "chance-level", f"clean accuracy {accuracy:.1%} is well above chance ({where})")]
 
 
 def looks_like_probabilities(logits: Tensor) -> bool:
@@ -293,96 +308,6 @@ def check_cascade_gain(entry: AttackEntry, label: str, *, eps: float, n_new: int
             f"{entry.threat} attack {label} fooled {n_new} samples ({n_new / n:.2%}) at {entry.norm} eps={eps:g} "
             "that every white-box attack missed: the gradients mislead the white-box attacks "
             "(masking) — trust the worst case, not the white-box rows",
-        )
-    ]
-
-
-def check_eps_zero(run: AttackRunner, entry: AttackEntry, params: Any, indices: Tensor, *, label: str) -> list[Finding]:
-    """At eps = 0 the attack may not change anything: no sample of `indices` (all correct) is fooled."""
-    fooled = run(entry, dataclasses.replace(params, eps=0.0), indices)
-    n_fooled = int(fooled.sum().item())
-    if n_fooled:
-        return [
-            Finding(
-                "fail",
-                "eps-zero",
-                f"{label} at eps=0 fooled {n_fooled} of {len(indices)} correctly classified samples; with no "
-                "budget nothing may change — the attack leaves its ball or the model is random",
-            )
-        ]
-    return [Finding("ok", "eps-zero", f"{label} at eps=0 keeps the clean accuracy ({len(indices)} samples)")]
-
-
-def check_unbounded(run: AttackRunner, entry: AttackEntry, params: Any, indices: Tensor, *, label: str) -> list[Finding]:
-    """At L-inf eps = 1 every image is allowed; a gradient attack should fool (almost) every sample.
-
-    params: the attack's parameters; eps is set to 1 and any random start is turned off, so a
-    zero gradient cannot hide behind the random start's noise image.
-    """
-    changes: dict[str, Any] = {"eps": 1.0}
-    if any(f.name == "random_start" for f in dataclasses.fields(params)):
-        changes["random_start"] = False
-    fooled = run(entry, dataclasses.replace(params, **changes), indices)
-    accuracy = 1.0 - fooled.double().mean().item()
-    if accuracy <= UNBOUNDED_OK:
-        return [Finding("ok", "unbounded-eps", f"{label} at eps=1 leaves {accuracy:.1%} accuracy ({len(indices)} samples)")]
-    return [
-        Finding(
-            "fail" if accuracy > UNBOUNDED_FAIL else "warning",
-            "unbounded-eps",
-            f"{label} at L-inf eps=1, where any image is allowed, still leaves {accuracy:.1%} of {len(indices)} "
-            "samples correct: the gradient does not lead the attack (masked gradients), so every white-box "
-            "number is suspect — check the gradient findings and trust black-box attacks",
-        )
-    ]
-
-
-def stronger_params(params: Any) -> Any | None:
-    """The same attack with MORE_STEPS_FACTOR x steps and MORE_RESTARTS_FACTOR x restarts; None if it has neither."""
-    names = {f.name for f in dataclasses.fields(params)}
-    changes: dict[str, Any] = {}
-    for name in STEP_FIELDS:
-        if name in names:
-            changes[name] = getattr(params, name) * MORE_STEPS_FACTOR
-    for name in RESTART_FIELDS:
-        if name in names:
-            changes[name] = max(1, getattr(params, name)) * MORE_RESTARTS_FACTOR
-    return dataclasses.replace(params, **changes) if changes else None
-
-
-def check_more_steps(
-    run: AttackRunner, entry: AttackEntry, params: Any, survivors: Tensor, *, n_survivors: int, n: int, label: str
-) -> list[Finding]:
-    """Re-attack samples that survived every attack with a stronger budget; few should fall.
-
-    survivors: indices of (a subset of) the samples robust in the worst case at params.eps;
-    n_survivors: how many survived in all; n: all samples. The fraction fooled in the subset,
-    scaled to all survivors, reads as points of robust accuracy the evaluation overstates.
-    """
-    stronger = stronger_params(params)
-    if stronger is None or len(survivors) == 0:
-        return []
-    fooled = run(entry, stronger, survivors)
-    n_fooled = int(fooled.sum().item())
-    drop = n_fooled / len(survivors) * n_survivors / max(n, 1)
-    budget = ", ".join(
-        f"{name}={getattr(stronger, name)}" for name in STEP_FIELDS + RESTART_FIELDS if hasattr(stronger, name)
-    )
-    if drop > tolerance(n):
-        return [
-            Finding(
-                "fail" if drop > FAIL_GAP else "warning",
-                "more-steps",
-                f"{label} with {budget} fooled {n_fooled} of {len(survivors)} samples that survived every attack at "
-                f"eps={params.eps:g} (about -{drop:.2%} robust accuracy): the attacks have not converged — raise steps "
-                "and restarts until the number stops moving",
-            )
-        ]
-    return [
-        Finding(
-            "ok",
-            "more-steps",
-            f"{label} with {budget} fooled {n_fooled} of {len(survivors)} surviving samples at eps={params.eps:g}: converged",
         )
     ]
 

@@ -1,0 +1,146 @@
+"""One attack on every sample of a set (the paper's protocol), the engine behind `redblue attack`.
+
+Every image is attacked, misclassified ones included; `adversarial_accuracy` is the accuracy on the
+attacked images (the paper's number), `robust_accuracy` counts only samples correct both clean and
+attacked. Each image is verified (eps-ball, [0, 1], finite) and re-predicted by the evaluator; an
+image that fails verification is no adversarial example, so its sample keeps its clean prediction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Generator, Tensor, nn
+
+from redblue.attacks.core import per_sample_norm
+from redblue.attacks.registry import AttackEntry
+from redblue.evaluate.checks import Finding
+from redblue.evaluate.engine import PROBE_SIZE, require_batch_size
+from redblue.evaluate.plan import attack_label
+from redblue.evaluate.verify import (
+    BatchCallback,
+    require_logits,
+    run_attack,
+    validity_findings,
+)
+from redblue.metrics import DEFAULT_BATCH, predict_logits
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: == on tensors is elementwise, not a bool
+class AttackOutcome:
+    """One attack on every sample: scores, perturbation sizes, defects found, and the images themselves.
+
+    x_adv: (n, ...) as the attack returned them; predicted: (n,) the evaluator's prediction (the clean
+    one where the image failed verification); valid: (n,) bool, the image passed verification.
+    """
+
+    label: str
+    entry: AttackEntry
+    params: Any
+    n: int
+    clean_accuracy: float
+    clean_confidence: float
+    adversarial_accuracy: float
+    adversarial_confidence: float
+    robust_accuracy: float
+    perturbation: dict[str, float]  # linf_mean, linf_max, l2_mean, l2_max (pixel units)
+    n_outside_ball: int
+    n_outside_box: int
+    n_nonfinite: int
+    n_box_exempt: int
+    findings: tuple[Finding, ...]
+    seconds: float
+    x_adv: Tensor
+    predicted: Tensor
+    valid: Tensor
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able numbers (the images and per-sample tensors left out)."""
+        return {
+            "n": self.n,
+            "attack": {
+                "name": self.entry.name,
+                "label": self.label,
+                "norm": self.entry.norm,
+                "threat": self.entry.threat,
+                "params": dataclasses.asdict(self.params),
+            },
+            "eps": self.params.eps,
+            "clean": {"accuracy": self.clean_accuracy, "confidence": self.clean_confidence},
+            "adversarial": {
+                "accuracy": self.adversarial_accuracy,
+                "confidence": self.adversarial_confidence,
+                "robust_accuracy": self.robust_accuracy,
+            },
+            "perturbation": dict(self.perturbation),
+            "invalid": {
+                "outside_ball": self.n_outside_ball,
+                "outside_box": self.n_outside_box,
+                "nonfinite": self.n_nonfinite,
+                "outside_box_allowed": self.n_box_exempt,
+            },
+            "findings": [dataclasses.asdict(f) for f in self.findings],
+        }
+
+
+def attack_every_sample(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    entry: AttackEntry,
+    params: Any,
+    *,
+    batch_size: int = DEFAULT_BATCH,
+    generator: Generator | None = None,
+    on_batch: BatchCallback | None = None,
+) -> AttackOutcome:
+    """Attack every sample of (x, y) once with `entry` at `params` and score clean against adversarial.
+
+    x: (N, 1, 28, 28) pixels in [0, 1] on the model's device; y: (N,) labels. Raises ModelError when
+    the model returns probabilities instead of logits.
+    """
+    require_batch_size(batch_size)
+    require_logits(model, x[:PROBE_SIZE])
+    clean_logits = predict_logits(model, x, batch_size=batch_size)
+    clean_top, clean_pred = clean_logits.softmax(dim=1).max(dim=1)
+    clean_correct = clean_pred == y
+    run = run_attack(
+        model, entry, params, x, y, batch_size=batch_size, generator=generator, keep_images=True, on_batch=on_batch
+    )
+    assert run.x_adv is not None  # keep_images=True
+    label = attack_label(entry, params)
+    predicted = torch.where(run.valid, run.predicted, clean_pred)
+    top_prob = torch.where(run.valid, run.top_prob, clean_top)
+    adv_correct = predicted == y
+    delta = (run.x_adv - x).double()
+    linf, l2 = per_sample_norm(delta, "linf"), per_sample_norm(delta, "l2")
+    n = len(y)
+    return AttackOutcome(
+        label=label,
+        entry=entry,
+        params=params,
+        n=n,
+        clean_accuracy=clean_correct.double().mean().item(),
+        clean_confidence=clean_top.double().mean().item(),
+        adversarial_accuracy=adv_correct.double().mean().item(),
+        adversarial_confidence=top_prob.double().mean().item(),
+        robust_accuracy=(clean_correct & adv_correct).double().mean().item(),
+        perturbation={
+            "linf_mean": linf.mean().item() if n else 0.0,
+            "linf_max": linf.max().item() if n else 0.0,
+            "l2_mean": l2.mean().item() if n else 0.0,
+            "l2_max": l2.max().item() if n else 0.0,
+        },
+        n_outside_ball=run.n_outside_ball,
+        n_outside_box=run.n_outside_box,
+        n_nonfinite=run.n_nonfinite,
+        n_box_exempt=run.n_box_exempt,
+        findings=tuple(validity_findings(label, run, eps=params.eps, norm=entry.norm)),
+        seconds=run.seconds,
+        x_adv=run.x_adv,
+        predicted=predicted,
+        valid=run.valid,
+    )

@@ -174,7 +174,7 @@ class GridStep:
                 saved.append(a)
                 a = linear_forward(a, stack.weights[layer.linear], stack.biases[layer.linear])
             elif layer.kind == "relu":
-                a = a.relu()
+                a = a.relu_()  # the fresh output of the layer before: nothing else holds it
                 saved.append(a)
             elif layer.kind == "dropout":
                 a, mask = _dropout_forward(a, layer.p, streams, member_group)
@@ -195,7 +195,7 @@ class GridStep:
             assert kept is not None
             return relu_backward(grad, kept)
         if layer.kind == "dropout":
-            return grad if kept is None else grad * kept
+            return grad if kept is None else grad.mul_(kept)  # grad is a fresh tensor
         if layer.kind == "linear":
             assert kept is not None
             k = layer.linear

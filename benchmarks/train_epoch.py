@@ -1,70 +1,188 @@
-"""One training epoch of `redblue.train.train` over a plain PyTorch loop doing the same work.
+"""One training epoch of `redblue.train.train`, as ratios measured in one run.
 
-Both train the paper's MLP (784 -> 625 -> 10, dropout, no biases) with the same optimiser
-(Newmu's RMSProp, decay 0.9), batch 128, on MNIST as one in-memory tensor sliced by a
-shuffled index. The plain loop adds the L1/L2 penalty to the loss the usual way (autograd);
-ours adds its gradient directly. Runs alternate (ours, plain, ours, ...) so that load on a
-shared machine hits both alike; the ratio printed is median(ours) / median(plain), target <= 1.10.
+Rows (each a ratio of medians over interleaved repeats, so load on a shared machine hits both alike;
+seconds are CPU time on a CPU, wall time on a GPU):
 
-    python benchmarks/train_epoch.py [--n-train 60000] [--repeats 5] [--threads 1]
+  clean        ours / a plain PyTorch loop doing the same work (Newmu's RMSProp, batch 128, with and
+               without the L1/L2 penalty, which the plain loop adds through autograd): target <= 1.10
+  fgsm-at      a Goodfellow FGSM-AT epoch (fgsm:eps=0.1,alpha=0.5) / our clean epoch: target <= 1.8
+  pgd7-at      our PGD-7 AT epoch / a hand-written PGD-7 loop in plain PyTorch (same optimiser, random
+               start, eval-mode attack, same steps): target <= 1.05
+  ibp          an IBP epoch / our clean epoch (target <= 2.5): runs once an `ibp` objective is registered
+
+It also asserts that the attack steps inside training compute no weight gradients: a hook on every
+parameter counts one gradient per batch over a whole PGD-7 epoch.
+
+    python benchmarks/train_epoch.py [--model mlp|cnn-small|cnn|cnn-large] [--n-train 12000] [--repeats 5] [--threads 1] [--device cpu|cuda]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from redblue.data import load_dataset
+from redblue.defenses import OBJECTIVES, is_adversarial, parse_objective
 from redblue.errors import RedblueError
-from redblue.models import MLPSpec, build_model
+from redblue.models import MODELS, MLPSpec, build_model, parse_model
+from redblue.optim import ConstantSchedule
 from redblue.train import NewmuRMSprop, TrainConfig, init_model, train
 
+Epoch = Callable[[nn.Module, Tensor, Tensor, int], None]
+PGD_EPS, PGD_STEPS = 0.1, 7
 
-def plain_epoch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, l1: float, l2: float, seed: int) -> None:
-    optimizer = NewmuRMSprop(model.parameters(), lr=1e-3, rho=0.9, eps=1e-6)
-    weights = [p for p in model.parameters() if p.dim() >= 2]
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    model.train()
+
+def ours(objective: str, *, optimizer: str = "adam", l1: float = 0.0, l2: float = 0.0) -> Epoch:
+    """One epoch of our loop with everything but the objective switched off (no split, constant lr)."""
+    params = parse_objective(objective)
+
+    def epoch(model: nn.Module, x: Tensor, y: Tensor, seed: int) -> None:
+        config = TrainConfig(
+            epochs=1, objective=params, optimizer=optimizer, l1=l1, l2=l2, seed=seed, schedule=ConstantSchedule(),
+            eps_warmup_epochs=0.0 if is_adversarial(params) else None, val_size=0,
+        )  # fmt: skip
+        train(model, x, y, config)
+
+    return epoch
+
+
+def plain_clean(l1: float, l2: float) -> Epoch:
+    def epoch(model: nn.Module, x: Tensor, y: Tensor, seed: int) -> None:
+        optimizer = NewmuRMSprop(model.parameters(), lr=1e-3, rho=0.9, eps=1e-6)
+        weights = [p for p in model.parameters() if p.dim() >= 2]
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).to(x.device)
+        model.train()
+        for start in range(0, len(x), 128):
+            index = order[start : start + 128]
+            loss = F.cross_entropy(model(x[index]), y[index])
+            if l1 or l2:
+                loss = loss + sum(l1 * w.abs().sum() + l2 * w.square().sum() for w in weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    return epoch
+
+
+def plain_pgd7(model: nn.Module, x: Tensor, y: Tensor, seed: int) -> None:
+    """Madry et al.'s PGD training as it is usually written: Adam, uniform random start, 7 signed
+    steps of 2.5 * eps / 7 with projection, the attack in eval mode, the step on the last iterate."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
+    generator = torch.Generator(device=x.device).manual_seed(seed + 1)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).to(x.device)
+    step_size = 2.5 * PGD_EPS / PGD_STEPS
     for start in range(0, len(x), 128):
         index = order[start : start + 128]
-        loss = F.cross_entropy(model(x[index]), y[index])
-        if l1 or l2:
-            loss = loss + sum(l1 * w.abs().sum() + l2 * w.square().sum() for w in weights)
+        xb, yb = x[index], y[index]
+        model.eval()
+        x_adv = (xb + PGD_EPS * (2 * torch.rand(xb.shape, generator=generator, device=x.device) - 1)).clamp(0, 1)
+        for _ in range(PGD_STEPS):
+            x_adv.requires_grad_(True)
+            (grad,) = torch.autograd.grad(F.cross_entropy(model(x_adv), yb, reduction="sum"), x_adv)
+            x_adv = torch.min(torch.max(x_adv.detach() + step_size * grad.sign(), xb - PGD_EPS), xb + PGD_EPS).clamp(0, 1)
+        model.train()
+        loss = F.cross_entropy(model(x_adv), yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
 
-def ours_epoch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, l1: float, l2: float, seed: int) -> None:
-    train(model, x, y, TrainConfig(epochs=1, lr=1e-3, l1=l1, l2=l2, seed=seed), progress=False)
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def clock(device: torch.device) -> Callable[[], float]:
+    """CPU time of this process on a CPU (what other users of a shared machine cannot inflate; with
+    several threads it sums them), wall time on a GPU (after a synchronize)."""
+    return time.process_time if device.type == "cpu" else time.perf_counter
+
+
+def measure(variants: dict[str, Epoch], build: Callable[[], nn.Module], x: Tensor, y: Tensor, repeats: int) -> dict[str, float]:
+    """Median seconds per variant over `repeats` rounds; each round runs every variant once, in an
+    order rotated per round; one extra round first warms up and is not counted."""
+    now = clock(x.device)
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for round_ in range(repeats + 1):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            model = init_model(build, seed=round_).to(x.device)
+            sync(x.device)
+            started = now()
+            variants[name](model, x, y, round_)
+            sync(x.device)
+            if round_:
+                seconds[name].append(now() - started)
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
+def check_no_weight_gradients_in_attack_steps(build: Callable[[], nn.Module], x: Tensor, y: Tensor) -> int:
+    """Count, with a hook per parameter, how often autograd computes each weight gradient over one
+    PGD-7 epoch: exactly once per batch (the training step), never inside the 7 attack steps."""
+    model = init_model(build, seed=0).to(x.device)
+    counts = {id(p): 0 for p in model.parameters()}
+    for p in model.parameters():
+        p.register_hook(lambda grad, key=id(p): counts.__setitem__(key, counts[key] + 1))
+    ours(f"pgd:eps={PGD_EPS},steps={PGD_STEPS}")(model, x, y, 0)
+    batches = -(-len(x) // 128)
+    assert set(counts.values()) == {batches}, f"weight gradients computed {sorted(set(counts.values()))} times for {batches} batches"
+    return batches
+
+
+def row(name: str, numerator: float, denominator: float, target: float, what: str) -> None:
+    ratio = numerator / denominator
+    verdict = "ok" if ratio <= target else "OVER TARGET"
+    print(f"{name:9s} {what}: {numerator:.2f} s / {denominator:.2f} s = {ratio:.3f} (target <= {target}) {verdict}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-train", type=int, default=60000)
+    parser.add_argument("--model", choices=tuple(MODELS), default="mlp", help="mlp: the paper's 784-625-10")
+    parser.add_argument("--n-train", type=int, default=12000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     train_set = load_dataset("mnist", "train")
-    x, y = train_set.x[: args.n_train], train_set.y[: args.n_train]
-    spec = MLPSpec(hidden=625, bias=False, init="normal-0.01")
-    print(f"one epoch, {len(y)} images, batch 128, {args.threads} thread(s), {args.repeats} interleaved repeats")
+    x, y = train_set.x[: args.n_train].to(device), train_set.y[: args.n_train].to(device)
+    spec = MLPSpec(hidden=625, bias=False, init="normal-0.01") if args.model == "mlp" else parse_model(args.model)
+    build = lambda: build_model(spec)  # noqa: E731
+    print(
+        f"one epoch of {args.model}, {len(y)} images, batch 128, {device}, {args.threads} thread(s), "
+        f"{args.repeats} interleaved repeats, {'CPU' if device.type == 'cpu' else 'wall'} seconds, load {os.getloadavg()[0]:.1f}"
+    )
+
+    batches = check_no_weight_gradients_in_attack_steps(build, x, y)
+    print(f"attack steps compute no weight gradients: one per parameter per batch over {batches} PGD-7 batches")
+
     for l1, l2 in ((0.0, 0.0), (1e-4, 1e-4)):
-        seconds: dict[str, list[float]] = {"ours": [], "plain": []}
-        for repeat in range(args.repeats + 1):  # the first round warms up and is not counted
-            for name, epoch in (("ours", ours_epoch), ("plain", plain_epoch)):
-                model = init_model(lambda: build_model(spec), seed=repeat)
-                started = time.perf_counter()
-                epoch(model, x, y, l1=l1, l2=l2, seed=repeat)
-                if repeat:
-                    seconds[name].append(time.perf_counter() - started)
-        ours, plain = statistics.median(seconds["ours"]), statistics.median(seconds["plain"])
-        print(f"l1={l1:g} l2={l2:g}: ours {ours:.2f} s, plain {plain:.2f} s, ratio {ours / plain:.3f} (target <= 1.10)")
+        t = measure({"ours": ours("clean", optimizer="rmsprop-newmu", l1=l1, l2=l2), "plain": plain_clean(l1, l2)}, build, x, y, args.repeats)
+        row("clean", t["ours"], t["plain"], 1.10, f"ours / plain loop, l1={l1:g} l2={l2:g}")
+
+    variants = {
+        "clean": ours("clean", optimizer="adam"),
+        "fgsm": ours("fgsm:eps=0.1,alpha=0.5"),
+        "pgd7": ours(f"pgd:eps={PGD_EPS},steps={PGD_STEPS}"),
+        "plain-pgd7": plain_pgd7,
+    }
+    if "ibp" in OBJECTIVES:  # certified training (issue 8): its row appears once the objective is registered
+        variants["ibp"] = ours(f"ibp:eps={PGD_EPS}")
+    t = measure(variants, build, x, y, args.repeats)
+    row("fgsm-at", t["fgsm"], t["clean"], 1.8, "Goodfellow FGSM-AT epoch / clean epoch")
+    row("pgd7-at", t["pgd7"], t["plain-pgd7"], 1.05, "PGD-7 AT epoch / hand-written PGD-7 loop")
+    if "ibp" in t:
+        row("ibp", t["ibp"], t["clean"], 2.5, "IBP epoch / clean epoch")
+    else:
+        print("ibp       IBP epoch / clean epoch: no `ibp` objective registered yet (target <= 2.5)")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,13 @@ if "REDBLUE_DATA_DIR" not in os.environ and (SHARED_DATA / "mnist").is_dir():
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread_after_each_test():
+    """Verbs run in-process set torch's thread count (`--threads`, default auto); put it back."""
+    yield
+    torch.set_num_threads(1)
+
+
 @pytest.fixture
 def generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)

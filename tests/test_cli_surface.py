@@ -49,11 +49,14 @@ def test_threads_take_a_number(text, expected):
     assert cli_app.resolve_threads(text) == expected
 
 
-def test_threads_auto_is_the_available_cores_capped(monkeypatch):
-    monkeypatch.setattr(cli_app, "available_cores", lambda: 16)
-    assert cli_app.resolve_threads("auto") == cli_app.MAX_AUTO_THREADS
-    monkeypatch.setattr(cli_app, "available_cores", lambda: 1)
-    assert cli_app.resolve_threads("auto") == 1
+@pytest.mark.parametrize(
+    "cores, load, expected",
+    [(16, 0.0, 4), (2, 0.3, 2), (2, 1.2, 1), (2, 9.5, 1), (8, 5.9, 3), (1, 0.0, 1)],
+)
+def test_threads_auto_is_the_idle_cores_capped(monkeypatch, cores, load, expected):
+    monkeypatch.setattr(cli_app, "available_cores", lambda: cores)
+    monkeypatch.setattr(cli_app.os, "getloadavg", lambda: (load, load, load))
+    assert cli_app.resolve_threads("auto") == expected
 
 
 @pytest.mark.parametrize("text", ["0", "-2", "many", ""])

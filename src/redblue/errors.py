@@ -30,8 +30,15 @@ class AttackError(RedblueError):
 
 
 def require_finite(name: str, value: float) -> None:
-    if not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int too large for a float, e.g. from a TOML file
+        finite = False
+    if not finite:
+        shown = value if isinstance(value, float) else f"an integer of {len(str(abs(value)))} digits"
+        raise ConfigError(f"{name} must be a finite number, got {shown}")
 
 
 def require_non_negative(name: str, value: float) -> None:

@@ -1,124 +1,137 @@
-"""The training loop: RMSProp on an in-memory dataset, one objective plus weight penalties, seeded.
+"""The training loop: any optimiser and schedule, one objective plus weight penalties, validation,
+best-epoch selection, a catastrophic-overfitting guard and exact resume from per-epoch checkpoints.
 
-The loop does not know which objective it runs (DESIGN.md): it shuffles with a seeded
-permutation per epoch, slices batches out of one tensor (no DataLoader), and keeps the running
-loss and accuracy as device tensors, synchronising once per epoch.
+The loop does not know which objective it runs (DESIGN.md): it shuffles with a seeded permutation
+per epoch, slices batches out of one tensor (no DataLoader), and keeps the running loss and
+accuracy as device tensors, synchronising once per epoch (and every PROGRESS_EVERY batches when a
+progress callback listens). It reports progress through that callback and never prints.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
-import sys
+import os
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from redblue.defenses import CleanObjective, ObjectiveParams, TrainStep, make_objective, weight_penalty
+from redblue.checkpoint import STATE_FILE
+from redblue.config import to_dict
+from redblue.defenses import TrainStep, make_objective, objective_from_record, objective_record, weight_penalty
 from redblue.defenses.penalties import add_penalty_gradient_, penalized_parameters
-from redblue.errors import ConfigError, ModelError, require_in_range, require_non_negative, require_positive
+from redblue.errors import ConfigError, ModelError
+from redblue.optim import NewmuRMSprop, build_optimizer, eps_ramp, lr_factor
+from redblue.train_config import TrainConfig
+from redblue.train_state import (
+    Generators,
+    RunState,
+    clone_weights,
+    data_digest,
+    json_roundtrip,
+    restore_state,
+    save_state,
+)
+from redblue.validation import (
+    MAX_REDUCTIONS,
+    STEP_REDUCTION,
+    ValidationSettings,
+    collapse_reason,
+    guard_rule,
+    selection_score,
+    validate,
+    validation_settings,
+    validation_split,
+)
+
+__all__ = ["GuardReport", "NewmuRMSprop", "TrainConfig", "TrainProgress", "TrainResult", "init_model", "make_optimizer", "train"]
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("rmsprop-newmu", "rmsprop")
-PROGRESS_EVERY = 20  # batches between progress-bar refreshes; the bar never reads a tensor
-
-
-class NewmuRMSprop(torch.optim.Optimizer):
-    """RMSProp as in Newmu's Theano tutorial, which the paper cites (eps inside the square root).
-
-        ms <- rho * ms + (1 - rho) * g^2
-        w  <- w - lr * g / sqrt(ms + eps)
-
-    torch.optim.RMSprop (and the paper's equation) put eps outside: g / (sqrt(ms) + eps). The two
-    differ where ms is tiny, e.g. weights whose only gradient is a small L1 term.
-    """
-
-    def __init__(self, params: Iterable[Tensor], *, lr: float, rho: float, eps: float) -> None:
-        super().__init__(params, {"lr": lr, "rho": rho, "eps": eps})
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]
-        if closure is not None:
-            raise ConfigError("NewmuRMSprop takes no closure; compute the loss and call backward() first")
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            mean_squares = []
-            for p in params:
-                state = self.state[p]
-                if "mean_square" not in state:
-                    state["mean_square"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                mean_squares.append(state["mean_square"])
-            torch._foreach_mul_(mean_squares, group["rho"])
-            torch._foreach_addcmul_(mean_squares, grads, grads, value=1.0 - group["rho"])
-            denominators = torch._foreach_add(mean_squares, group["eps"])
-            torch._foreach_sqrt_(denominators)
-            torch._foreach_addcdiv_(params, grads, denominators, value=-group["lr"])
+PROGRESS_EVERY = 20  # batches between progress reports (each reads the running loss: one sync)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """How a model is trained; the paper's protocol is RMSProp (decay 0.9), batch 128, eq. (2) penalties.
+class TrainProgress:
+    """One progress report. phase "batch": `batch` of `batches` done in `epoch`, `loss` the epoch's
+    mean training loss so far; "validate": the epoch's batches are done, validation starts;
+    "epoch": the epoch is finished (and checkpointed), `row` is its history entry."""
 
-    optimizer: "rmsprop-newmu" puts rms_eps inside the square root (Newmu's tutorial, which the
-    paper cites); "rmsprop" is torch.optim.RMSprop(alpha=rho, eps=rms_eps), eps outside, as the
-    paper's equation writes it. penalize_bias: whether l1/l2 also cover the biases.
-    """
-
+    phase: Literal["batch", "validate", "epoch"]
+    epoch: int
     epochs: int
-    batch_size: int = 128
-    lr: float = 1e-3
-    rho: float = 0.9
-    rms_eps: float = 1e-6
-    l1: float = 0.0
-    l2: float = 0.0
-    penalize_bias: bool = False
-    objective: ObjectiveParams = field(default_factory=CleanObjective)
-    seed: int = 0
-    optimizer: Literal["rmsprop-newmu", "rmsprop"] = "rmsprop-newmu"
-
-    def __post_init__(self) -> None:
-        _require_int("epochs", self.epochs, minimum=0)
-        _require_int("batch_size", self.batch_size, minimum=1)
-        _require_int("seed", self.seed, minimum=0)
-        require_positive("lr", self.lr)
-        require_in_range("rho", self.rho, 0.0, 0.999999)
-        require_non_negative("rms_eps", self.rms_eps)
-        require_non_negative("l1", self.l1)
-        require_non_negative("l2", self.l2)
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
-        if not isinstance(self.objective, ObjectiveParams):
-            raise ConfigError(f"objective must be objective params (see redblue.defenses), got {type(self.objective).__name__}")
+    batch: int
+    batches: int
+    loss: float | None
+    lr: float
+    eps: float
+    row: dict[str, Any] | None = None
 
 
-def _require_int(name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+ProgressCallback = Callable[[TrainProgress], None]
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a run did. history: one dict per epoch with epoch, loss (the objective without the
-    penalty, mean over samples), penalty (lambda1 * sum|w| + lambda2 * sum w^2 at the end of the
-    epoch), accuracy (on the batches as trained: dropout on, adversarial inputs for fast-fgsm and
-    pgd), seconds, plus whatever `on_epoch` returned. seconds: the whole run's wall time."""
+    """What a run did.
+
+    history: one dict per epoch: epoch, loss (the objective without the penalty, mean over the
+      training samples), penalty (at the end of the epoch), accuracy (on the batches as trained:
+      dropout on, adversarial inputs for the attack-only objectives), lr and eps (those of the
+      epoch's last batch), seconds; with a validation split val_accuracy, val_robust_accuracy (PGD
+      at the objective's eps), val_fgsm_accuracy (with the guard), val_seconds; `collapsed` where
+      the guard fired; plus whatever `on_epoch` returned.
+    seconds: the run's training wall time (summed over resumed sessions).
+    config: the resolved config (every default filled in). kept_epoch: the epoch whose weights the
+    model holds. validation: the split and attack settings. guard: the guard's rule and events.
+    resumed_from: the checkpoint's epoch when the run was resumed.
+    """
 
     history: list[dict[str, Any]]
     seconds: float
+    config: TrainConfig | None = None
+    kept_epoch: int | None = None
+    validation: ValidationSettings | None = None
+    guard: GuardReport | None = None
+    resumed_from: int | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The JSON-able record of the run (without the history's per-epoch rows)."""
+        assert self.config is not None
+        return {
+            "train_config": config_record(self.config),
+            "kept_epoch": self.kept_epoch,
+            "validation": dataclasses.asdict(self.validation) if self.validation is not None else None,
+            "guard": dataclasses.asdict(self.guard) if self.guard is not None else None,
+            "resumed_from": self.resumed_from,
+            "train_seconds": self.seconds,
+        }
+
+
+@dataclass(frozen=True)
+class GuardReport:
+    """The catastrophic-overfitting guard of a run: its rule (thresholds), what it did (one dict per
+    collapse: epoch, reason, rolled_back_to, action) and the objective in use at the end."""
+
+    rule: dict[str, Any]
+    events: list[dict[str, Any]]
+    objective_at_end: dict[str, Any]
+
+
+def config_record(config: TrainConfig) -> dict[str, Any]:
+    """A config as a plain dict, the objective with the values it uses (resolved step sizes)."""
+    return {**to_dict(config), "objective": objective_record(config.objective)}
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if config.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=config.lr, alpha=config.rho, eps=config.rms_eps, foreach=True)
-    return NewmuRMSprop(params, lr=config.lr, rho=config.rho, eps=config.rms_eps)
+    """The optimizer of `config` over the model's trainable parameters."""
+    return build_optimizer([p for p in model.parameters() if p.requires_grad], config.optimizer_settings())
 
 
 def init_model(build: Callable[[], nn.Module], *, seed: int) -> nn.Module:
@@ -143,45 +156,39 @@ def _check_data(model: nn.Module, x: Tensor, y: Tensor) -> None:
         raise ModelError(f"the model is on {param.device} but the data on {x.device}/{y.device}; move both to one device")
 
 
-class _ProgressBar:
-    """A rich bar on stderr over the batches of a run; it only ever receives Python numbers."""
-
-    def __init__(self, total: int) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._progress = Progress(
-            TextColumn("train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        self._progress.start()
-        self._task = self._progress.add_task("train", total=total, status="")
-
-    def advance(self, steps: int) -> None:
-        self._progress.update(self._task, advance=steps)
-
-    def set(self, completed: int, status: str) -> None:
-        self._progress.update(self._task, completed=completed, status=status)
-
-    def stop(self) -> None:
-        self._progress.stop()
+def run_identity(config: TrainConfig, x: Tensor, y: Tensor, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed: the resolved config, the data, the device type."""
+    identity = {"config": config_record(config), "data": {"n": len(y), "sha256": data_digest(x, y)}, "device": x.device.type}
+    if extra:
+        identity["extra"] = extra
+    return json_roundtrip(identity)
 
 
-def show_progress_by_default() -> bool:
-    """The bar is drawn only on an interactive terminal: off when stdout (e.g. `--json > file`)
-    or stderr is redirected, so logs and machine-readable output never contain it."""
-    return sys.stdout.isatty() and sys.stderr.isatty()
+@dataclass(frozen=True)
+class _Plan:
+    """The run's shape in batches: the schedule, the lr warm-up and the eps ramp are functions of the
+    global batch index."""
 
+    config: TrainConfig
+    n_train: int
+    n_batches: int
 
-def _progress_bar(enabled: bool | None, total: int) -> _ProgressBar | None:
-    if enabled is None:
-        enabled = show_progress_by_default()
-    return _ProgressBar(total) if enabled else None
+    @property
+    def total_steps(self) -> int:
+        return self.config.epochs * self.n_batches
+
+    @property
+    def ramp_steps(self) -> int:
+        return round((self.config.eps_warmup_epochs or 0.0) * self.n_batches)
+
+    def lr(self, step: int) -> float:
+        warmup_steps = round((self.config.warmup_epochs or 0.0) * self.n_batches)
+        schedule = self.config.schedule
+        assert schedule is not None, "a resolved config has a schedule"
+        return self.config.lr * lr_factor(schedule, step, total_steps=self.total_steps, steps_per_epoch=self.n_batches, warmup_steps=warmup_steps)
+
+    def ramp(self, step: int) -> float:
+        return eps_ramp(step, ramp_steps=self.ramp_steps)
 
 
 def train(
@@ -190,90 +197,223 @@ def train(
     y: Tensor,
     config: TrainConfig,
     *,
-    progress: bool | None = None,
+    progress: ProgressCallback | Literal[False] | None = None,
     on_epoch: Callable[[int, nn.Module], dict[str, Any] | None] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    identity: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train `model` in place on (x, y) with `config`; returns the per-epoch history.
+    """Train `model` in place on (x, y) with `config`; returns the per-epoch history and what was kept.
 
-    x: (N, 1, 28, 28) pixels in [0, 1] on the model's device; y: (N,) int64 labels. Each epoch
-    visits the samples in a permutation drawn from a generator seeded with `config.seed`; dropout
-    and the objective's random starts are seeded from it too, so the same seed, initial weights
-    and device give the same weights (torch's global random state is saved and restored).
-    progress: a rich bar on stderr; None shows it only when stdout and stderr are terminals.
-    on_epoch(epoch, model): called after each epoch (model in eval mode), e.g. to score a
-    validation set; a returned dict is merged into that epoch's history entry.
-    The model is left in eval mode.
+    model: any nn.Module mapping x to logits (N, classes); x: (N, ...) pixels in [0, 1] on the
+    model's device; y: (N,) int64 labels. A validation split of `config.val_size` images (by
+    default 5000 for adversarial objectives, none for clean training) is held out of (x, y) with a
+    seeded permutation. Each epoch visits the remaining samples in a permutation drawn from a
+    generator seeded with `config.seed`; dropout and the objective's random starts are seeded from
+    it too, so the same seed, initial weights and device give the same weights (torch's global
+    random state is saved and restored). The model ends in eval mode, holding the kept epoch's
+    weights (`config.keep`).
+
+    progress: called with a `TrainProgress` every PROGRESS_EVERY batches and after each epoch
+      (False or None: no reports). on_epoch(epoch, model): called after each epoch's validation
+      (model in eval mode); a returned dict is merged into that epoch's history entry.
+    checkpoint: a folder; after every epoch the whole state (weights, optimizer, schedule position,
+      every random generator, history, best weights) is written there atomically. resume: continue
+      from the checkpoint there instead of starting afresh (a checkpoint made by a different run,
+      see `identity`, is refused; without resume an existing checkpoint is refused too).
+    identity: extra JSON-able facts a resumed run must share (e.g. the model spec).
+
+    Example, with a module of your own (any nn.Module that maps pixels in [0, 1] to logits):
+
+        from torch import nn
+        from redblue.data import load_dataset
+        from redblue.defenses import parse_objective
+        from redblue.train import TrainConfig, init_model, train
+
+        mnist = load_dataset("mnist", "train")
+        net = init_model(lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10)), seed=0)
+        result = train(net, mnist.x, mnist.y, TrainConfig(epochs=10, objective=parse_objective("pgd:eps=0.1")))
+        best = result.history[result.kept_epoch - 1]
+        print(result.kept_epoch, best["val_accuracy"], best["val_robust_accuracy"])
     """
     _check_data(model, x, y)
+    if progress is not None and progress is not False and not callable(progress):
+        raise ConfigError("progress must be a callback taking a TrainProgress (or None); the CLI draws the bar")
+    report = progress or None
+    cfg = config.resolved(len(x))
     device = x.device
-    objective = make_objective(config.objective)
-    optimizer = make_optimizer(model, config)
-    n = len(x)
-    n_batches = (n + config.batch_size - 1) // config.batch_size
-    penalize = config.l1 > 0 or config.l2 > 0
-    penalized = [p for p in penalized_parameters(model, include_bias=config.penalize_bias) if p.requires_grad]
-    shuffle_generator = torch.Generator().manual_seed(config.seed)
-    attack_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
-    step = TrainStep(generator=attack_generator)
-    history: list[dict[str, Any]] = []
-    bar = _progress_bar(progress, config.epochs * n_batches)
-    started = time.perf_counter()
-    fork_devices = [device] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=fork_devices):
-            torch.manual_seed(config.seed + 2)  # dropout masks
-            for epoch in range(1, config.epochs + 1):
-                epoch_started = time.perf_counter()
-                model.train()
-                loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-                n_correct = torch.zeros((), dtype=torch.long, device=device)
-                order = torch.randperm(n, generator=shuffle_generator).to(device)
-                for batch in range(n_batches):
-                    index = order[batch * config.batch_size : (batch + 1) * config.batch_size]
-                    xb, yb = x[index], y[index]
-                    loss, logits = objective(model, xb, yb, step)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if penalize:  # d(penalty)/dw added directly: the same step as autograd, far cheaper
-                        add_penalty_gradient_(penalized, l1=config.l1, l2=config.l2)
-                    optimizer.step()
-                    loss_sum += loss.detach() * len(yb)
-                    n_correct += (logits.detach().argmax(dim=1) == yb).sum()
-                    if bar is not None and (batch + 1) % PROGRESS_EVERY == 0:
-                        bar.advance(PROGRESS_EVERY)
-                model.eval()
-                with torch.no_grad():
-                    penalty = weight_penalty(model, l1=config.l1, l2=config.l2, include_bias=config.penalize_bias)
-                    # the epoch's one device sync: loss, correct count and penalty read together
-                    loss_total, correct_total, penalty_value = torch.stack(
-                        [loss_sum, n_correct.to(torch.float64), penalty.to(device=device, dtype=torch.float64)]
-                    ).tolist()
-                row: dict[str, Any] = {
-                    "epoch": epoch,
-                    "loss": loss_total / n,
-                    "penalty": penalty_value,
-                    "accuracy": correct_total / n,
-                    "seconds": time.perf_counter() - epoch_started,
-                }
-                if not all(map(_finite, (row["loss"], row["penalty"]))):
-                    raise ConfigError(
-                        f"the training loss became {row['loss']} in epoch {epoch}; lower lr or the penalties and retry"
-                    )
-                if on_epoch is not None:
-                    row.update(on_epoch(epoch, model) or {})
-                history.append(row)
-                log.info(
-                    "epoch %d/%d: loss %.4f, train accuracy %.4f, %.1f s",
-                    epoch, config.epochs, row["loss"], row["accuracy"], row["seconds"],
-                )
-                if bar is not None:
-                    bar.set(epoch * n_batches, f"loss {row['loss']:.4f} acc {row['accuracy']:.3f}")
-    finally:
-        if bar is not None:
-            bar.stop()
+    optimizer = make_optimizer(model, cfg)
+    train_index, val_index = validation_split(len(x), cfg.val_size or 0, seed=cfg.seed)
+    x_val, y_val = x[val_index.to(device)], y[val_index.to(device)]
+    plan = _Plan(cfg, n_train=len(train_index), n_batches=-(-len(train_index) // cfg.batch_size))
+    settings = validation_settings(cfg.objective, val_index, seed=cfg.seed, guard=bool(cfg.overfit_guard)) if len(val_index) else None
+    folder = Path(checkpoint) if checkpoint is not None else None
+    identity = run_identity(cfg, x, y, identity) if folder is not None else {}
+    if folder is not None and not resume and (folder / STATE_FILE).exists():
+        raise ConfigError(f"{folder} holds a checkpoint of an unfinished run; resume it, or delete the folder to start over")
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        rngs = Generators(cfg.seed, device)
+        if folder is not None and resume:
+            run = restore_state(folder, identity, model, optimizer, rngs)
+            resumed_from: int | None = run.epoch
+        else:
+            run, resumed_from = RunState(objective=objective_record(cfg.objective)), None
+        while run.epoch < cfg.epochs and not run.stopped:
+            epoch = run.epoch + 1
+            started = time.perf_counter()
+            last_good = (clone_weights(model), copy.deepcopy(optimizer.state_dict())) if cfg.overfit_guard else None
+            # all samples when there is no split: the same permutation as before splits existed
+            shuffled = torch.randperm(plan.n_train, generator=rngs.shuffle).to(device)
+            order = train_index.to(device)[shuffled] if settings is not None else shuffled
+            row = _train_epoch(model, x, y, order, epoch, plan, run, optimizer, rngs, report)
+            if settings is not None:
+                if report is not None:
+                    report(TrainProgress("validate", epoch, cfg.epochs, plan.n_batches, plan.n_batches, row["loss"], row["lr"], row["eps"]))
+                validation_started = time.perf_counter()
+                row.update(validate(model, x_val, y_val, settings, seed=cfg.seed))
+                row["val_seconds"] = time.perf_counter() - validation_started
+                judged = last_good is not None and (epoch - 1) * plan.n_batches >= plan.ramp_steps
+                _judge(row, run, model, optimizer, last_good if judged else None, keep_best=cfg.keep == "best")
+            if on_epoch is not None:
+                row.update(on_epoch(epoch, model) or {})
+            run.history.append(row)
+            run.epoch = epoch
+            if "collapsed" not in row:
+                run.weights_epoch = epoch
+            run.seconds += time.perf_counter() - started
+            log.info("epoch %d/%d: loss %.4f, train accuracy %.4f, %.1f s", epoch, cfg.epochs, row["loss"], row["accuracy"], row["seconds"])
+            if folder is not None:
+                save_state(folder, identity, run, model, optimizer, rngs)
+            if report is not None:
+                report(TrainProgress("epoch", epoch, cfg.epochs, plan.n_batches, plan.n_batches, row["loss"], row["lr"], row["eps"], row))
+    kept_epoch = run.weights_epoch
+    if cfg.keep == "best" and run.best_weights is not None:
+        model.load_state_dict(run.best_weights)
+        kept_epoch = run.best_epoch  # type: ignore[assignment]
     model.eval()
-    return TrainResult(history=history, seconds=time.perf_counter() - started)
+    return TrainResult(
+        history=run.history,
+        seconds=run.seconds,
+        config=cfg,
+        kept_epoch=kept_epoch,
+        validation=settings,
+        guard=GuardReport(guard_rule(), run.events, run.objective) if cfg.overfit_guard else None,
+        resumed_from=resumed_from,
+    )
+
+
+def _train_epoch(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    order: Tensor,
+    epoch: int,
+    plan: _Plan,
+    run: RunState,
+    optimizer: torch.optim.Optimizer,
+    rngs: Generators,
+    report: ProgressCallback | None,
+) -> dict[str, Any]:
+    """One pass over `order` (indices into x); returns the epoch's history row before validation.
+
+    The running loss and correct count stay on the device: one sync per epoch, plus one per
+    progress report when a callback listens.
+    """
+    cfg, started, device = plan.config, time.perf_counter(), x.device
+    objective_params = objective_from_record(run.objective)
+    objective = make_objective(objective_params)
+    penalize = cfg.l1 > 0 or cfg.l2 > 0
+    penalized = [p for p in penalized_parameters(model, include_bias=cfg.penalize_bias) if p.requires_grad]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    n_correct = torch.zeros((), dtype=torch.long, device=device)
+    lr = ramp = 0.0
+    for batch in range(plan.n_batches):
+        step = (epoch - 1) * plan.n_batches + batch
+        lr, ramp = plan.lr(step), plan.ramp(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        index = order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]
+        xb, yb = x[index], y[index]
+        loss, logits = objective(model, xb, yb, TrainStep(generator=rngs.attack, ramp=ramp, progress=step / plan.total_steps))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if penalize:  # d(penalty)/dw added directly: the same step as autograd, far cheaper
+            add_penalty_gradient_(penalized, l1=cfg.l1, l2=cfg.l2)
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip, foreach=True)
+        optimizer.step()
+        loss_sum += loss.detach() * len(yb)
+        n_correct += (logits.detach().argmax(dim=1) == yb).sum()
+        if report is not None and ((batch + 1) % PROGRESS_EVERY == 0 or batch + 1 == plan.n_batches):
+            seen = min((batch + 1) * cfg.batch_size, plan.n_train)
+            eps = objective_params.eps * ramp
+            report(TrainProgress("batch", epoch, cfg.epochs, batch + 1, plan.n_batches, loss_sum.item() / seen, lr, eps))
+    model.eval()
+    with torch.no_grad():
+        penalty = weight_penalty(model, l1=cfg.l1, l2=cfg.l2, include_bias=cfg.penalize_bias)
+        # the epoch's one device sync: loss, correct count and penalty read together
+        loss_total, correct_total, penalty_value = torch.stack(
+            [loss_sum, n_correct.to(torch.float64), penalty.to(device=device, dtype=torch.float64)]
+        ).tolist()
+    row: dict[str, Any] = {
+        "epoch": epoch,
+        "loss": loss_total / plan.n_train,
+        "penalty": penalty_value,
+        "accuracy": correct_total / plan.n_train,
+        "lr": lr,
+        "eps": objective_params.eps * ramp,
+        "seconds": time.perf_counter() - started,
+    }
+    if not all(map(_finite, (row["loss"], row["penalty"]))):
+        raise ConfigError(f"the training loss became {row['loss']} in epoch {epoch}; lower lr or the penalties and retry")
+    return row
+
+
+def _judge(
+    row: dict[str, Any],
+    run: RunState,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    last_good: tuple[dict[str, Tensor], dict[str, Any]] | None,
+    *,
+    keep_best: bool,
+) -> None:
+    """After validation: roll back a collapsed epoch (`last_good`: the guard judges this epoch), else
+    update the best epoch. Writes `row["collapsed"]` and the run's events, best and objective."""
+    if last_good is not None:
+        reason = collapse_reason(row, run.best_robust)
+        if reason is not None:
+            action = _after_collapse(run)
+            model.load_state_dict(last_good[0])
+            optimizer.load_state_dict(last_good[1])
+            row["collapsed"] = reason
+            run.events.append({"epoch": row["epoch"], "reason": reason, "rolled_back_to": row["epoch"] - 1, "action": action})
+            log.warning("epoch %d: %s; rolled back to epoch %d, %s", row["epoch"], reason, row["epoch"] - 1, action)
+            return
+    if "val_robust_accuracy" in row:
+        run.best_robust = max(run.best_robust or 0.0, row["val_robust_accuracy"])
+    score = selection_score(row)
+    if run.best_score is None or score > run.best_score:
+        run.best_epoch, run.best_score = row["epoch"], score
+        if keep_best:
+            run.best_weights = clone_weights(model)
+
+
+def _after_collapse(run: RunState) -> str:
+    """Continue with a smaller step_size when the objective has one and fewer than MAX_REDUCTIONS were
+    made (the run's objective record changes), else stop; returns what was done."""
+    params = objective_from_record(run.objective)
+    step_size = getattr(params, "step_size", None)
+    if step_size is None or run.reductions >= MAX_REDUCTIONS:
+        run.stopped = True
+        return "stopped training"
+    run.reductions += 1
+    run.objective = objective_record(dataclasses.replace(params, step_size=step_size * STEP_REDUCTION))
+    return f"step_size {step_size:g} -> {step_size * STEP_REDUCTION:g}"
 
 
 def _finite(value: float) -> bool:
     return value == value and abs(value) != float("inf")
+

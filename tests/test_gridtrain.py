@@ -29,6 +29,7 @@ from redblue.gridscore import fgsm_grid_scores
 from redblue.gridtrain import flushed_denormals, grid_refusal, supports, train_grid
 from redblue.metrics import score
 from redblue.models import CNNSpec, MLPSpec, build_model
+from redblue.optim import parse_schedule
 from redblue.train import TrainConfig, init_model, train
 
 N_TRAIN, N_TEST = 3000, 2000
@@ -85,6 +86,7 @@ def test_grid_members_train_as_they_do_one_by_one():
             assert ours["accuracy"] == pytest.approx(theirs["accuracy"], abs=1e-9)
             assert ours["penalty"] == pytest.approx(theirs["penalty"], rel=1e-6)
     assert all(not model.training for model in grid.models)
+    assert grid.results[1].record()["train_config"]["l1"] == 1e-4 and grid.results[1].kept_epoch == 2
 
 
 def test_a_huge_penalty_stays_with_its_member():
@@ -172,6 +174,10 @@ def test_grids_it_cannot_train_are_refused_in_one_line():
         (_build(CNNSpec()), [base], "Conv2d"),
         (lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Tanh()), [base], "Tanh"),
         (_build(), [], "at least one member"),
+        (_build(), [dataclasses.replace(base, optimizer="adam")], "not 'adam'"),
+        (_build(), [dataclasses.replace(base, grad_clip=1.0)], "grad_clip=1.0"),
+        (_build(), [dataclasses.replace(base, val_size=100)], "val_size=100"),
+        (_build(), [dataclasses.replace(base, schedule=parse_schedule("one-cycle"))], "schedule='one-cycle'"),
     ]
     for build, members, reason in cases:
         refusal = grid_refusal(build, members)
@@ -179,7 +185,7 @@ def test_grids_it_cannot_train_are_refused_in_one_line():
         assert not supports(build, members)
         if members:
             with pytest.raises(ConfigError, match=reason):
-                train_grid(build, members, x[:64], y[:64])
+                train_grid(build, members, x[:256], y[:256])
     assert supports(_build(), _members(base, [(0.0, 0.0, 0), (1e-4, 0.0, 1)]))
 
 

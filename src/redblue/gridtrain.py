@@ -87,16 +87,6 @@ class GridResult:
     seconds: float
 
 
-def _resolved(config: TrainConfig, n_samples: int) -> TrainConfig:
-    """The config with its defaults filled in, where the training loop resolves configs."""
-    resolve = getattr(config, "resolved", None)
-    return resolve(n_samples) if callable(resolve) else config
-
-
-def _optimizer_name(config: TrainConfig) -> str:
-    return str(getattr(config, "optimizer_name", config.optimizer))
-
-
 def _neutral(name: str, value: Any) -> bool:
     return getattr(value, "name", value) in NEUTRAL[name]
 
@@ -114,8 +104,8 @@ def config_refusal(configs: Sequence[TrainConfig], *, n_samples: int) -> str | N
             return f"the members differ in {', '.join(differing)}; a grid's members may differ only in l1, l2 and seed"
     if first.objective.name != "clean":
         return f"grid training supports the clean objective, not {first.objective.name!r}"
-    resolved = _resolved(first, n_samples)
-    optimizer = _optimizer_name(resolved)
+    resolved = first.resolved(n_samples)
+    optimizer = resolved.optimizer_name
     if optimizer not in OPTIMIZERS:
         return f"grid training supports the optimizers {', '.join(OPTIMIZERS)}, not {optimizer!r}"
     for f in dataclasses.fields(resolved):
@@ -198,7 +188,7 @@ def train_grid(
     reason = config_refusal(configs, n_samples=len(x))
     if reason is not None:
         raise ConfigError(f"{reason}; train these models one by one (redblue.train.train)")
-    configs = [_resolved(c, len(x)) for c in configs]
+    configs = [c.resolved(len(x)) for c in configs]
     device = x.device
     models = [init_model(build, seed=c.seed).to(device) for c in configs]
     plan = layer_plan(models[0])
@@ -215,7 +205,7 @@ def train_grid(
         )
     if block_elements == "auto":
         block_elements = CPU_BLOCK_ELEMENTS if device.type == "cpu" else None
-    step = GridStep(stack, configs, newmu=_optimizer_name(configs[0]) == "rmsprop-newmu", block_elements=block_elements)
+    step = GridStep(stack, configs, newmu=configs[0].optimizer_name == "rmsprop-newmu", block_elements=block_elements)
     seeds = sorted({c.seed for c in configs})
     streams = [SeedStreams(seed, device) for seed in seeds]
     member_group = torch.tensor([seeds.index(c.seed) for c in configs], device=device)
@@ -252,7 +242,8 @@ def train_grid(
     stack.write_to(models)
     for model in models:
         model.eval()
-    return GridResult(models=models, results=[TrainResult(history=h, seconds=seconds) for h in histories], seconds=seconds)
+    results = [TrainResult(history=h, seconds=seconds, config=c, kept_epoch=first.epochs) for h, c in zip(histories, configs)]
+    return GridResult(models=models, results=results, seconds=seconds)
 
 
 def _epoch_rows(

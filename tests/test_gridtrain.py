@@ -26,7 +26,7 @@ from redblue.data import load_dataset
 from redblue.defenses import parse_objective
 from redblue.errors import ConfigError
 from redblue.gridscore import fgsm_grid_scores
-from redblue.gridtrain import flushed_denormals, grid_refusal, supports, train_grid
+from redblue.gridtrain import grid_refusal, supports, train_grid
 from redblue.metrics import score
 from redblue.models import CNNSpec, MLPSpec, build_model
 from redblue.optim import parse_schedule
@@ -207,14 +207,3 @@ def test_progress_reports_batches_and_each_members_epoch_rows():
     assert [r.epoch for r in epochs] == [1, 2]
     for m in range(2):
         assert [r.rows[m] for r in epochs] == grid.results[m].history
-
-
-def test_denormals_are_flushed_while_training_and_the_setting_is_restored():
-    denormal = torch.tensor([1e-38])
-    assert float(denormal * 1e-3) != 0.0
-    with flushed_denormals():
-        assert float(denormal * 1e-3) == 0.0
-        with flushed_denormals():
-            pass
-        assert float(denormal * 1e-3) == 0.0  # an inner block restores "flushed"
-    assert float(denormal * 1e-3) != 0.0

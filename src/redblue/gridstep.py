@@ -3,8 +3,9 @@
 `GridStep` runs the operations `redblue.train.train` runs for one model (forward, cross-entropy,
 backward, the penalty gradient, the RMSProp update), for all members at once on a
 `redblue.gridmodel.StackedMLP`. Each weight is updated as soon as its gradient is known and the
-gradient flowing through it has been taken; on the CPU the weight gradient and its update run in
-cache-sized blocks of rows, one member at a time. `SeedStreams` holds the random streams of the
+gradient flowing through it has been taken; on the CPU the weight gradient and its update run
+member by member (in blocks of rows for large layers), with the single-model loop's exact
+operations and scalars. `SeedStreams` holds the random streams of the
 members that share a seed (data order and dropout), drawn as the single-model loop draws them.
 """
 

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 GRID_KEYS = ("l1", "l2", "seed")  # what may differ between members
 OPTIMIZERS = ("rmsprop-newmu", "rmsprop")
 PROGRESS_EVERY = 20  # batches between progress reports (they read no tensor)
-CPU_BLOCK_ELEMENTS = 1 << 16  # a weight-gradient block that stays in a core's L2 cache with its optimiser state
+CPU_BLOCK_ELEMENTS = 1 << 19  # 2 MiB of float32: a whole member of the paper MLP (blocks of 32K-512K measured within 12%, fewer calls won)
 # TrainConfig knobs reproduced here, and the values accepted for the loop's other knobs (its
 # neutral settings); a knob in neither list (a newer loop's) makes the grid refuse.
 HANDLED = {"epochs", "batch_size", "lr", "rho", "rms_eps", "l1", "l2", "penalize_bias", "objective", "seed", "optimizer"}
@@ -164,8 +164,8 @@ def train_grid(
     `grid_refusal`). x: (N, 1, 28, 28) pixels in [0, 1]; y: (N,) int64 labels; the models are
     trained on x's device. progress: called every PROGRESS_EVERY batches and after each epoch;
     it reads no tensor, so it costs no device sync. block_elements: the weight gradient and its
-    update run in blocks of about this many elements per member (cache-sized on a CPU); None: the
-    whole stack at once; "auto": CPU_BLOCK_ELEMENTS on a CPU, None on CUDA.
+    update run member by member, in blocks of rows of about this many elements; None: the whole
+    stack at once (fewest kernel launches, the per-member lambdas as tensors); "auto": CPU_BLOCK_ELEMENTS on a CPU, None on CUDA.
     """
     _check_data(x, y)
     reason = config_refusal(configs, n_samples=len(x))

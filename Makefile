@@ -36,7 +36,7 @@ $(VENV)/.setup-done: pyproject.toml
 	touch $@
 
 $(VENV)/.setup-test-done: $(VENV)/.setup-done
-	$(PIP) install -e ".[test,peers]"
+	$(PIP) install -e ".[test,peers,ray]"
 	@# torchattacks' metadata pins torchvision and an old requests, neither of which it imports for
 	@# the attacks we compare against; installing its dependencies would replace the CPU torch.
 	$(PIP) install --no-deps "torchattacks==3.5.1"

@@ -17,7 +17,6 @@ import pytest
 from filelock import FileLock  # a dependency of torch
 
 from redblue.cli import main
-from redblue.reproduce import load_experiment, reproduce
 
 TINY_TOML = """
 name = "tiny"
@@ -69,7 +68,9 @@ def _cli(*argv: object) -> None:
 
 def make_real_runs(root: Path) -> RealRuns:
     (root.parent / "tiny.toml").write_text(TINY_TOML)
-    reproduce(load_experiment(root.parent / "tiny.toml", profile="tiny"), root / "reproduce-tiny", workers=1, device="cpu")
+    # as the verb leaves it: the engine writes results.json, the CLI renders report.md and the PNGs
+    _cli("reproduce", "--config", root.parent / "tiny.toml", "--profile", "tiny", "--out", root / "reproduce-tiny",
+         "--workers", 1, "--device", "cpu")
     models = root.parent / "models"
     models.mkdir()
     model_a, model_b = models / "a.safetensors", models / "b.safetensors"

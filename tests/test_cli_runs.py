@@ -40,7 +40,7 @@ def test_runs_lists_filters_and_shows_real_runs(capsys, runs):
     shown = json.loads(out)
     assert (code, shown["path"], len(shown["cells"])) == (0, "reproduce-tiny", 2)
     results = runs.results("reproduce-tiny")
-    assert {c["id"] for c in shown["cells"]} == {c["cell"] for c in results["cells"]}
+    assert {c["id"] for c in shown["cells"]} == {c["id"] for c in results["cells"]}
     code, out, _ = run(capsys, "runs", "show", "reproduce-tiny", "--root", runs.root)
     assert code == 0 and reproduce_id in out and "2 cell(s)" in out
 

@@ -59,16 +59,17 @@ def test_rebuild_reads_every_real_run_and_copies_its_numbers_exactly(runs):
     listed = {run.path: run for run in index.list_runs(runs.root)}
     assert {path: run.kind for path, run in listed.items()} == REAL_KINDS
     assert all(run.status == "done" and run.device == "cpu" for run in listed.values())
-    # evaluate --out writes run.json (the run-folder contract); the others' kinds are inferred from their files
-    assert {path for path, run in listed.items() if not run.inferred} == {"evaluate-a", "evaluate-a-fgsm", "evaluate-b"}
+    # evaluate --out and reproduce write run.json (the run-folder contract); attack's kind is inferred from its files
+    assert {path for path, run in listed.items() if not run.inferred} == {"evaluate-a", "evaluate-a-fgsm", "evaluate-b",
+                                                                          "reproduce-tiny"}
 
     reproduce = listed["reproduce-tiny"]
     results = runs.results("reproduce-tiny")
     chosen = next(m for m in results["models"] if (m["l1"], m["l2"]) == (1e-4, 0.0))
     assert reproduce.metrics["clean_accuracy"] == chosen["curve"][0]["accuracy"]["mean"]
     assert reproduce.n_cells == len(list((runs.root / "reproduce-tiny" / "cells").glob("*.json"))) == 2
-    assert reproduce.started == utc_iso((runs.root / "reproduce-tiny" / "config.toml").stat().st_mtime)
-    assert reproduce.finished == utc_iso((runs.root / "reproduce-tiny" / "results.json").stat().st_mtime)
+    run_json = json.loads((runs.root / "reproduce-tiny" / "run.json").read_text())
+    assert (reproduce.started, reproduce.finished) == (normalize_time(run_json["started"]), normalize_time(run_json["finished"]))
     config = tomllib.loads((runs.root / "reproduce-tiny" / "config.toml").read_text())
     canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
     assert reproduce.config_hash == hashlib.sha256(canonical.encode()).hexdigest()[:16]
@@ -84,8 +85,8 @@ def test_rebuild_reads_every_real_run_and_copies_its_numbers_exactly(runs):
     cells = index.find_run(runs.root, "reproduce-tiny").cells
     for cell in cells:
         record = json.loads((runs.root / "reproduce-tiny" / cell["record_path"]).read_text())
-        assert cell["id"] == record["cell"] and cell["artefact_path"] == f"models/{record['cell']}.safetensors"
-        assert cell["metrics"]["clean_accuracy"] == record["curve"][0]["accuracy"]
+        assert cell["id"] == record["id"] and cell["artefact_path"] == f"models/{record['id']}.safetensors"
+        assert cell["metrics"]["clean_accuracy"] == record["metrics"]["curve"][0]["accuracy"]
 
 
 def test_the_index_is_wal_and_a_deleted_database_is_rebuilt_row_for_row(runs):

@@ -9,10 +9,12 @@ import pytest
 import torch
 from matplotlib.image import imread
 
-from redblue.report.figures import save_curves_png, save_figure_one_png
+from redblue.report.figures import curves_figure, save_curves_png, save_figure_one_png
 from redblue.report.markdown import render_markdown
-from redblue.report.paper_values import PAPER_VALUES, paper_models, paper_value
-from redblue.report.tables import clip_comparison, comparison_tables, shape_checks
+from redblue.errors import ConfigError
+from redblue.paper import PAPER_VALUES, paper_models, paper_value
+from redblue.reproduce import Expectations
+from redblue.reproduce.compare import clip_comparison, comparison_tables, shape_checks
 
 PAPER_TXT = Path(__file__).resolve().parents[1].parent / "shared" / "paper.txt"
 GRID = (0.0, 1e-5, 1e-4)
@@ -85,9 +87,9 @@ def _synthetic_results(accuracy_of, *, seeds: int = 1, grid=GRID, profile="full"
             models.append({"l1": l1, "l2": l2, "seeds": list(range(seeds)), "curve": curve,
                            "train_seconds": {"mean": 1.0, "std": None, "values": [1.0]}})
             for s in range(seeds):
-                cells.append({"cell": f"l1-{l1:g}_l2-{l2:g}_seed-{s}", "l1": l1, "l2": l2, "seed": s, "n_train": 60000,
+                cells.append({"cell": f"l1-{l1:g}_l2-{l2:g}_seed-{s}", "id": f"{len(cells):016x}", "l1": l1, "l2": l2, "seed": s, "n_train": 60000,
                               "n_test": 10000, "train_seconds": 1.0,
-                              "history": [{"epoch": 1, "loss": 0.3, "accuracy": 0.9}],
+                              "history": [{"epoch": e, "loss": 0.3, "accuracy": 0.9} for e in (1, 2, 3)],
                               "curve": [{"eps": p["eps"], "accuracy": p["accuracy"]["values"][s],
                                          "confidence": p["confidence"]["values"][s]} for p in curve]})
     results = {
@@ -101,9 +103,11 @@ def _synthetic_results(accuracy_of, *, seeds: int = 1, grid=GRID, profile="full"
             "grid": {"l1": list(grid), "l2": list(grid)},
             "fgsm": {"clip": True, "curve_eps": list(EPS)},
             "notes": {"clip": "Clipping keeps images valid."},
+            "expect": {"basis": "measured on three seeds of this profile, with margin."},
         },
-        "profile": profile, "device": "cpu", "workers": 2, "torch_threads_per_cell": 1, "wall_seconds": 12.5,
-        "cells_trained": [c["cell"] for c in cells], "cells_reused": [], "train_seconds_total": 9.0,
+        "profile": profile, "device": "cpu", "executor": "local", "workers": 2, "torch_threads_per_cell": 1,
+        "wall_seconds": 12.5, "compute_wall_seconds": 12.5, "compute_invocations": 1, "invocations": 1,
+        "cells_trained": [c["cell"] for c in cells], "cells_reused": [], "train_seconds_total": 9.0, "epochs_run": [3],
         "cells": cells, "models": models,
         "selection": {"paper": {"l1": 1e-4, "l2": 1e-4}, "ours": {"l1": 1e-4, "l2": 0.0, "eps": 0.1, "accuracy": 0.6},
                       "rule": "highest FGSM accuracy at eps 0.1"},
@@ -113,7 +117,7 @@ def _synthetic_results(accuracy_of, *, seeds: int = 1, grid=GRID, profile="full"
         "environment": {"versions": {"torch": "2.x"}, "platform": "test"},
     }
     results["tables"] = comparison_tables(results)
-    results["checks"] = shape_checks(results)
+    results["checks"] = shape_checks(results, Expectations())
     return results
 
 
@@ -138,7 +142,9 @@ def test_report_markdown_holds_paper_ours_and_difference_for_every_paper_value()
     text = render_markdown(results)
     for heading in ("## Table 1", "## Table 2", "## Table 3", "## Protocol", "## Figure 1", "## Shape checks"):
         assert heading in text
-    assert "Wall time 12.5 s" in text and "Clipping keeps images valid." in text
+    assert "This run: 12.5 s wall time, 9 cells trained, 0 reused" in text and "Clipping keeps images valid." in text
+    # the epochs the cells ran (3, from their histories), not the 10 of the config's [train] table
+    assert "Profile `full`, 3 epochs per model." in text and "batch 128, 3 epochs per model." in text
     table1 = text.split("## Table 1")[1].split("## Table 2")[0]
     # Table 1, from paper.txt: test accuracy 0.975; ours 0.98; difference +0.0050
     assert "| Test accuracy | 0.9750 | 0.9800 | +0.0050 |" in table1
@@ -152,6 +158,24 @@ def test_report_markdown_holds_paper_ours_and_difference_for_every_paper_value()
     assert "| Adversarial accuracy (eps = 0.05) | 0.8062 |" in table3 and "| 0.7850 | 0.9650 | +0.1800 |" in table3
     for value in PAPER_VALUES:
         assert f"{value.value:.4f}" in text
+
+
+def test_a_rerun_that_reuses_every_cell_keeps_the_original_wall_time():
+    results = _synthetic_results(_acc)
+    results.update(wall_seconds=0.5, compute_wall_seconds=98.2, compute_invocations=2, invocations=3,
+                   cells_reused=results["cells_trained"], cells_trained=[])
+    text = render_markdown(results)
+    assert "This run: 0.5 s wall time, 0 cells trained, 9 reused" in text
+    assert "Computing the cells took 98.2 s of wall time over 2 runs." in text
+    cells = text.split("## Cells")[1]
+    assert cells.count("| reused |") == 9 and "`0000000000000008`" in cells
+
+
+def test_shape_checks_say_whose_expectations_they_hold_the_run_to():
+    text = render_markdown(_synthetic_results(_acc, profile="quick"))
+    checks = text.split("## Shape checks")[1].split("## Figure 1")[0]
+    assert "The ranges are the `quick` profile's expectations: measured on three seeds of this profile, with margin." in checks
+    assert "Tables 1-3 above" in checks
 
 
 def test_report_shows_mean_and_std_over_seeds():
@@ -192,6 +216,24 @@ def test_shape_checks_pass_on_paper_shaped_numbers_and_fail_where_they_break():
     assert never_rises["passed"] is False and "0.25->0.3" in never_rises["value"]
 
 
+def test_shape_checks_use_the_ranges_they_are_given():
+    results = _synthetic_results(_paper_shaped)
+    # no regularisation at eps 0.1 is 0.33: inside the full range 0.20-0.42, outside a profile's 0.10-0.30
+    narrow = Expectations(no_reg_fgsm=((0.10, 0.10, 0.30),), l1_clean_confidence=(0.85, 0.95))
+    by_name = {c["check"]: c for c in shape_checks(results, narrow)}
+    check = by_name["FGSM accuracy at eps 0.1, no regularisation"]
+    assert (check["expected"], check["passed"]) == ("0.1-0.3", False)
+    assert "FGSM accuracy at eps 0.05, no regularisation" not in by_name  # only the rows the profile lists
+    assert by_name["clean confidence, l1=1e-4, l2=0"]["passed"] is True  # 0.9 is inside 0.85-0.95
+
+
+def test_expectations_refuse_ranges_that_are_not_low_high():
+    with pytest.raises(ConfigError, match=r"expect.clean_accuracy must be \[low, high\]"):
+        Expectations(clean_accuracy=(0.99, 0.9))
+    with pytest.raises(ConfigError, match=r"rows are \[eps, low, high\]"):
+        Expectations(no_reg_fgsm=((0.1, 0.2),))
+
+
 def test_shape_checks_of_models_not_run_are_not_judged():
     checks = _synthetic_results(_acc, grid=(0.0,))["checks"]
     assert all(c["passed"] is None for c in checks if "l1=1e-4" in c["check"] or "l1=1e-5" in c["check"])
@@ -211,6 +253,24 @@ def test_figures_are_png_images_of_the_expected_layout(tmp_path):
     height, width, _ = imread(tmp_path / "figure1.png").shape
     assert width > 2 * height  # one row of panels
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "figure1.png"]  # no temporary files
+
+
+def test_curves_give_each_lambda1_a_colour_and_each_lambda2_a_line_style():
+    figure = curves_figure(_synthetic_results(_acc, seeds=2))
+    ax_accuracy, ax_confidence = figure.axes[:2]
+    lines = [line for line in ax_accuracy.get_lines() if len(line.get_xdata()) == len(EPS)]
+    assert len(lines) == 9  # one per grid model
+    styles = {}
+    for line, (l1, l2) in zip(lines, [(a, b) for a in GRID for b in GRID]):
+        styles.setdefault(("color", l1), set()).add(line.get_color())
+        styles.setdefault(("style", l2), set()).add(line.get_linestyle())
+    assert all(len(v) == 1 for v in styles.values())  # one colour per l1, one style per l2
+    assert len({next(iter(styles[("color", a)])) for a in GRID}) == 3
+    assert len({next(iter(styles[("style", b)])) for b in GRID}) == 3
+    # synthetic confidence is 0.9 - eps (+0.001 per seed): 0.6 to 0.9, so the axis starts near 0.57, not at 0
+    bottom, top = ax_confidence.get_ylim()
+    assert 0.5 < bottom < 0.6 and top == pytest.approx(1.01)
+    assert ax_accuracy.get_ylim()[0] == 0.0
 
 
 def test_clip_comparison_says_which_fgsm_the_paper_matches():

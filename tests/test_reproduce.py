@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,13 +12,16 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-import redblue.reproduce as reproduce_module
+import redblue.reproduce.cell as cell_module
+import redblue.reproduce.run as run_module
 from redblue.attacks import fgsm
 from redblue.cli import main
 from redblue.data import load_dataset
 from redblue.errors import ConfigError
 from redblue.metrics import score
-from redblue.reproduce import PAPER_TOML, fgsm_curve, load_experiment, reproduce
+from redblue.report.reproduce_files import write_reproduce_report
+from redblue.reproduce import PAPER_TOML, Expectations, fgsm_curve, grid_cells, load_experiment, reproduce
+from redblue.sweep import cell_id
 
 TINY_TOML = """
 name = "tiny"
@@ -65,14 +70,20 @@ def tiny_toml(tmp_path):
 def count_training(monkeypatch):
     """Count the models `reproduce` trains in this process."""
     calls = []
-    real_train = reproduce_module.train
+    real_train = cell_module.train
 
     def counting_train(model, x, y, config, **kwargs):
         calls.append((config.l1, config.l2, config.seed))
         return real_train(model, x, y, config, **kwargs)
 
-    monkeypatch.setattr(reproduce_module, "train", counting_train)
+    monkeypatch.setattr(cell_module, "train", counting_train)
     return calls
+
+
+def _model_path(out, experiment, label):
+    """models/<cell-id>.safetensors of the cell named `label`."""
+    (config,) = [c for c in grid_cells(experiment, torch.device("cpu")) if c.label == label]
+    return out / "models" / f"{cell_id(config)}.safetensors"
 
 
 def test_paper_toml_loads_both_profiles_with_the_paper_grid():
@@ -84,6 +95,10 @@ def test_paper_toml_loads_both_profiles_with_the_paper_grid():
     assert full.train_subset is None and full.test_subset is None  # the paper's 60k / 10k
     assert quick.test_subset is None  # every table is on the whole test set in both profiles
     assert load_experiment(PAPER_TOML, profile="quick", seeds=3).seed_list == (0, 1, 2)
+    # each profile is judged by its own ranges, which change no number (not in the folder's config)
+    assert full.expect == Expectations(basis=full.expect.basis) and "20 epochs" in full.expect.basis
+    assert quick.expect.l1_clean_confidence == (0.92, 0.96) and "seeds 0-2 of this profile" in quick.expect.basis
+    assert quick.record() == {**full.record(), "profile": "quick", "train": {**full.record()["train"], "epochs": 5}}
 
 
 def test_experiment_file_errors_are_one_line(tiny_toml, tmp_path):
@@ -151,8 +166,13 @@ def test_reproduce_writes_every_file_and_numbers_match_an_independent_recomputat
     out = tmp_path / "run"
     experiment = load_experiment(tiny_toml, profile="tiny")
     result = reproduce(experiment, out, workers=1)
-    for name in ("report.md", "results.json", "figure1.png", "curves.png", "config.toml", "environment.json"):
+    assert not (out / "report.md").exists()  # the engine returns values; the report is rendered by redblue.report
+    write_reproduce_report(out, result.results, result.figure)
+    for name in ("report.md", "results.json", "figure1.png", "curves.png", "config.toml", "environment.json", "run.json"):
         assert (out / name).is_file(), name
+    run = json.loads((out / "run.json").read_text())
+    assert (run["kind"], run["status"], run["device"]) == ("reproduce", "done", "cpu")
+    assert run["started"] <= run["finished"] and run["invocations"][0]["computed"] == 2
     assert sorted(result.trained) == sorted(CELLS) and result.reused == ()
     assert len(count_training) == 2
     results = json.loads((out / "results.json").read_text())
@@ -163,7 +183,7 @@ def test_reproduce_writes_every_file_and_numbers_match_an_independent_recomputat
     for cell in results["cells"]:
         assert cell["n_train"] == 512 and cell["n_test"] == 200
         curve = {round(p["eps"], 6): p["accuracy"] for p in cell["curve"]}
-        clean, clipped, unclipped = _independent_scores(out / "models" / f"{cell['cell']}.safetensors", x, y, 0.1)
+        clean, clipped, unclipped = _independent_scores(_model_path(out, experiment, cell["cell"]), x, y, 0.1)
         assert curve[0.0] == pytest.approx(clean, abs=1e-9)
         assert curve[0.1] == pytest.approx(clipped, abs=1.5 / 200)  # float32 vs float64: one flip at most
         other = {round(p["eps"], 6): p["accuracy"] for p in cell["other_clip_curve"]}
@@ -185,18 +205,19 @@ def test_reproduce_writes_every_file_and_numbers_match_an_independent_recomputat
 def test_a_killed_run_resumes_without_retraining_finished_cells(tiny_toml, tmp_path, monkeypatch, count_training):
     out = tmp_path / "run"
     experiment = load_experiment(tiny_toml, profile="tiny")
-    real_run_cell = reproduce_module.run_cell
+    real_run_cell = run_module.run_cell
 
-    def killed_after_first(job, data):
-        if count_training:  # the first cell finished: the process dies before the second one
+    def killed_after_first(config, **kwargs):
+        if count_training:  # the first cell finished: Ctrl-C before the second one
             raise KeyboardInterrupt
-        return real_run_cell(job, data)
+        return real_run_cell(config, **kwargs)
 
-    monkeypatch.setattr(reproduce_module, "run_cell", killed_after_first)
+    monkeypatch.setattr(run_module, "run_cell", killed_after_first)
     with pytest.raises(KeyboardInterrupt):
         reproduce(experiment, out, workers=1)
     assert len(count_training) == 1 and not (out / "results.json").exists()
-    monkeypatch.setattr(reproduce_module, "run_cell", real_run_cell)
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    monkeypatch.setattr(run_module, "run_cell", real_run_cell)
 
     resumed = reproduce(experiment, out, workers=1)
     assert len(count_training) == 2  # only the unfinished cell was trained
@@ -233,23 +254,105 @@ def test_cli_refuses_a_mixed_run_in_one_line_with_exit_code_2(tiny_toml, tmp_pat
     assert err.startswith("error: ") and err.count("\n") == 1 and "seeds" in err
 
 
-def test_seeds_give_mean_and_std_in_parallel_workers(tiny_toml, tmp_path):
-    """Two spawned workers train two seeds of one cell: mean ± std, and the numbers of an in-process run."""
-    path = tmp_path / "one.toml"
-    path.write_text(TINY_TOML.replace("l1 = [0.0, 1e-4]", "l1 = [0.0]"))
-    result = reproduce(load_experiment(path, profile="tiny", seeds=2), tmp_path / "run", workers=2)
-    assert result.results["workers"] == 2
-    (model,) = result.results["models"]
-    clean = model["curve"][0]["accuracy"]
-    values = [c["curve"][0]["accuracy"] for c in result.results["cells"]]
-    assert model["seeds"] == [0, 1] and clean["values"] == values
+REFERENCE = Path(__file__).resolve().parent / "reproduce_tiny_reference.json"
+
+
+def _numbers(cell: dict) -> dict:
+    """What a cell computed, without how long it took."""
+    history = [{k: row[k] for k in ("epoch", "loss", "penalty", "accuracy")} for row in cell["history"]]
+    keys = ("cell", "l1", "l2", "seed", "n_train", "n_test", "curve", "other_clip_curve")
+    return {**{k: cell[k] for k in keys}, "history": history}
+
+
+def test_the_sweep_engine_gives_the_numbers_of_the_code_before_it_in_workers_and_in_process(tiny_toml, tmp_path):
+    """Every cell equals, to the last bit, what `reproduce` computed before it ran on the sweep engine.
+
+    tests/reproduce_tiny_reference.json was written by the previous implementation (commit
+    f85c1c6: its own process pool, data sent to the workers as uint8) on this file's tiny
+    experiment with --seeds 2, torch 2.13 on CPU. Two spawned workers and this process give it.
+    """
+    reference = json.loads(REFERENCE.read_text())["cells"]
+    experiment = load_experiment(tiny_toml, profile="tiny", seeds=2)
+    pooled = reproduce(experiment, tmp_path / "pool", workers=2)
+    assert (pooled.results["executor"], pooled.results["workers"]) == ("local", 2)
+    assert [_numbers(c) for c in pooled.results["cells"]] == reference
+    here = reproduce(experiment, tmp_path / "here", workers=1)
+    assert [_numbers(c) for c in here.results["cells"]] == reference
+
+    (no_reg, _) = pooled.results["models"]
+    clean = no_reg["curve"][0]["accuracy"]
+    values = [c["curve"][0]["accuracy"] for c in reference if c["l1"] == 0.0]
+    assert no_reg["seeds"] == [0, 1] and clean["values"] == values
     assert clean["mean"] == pytest.approx(sum(values) / 2)
     assert clean["std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
     assert values[0] != values[1]  # different seeds, different models
-    assert "± " in (tmp_path / "run" / "report.md").read_text()
-    # one torch thread per cell either way: the same numbers when the cells run in this process
-    here = reproduce(load_experiment(path, profile="tiny", seeds=2), tmp_path / "here", workers=1)
-    assert here.results["models"][0]["curve"] == model["curve"]
+    write_reproduce_report(tmp_path / "pool", pooled.results, pooled.figure)
+    assert "± " in (tmp_path / "pool" / "report.md").read_text()
+
+
+def test_the_cli_shows_cells_in_flight_and_a_rerun_keeps_the_original_wall_time(tiny_toml, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["reproduce", "--config", str(tiny_toml), "--profile", "tiny", "--out", str(out), "--workers", "1"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()
+    # not a terminal: plain lines on stderr, each cell when it starts (with what is in flight) and when it ends
+    assert err[0] == "started l1-0_l2-0_seed-0 (0/2 cells done, 1 running, 1 queued)"
+    assert err[1].startswith("[1/2] l1-0_l2-0_seed-0: clean accuracy 0.4800, FGSM(0.1) accuracy 0.1250 (")
+    assert err[2] == "started l1-0.0001_l2-0_seed-0 (1/2 cells done, 1 running, 0 queued)"
+    assert err[3].startswith("[2/2] l1-0.0001_l2-0_seed-0: ") and len(err) == 4
+    assert "2 cells trained, 0 reused" in captured.out
+    first = json.loads((out / "results.json").read_text())
+
+    assert main([*args, "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "all 2 cells found done in the run folder; reusing them\n"
+    again = json.loads((out / "results.json").read_text())
+    assert again["cells_reused"] == first["cells_trained"] and again["cells_trained"] == []
+    assert again["compute_wall_seconds"] == pytest.approx(first["wall_seconds"], rel=0.05)  # the first run's time
+    assert f"(the run's cells took {again['compute_wall_seconds']:.1f} s of wall time to compute)" in captured.out
+    report = (out / "report.md").read_text()
+    assert f"Computing the cells took {again['compute_wall_seconds']:.1f} s of wall time." in report
+    assert "Profile `tiny`, 1 epoch per model." in report
+    assert [c["curve"] for c in again["cells"]] == [c["curve"] for c in first["cells"]]
+    run = json.loads((out / "run.json").read_text())
+    assert [(i["computed"], i["reused"], i["status"]) for i in run["invocations"]] == [(2, 0, "done"), (0, 2, "done")]
+
+    assert main([*args, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and json.loads(captured.out)["cells_reused"] == first["cells_trained"]
+
+
+def test_resume_without_a_run_and_ray_without_ray_are_one_line_each(tiny_toml, tmp_path, capsys, monkeypatch):
+    args = ["reproduce", "--config", str(tiny_toml), "--profile", "tiny", "--out", str(tmp_path / "none")]
+    assert main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "holds no run to resume" in err
+    assert not (tmp_path / "none").exists()
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    assert main([*args, "--executor", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: the ray executor needs Ray, which is not installed; pip install 'redblue[ray]', or use --executor local\n"
+    assert not (tmp_path / "none").exists()
+    assert main([*args, "--executor", "dask"]) == 2
+    assert "choose one of: local, ray" in capsys.readouterr().err
+
+
+def test_reproduce_on_ray_gives_the_numbers_of_the_local_executor(tiny_toml, tmp_path):
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'redblue[ray]'")
+    reference = json.loads(REFERENCE.read_text())["cells"]
+    result = reproduce(load_experiment(tiny_toml, profile="tiny", seeds=2), tmp_path / "ray", executor="ray", workers=2)
+    assert (result.results["executor"], result.results["workers"]) == ("ray", 2)
+    assert [_numbers(c) for c in result.results["cells"]] == reference
+
+
+@pytest.mark.slow
+def test_quick_profile_shows_no_failed_check(tmp_path):
+    """The README's main command (~2 min on 2 cores): a healthy quick run passes its own 43 checks."""
+    result = reproduce(load_experiment(PAPER_TOML, profile="quick"), tmp_path / "quick")
+    checks = result.results["checks"]
+    assert len(checks) == 43 and [c["check"] for c in checks if c["passed"] is not True] == []
+    assert result.results["epochs_run"] == [5]
 
 
 @pytest.mark.slow
@@ -260,3 +363,24 @@ def test_full_profile_has_the_papers_shape(tmp_path):
     assert len(checks) == 43
     assert [c["check"] for c in checks if c["passed"] is not True] == []
     assert result.results["clip_comparison"]["mean_abs_difference"]["unclipped"] < 0.06
+
+
+ENGINE = ("train", "evaluate", "certify", "sweep", "arena", "reproduce", "store", "paper")
+
+
+def test_the_engine_never_imports_report_or_cli():
+    """No arrow from the engine to the surface (issue 9): every import in every engine module, at any depth."""
+    import ast
+
+    import redblue
+
+    root = Path(redblue.__file__).parent
+    files = [p for name in ENGINE for p in [root / f"{name}.py", *sorted((root / name).glob("*.py"))] if p.is_file()]
+    assert {"sweep", "reproduce", "store"} <= {p.stem if p.parent == root else p.parent.name for p in files}
+    arrows = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            arrows += [f"{path.relative_to(root)} -> {n}" for n in names if n.startswith(("redblue.report", "redblue.cli"))]
+    assert arrows == []

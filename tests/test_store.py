@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from redblue.errors import ConfigError
-from redblue.store import RunFolder, differing_keys, environment, normalized
+from redblue.store import RunFolder, RunJournal, differing_keys, environment, normalized
 
 
 def test_prepare_records_the_config_and_recognises_it_again(tmp_path):
@@ -45,17 +46,41 @@ def test_differing_keys_lists_changed_added_and_removed_keys():
     assert differing_keys(a, a) == []
 
 
-def test_a_cell_is_done_only_when_both_its_model_and_its_record_exist(tmp_path):
+def test_a_cell_is_done_only_when_its_record_and_every_artefact_it_lists_exist(tmp_path):
     folder = RunFolder(tmp_path)
     folder.prepare({"name": "x"})
-    assert folder.read_cell("l1-0_l2-0_seed-0") is None
-    folder.write_cell("l1-0_l2-0_seed-0", {"accuracy": 0.5})
-    assert folder.read_cell("l1-0_l2-0_seed-0") is None  # record without its model: not done
-    folder.models_dir.mkdir()
-    folder.model_path("l1-0_l2-0_seed-0").write_bytes(b"weights")
-    assert folder.read_cell("l1-0_l2-0_seed-0") == {"accuracy": 0.5}
-    folder.cell_path("l1-0_l2-0_seed-0").write_text("{truncated")
-    assert folder.read_cell("l1-0_l2-0_seed-0") is None  # unreadable record: redo the cell
+    assert folder.read_cell("c0ffee") is None
+    record = {"id": "c0ffee", "metrics": {"accuracy": 0.5}, "artefacts": ["models/c0ffee.safetensors"]}
+    folder.write_cell("c0ffee", record)
+    assert folder.read_cell("c0ffee") is None  # record without its model: not done
+    assert folder.write_artefact(folder.model_path("c0ffee"), b"weights") == "models/c0ffee.safetensors"
+    assert folder.read_cell("c0ffee") == record
+    folder.cell_path("c0ffee").write_text("{truncated")
+    assert folder.read_cell("c0ffee") is None  # unreadable record: redo the cell
+    for listed in (["../outside.bin"], ["/etc/passwd"], "models/c0ffee.safetensors"):
+        folder.write_cell("c0ffee", {**record, "artefacts": listed})
+        assert folder.read_cell("c0ffee") is None  # only files inside the folder, listed as a list, count
+
+
+def test_run_json_follows_a_run_through_its_invocations(tmp_path, monkeypatch):
+    folder = RunFolder(tmp_path)
+    first = RunJournal(folder, kind="reproduce", name="paper-quick", device="cpu", executor="local")
+    run = folder.read_run()
+    assert {k: run[k] for k in ("kind", "name", "status", "finished", "device")} == {
+        "kind": "reproduce", "name": "paper-quick", "status": "running", "finished": None, "device": "cpu"}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", run["started"]) and run["host"] and run["redblue"]
+    first.cell_done(computed=True)
+    first.cell_done(computed=True)
+    (entry,) = folder.read_run()["invocations"]  # written at each cell: a kill -9 keeps the counts and the time so far
+    assert (entry["computed"], entry["reused"], entry["status"], entry["executor"]) == (2, 0, "running", "local")
+    first.finish("failed", error="interrupted")
+    second = RunJournal(folder, kind="reproduce", name="paper-quick", device="cpu")
+    second.cell_done(computed=False)
+    second.finish("done")
+    run = folder.read_run()
+    assert run["status"] == "done" and run["started"] == first.run["started"]  # the run began with its first invocation
+    assert [(i["computed"], i["reused"], i["status"]) for i in run["invocations"]] == [(2, 0, "failed"), (0, 1, "done")]
+    assert run["invocations"][0]["error"] == "interrupted" and second.earlier_invocations == run["invocations"][:1]
 
 
 def test_writes_leave_no_temporary_files(tmp_path):
@@ -64,6 +89,7 @@ def test_writes_leave_no_temporary_files(tmp_path):
     folder.write_json("results.json", {"n": 1.5})
     folder.write_text("report.md", "# r\n")
     folder.write_cell("c", {"k": [1, 2]})
+    RunJournal(folder, kind="sweep", name="s", device="cpu").finish("done")
     assert json.loads((tmp_path / "results.json").read_text()) == {"n": 1.5}
     names = [p.name for p in tmp_path.rglob("*")]
     assert not [n for n in names if n.startswith(".") or n.endswith(".part")]
@@ -73,6 +99,10 @@ def test_writes_leave_no_temporary_files(tmp_path):
 def test_cell_names_cannot_escape_the_folder(tmp_path, name):
     with pytest.raises(ConfigError):
         RunFolder(tmp_path).cell_path(name)
+    with pytest.raises(ConfigError):
+        RunFolder(tmp_path).artefact_path(name or "..", "c0ffee", ".bin")
+    with pytest.raises(ConfigError):
+        RunFolder(tmp_path).artefact_path("models", "c0ffee", f"/{name}")
 
 
 def test_an_unwritable_out_folder_fails_in_one_line(tmp_path):

@@ -319,15 +319,16 @@ def _record_config_hash(results: dict[str, Any] | None, kind: str) -> str | None
 
 
 def cell_metrics(record: dict[str, Any]) -> dict[str, Any]:
-    """A cell's "metrics" scalars; for reproduce's cells, the FGSM curve's accuracies and the training time."""
-    if isinstance(record.get("metrics"), dict):
-        return _scalars(record["metrics"])
-    metrics: dict[str, Any] = {}
-    for point in record.get("curve", []):
+    """A cell's "metrics" scalars; for reproduce's cells, the FGSM curve's accuracies and the training time
+    (under "metrics" in a sweep record, at the top of a record written before the sweep engine)."""
+    nested = isinstance(record.get("metrics"), dict)
+    source = record["metrics"] if nested else record
+    metrics: dict[str, Any] = _scalars(source) if nested else {}
+    for point in source.get("curve", []):
         name = "clean_accuracy" if point["eps"] == 0 else f"fgsm_accuracy@{point['eps']:g}"
         metrics[name] = point["accuracy"]
-    if "train_seconds" in record:
-        metrics["train_seconds"] = record["train_seconds"]
+    if "train_seconds" in source:
+        metrics["train_seconds"] = source["train_seconds"]
     return metrics
 
 

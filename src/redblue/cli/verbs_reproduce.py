@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from redblue.cli.app import DataDirOption, DeviceOption, JsonOption, app, print_json, resolve_device, set_interrupt_message
+from redblue.cli.sweep_progress import sweep_progress
 from redblue.errors import ConfigError
 from redblue.reproduce import PAPER_TOML, load_experiment, reproduce
+from redblue.sweep import EXECUTORS
+from redblue.sweep.ray_executor import import_ray
 
 
-def _progress_line(record: dict[str, Any], done: int, total: int) -> None:
-    curve = {round(point["eps"], 6): point["accuracy"] for point in record["curve"]}
+def describe_cell(record: dict[str, Any]) -> str:
+    """One finished cell in a line: clean and FGSM(0.1) accuracy, training time."""
+    metrics = record["metrics"]
+    curve = {round(point["eps"], 6): point["accuracy"] for point in metrics["curve"]}
     fgsm_10 = curve.get(0.1)
     shown = f", FGSM(0.1) accuracy {fgsm_10:.4f}" if fgsm_10 is not None else ""
-    sys.stderr.write(
-        f"[{done}/{total}] {record['cell']}: clean accuracy {curve[0.0]:.4f}{shown} ({record['train_seconds']:.1f} s)\n"
-    )
-    sys.stderr.flush()
+    return f"clean accuracy {curve[0.0]:.4f}{shown} ({metrics['train_seconds']:.1f} s)"
+
+
+def _wall_line(results: dict[str, Any], trained: int, reused: int) -> str:
+    line = f"{trained} cells trained, {reused} reused; wall time {results['wall_seconds']:.1f} s"
+    original = results.get("compute_wall_seconds")
+    if reused and original is not None:
+        line += f" (the run's cells took {original:.1f} s of wall time to compute)"
+    return line
 
 
 @app.command("reproduce")
@@ -32,9 +41,18 @@ def reproduce_command(
     seeds: Annotated[
         Optional[int], typer.Option("--seeds", help="Train every cell with N seeds and report mean ± std. Default: the file's.")
     ] = None,
+    executor: Annotated[
+        str, typer.Option("--executor", help="Where cells run: local (processes on this machine) or ray (needs redblue[ray]; "
+                          "attaches to $RAY_ADDRESS if set, else starts a local Ray).")
+    ] = "local",
     workers: Annotated[
-        Optional[int], typer.Option("--workers", help="Cells trained in parallel processes (one torch thread each). Default: the cores.")
+        Optional[int], typer.Option("--workers", help="Cells in flight at once (one torch thread each). Default: the cores "
+                                    "(local), the cluster's CPUs (ray), the GPUs with --device cuda.")
     ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out (refused if it holds none); rerunning the same "
+                           "command resumes too.")
+    ] = False,
     config: Annotated[
         Optional[Path], typer.Option("--config", help="Experiment file. Default: the packaged experiments/paper.toml.")
     ] = None,
@@ -46,32 +64,46 @@ def reproduce_command(
     as_json: JsonOption = False,
 ) -> None:
     """Reproduce the paper: train the lambda grid, FGSM every model, write tables (paper | ours | difference) and figures."""
+    from redblue.report.reproduce_files import write_reproduce_report  # matplotlib: only when the verb runs
+
     if seeds is not None and seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown --executor {executor!r}; choose one of: {', '.join(EXECUTORS)}")
+    if executor == "ray":
+        import_ray()  # absent: one line before any work
     experiment = load_experiment(config or PAPER_TOML, profile=profile, seeds=seeds)
     run_device = resolve_device(device)
     folder = out if out is not None else Path("runs") / f"reproduce-{profile}"
-    set_interrupt_message(f"interrupted; finished cells are kept in {folder} and the same command resumes from them")
-    result = reproduce(
-        experiment,
-        folder,
-        workers=workers,
-        data_dir=data_dir,
-        device=run_device,
-        force=force,
-        on_cell=None if as_json else _progress_line,
+    set_interrupt_message(
+        f"interrupted; finished cells are kept in {folder}; rerun the same command (or add --resume) to continue"
     )
+    progress = sweep_progress(describe_cell, title=f"reproduce ({profile})", enabled=not as_json)
+    try:
+        result = reproduce(
+            experiment,
+            folder,
+            executor=executor,
+            workers=workers,
+            data_dir=data_dir,
+            device=run_device,
+            force=force,
+            resume=resume,
+            on_progress=progress,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
+    write_reproduce_report(result.folder, result.results, result.figure)
     if as_json:
         print_json({**result.results, "files": result.files})
         return
     checks = result.results["checks"]
     passed = sum(1 for c in checks if c["passed"])
     judged = sum(1 for c in checks if c["passed"] is not None)
-    typer.echo(
-        f"reproduce ({profile}): {len(result.trained)} cells trained, {len(result.reused)} reused; "
-        f"wall time {result.wall_seconds:.1f} s"
-    )
-    typer.echo(f"shape checks: {passed} of {judged} pass")
-    typer.echo(f"wrote {result.files['report']}, {result.files['results']}, {result.files['figure1']}, {result.files['curves']}")
+    typer.echo(f"reproduce ({profile}): {_wall_line(result.results, len(result.trained), len(result.reused))}")
+    typer.echo(f"shape checks: {passed} of {judged} pass (the {profile} profile's expectations)")
+    files = result.files
+    typer.echo(f"wrote {files['report']}, {files['results']}, {files['figure1']}, {files['curves']}")

@@ -1,4 +1,5 @@
-"""The blue team: training objectives (clean, FGSM, fast FGSM, PGD, TRADES, MART) and weight penalties.
+"""The blue team: training objectives (clean, FGSM, fast FGSM, PGD, TRADES, MART; certified: IBP,
+CROWN-IBP) and weight penalties.
 
 Any `nn.Module` that maps pixels in [0, 1] of shape (N, 1, 28, 28) to logits trains with any
 objective through the Python API, and is evaluated as the CLI evaluates the built-in models::
@@ -30,6 +31,7 @@ from redblue.defenses.adversarial import (
     TRADESObjective,
     mart_loss,
 )
+from redblue.defenses.certified import CROWNIBPObjective, IBPObjective, crown_ibp_loss, ibp_loss
 from redblue.defenses.objectives import (
     OBJECTIVES,
     CleanObjective,
@@ -48,9 +50,11 @@ from redblue.defenses.penalties import penalized_parameters, weight_penalty
 
 __all__ = [
     "OBJECTIVES",
+    "CROWNIBPObjective",
     "CleanObjective",
     "FGSMObjective",
     "FastFGSMObjective",
+    "IBPObjective",
     "MARTObjective",
     "Objective",
     "ObjectiveParams",
@@ -58,6 +62,8 @@ __all__ = [
     "TRADESObjective",
     "TrainStep",
     "clean_objective",
+    "crown_ibp_loss",
+    "ibp_loss",
     "is_adversarial",
     "make_objective",
     "mart_loss",

@@ -38,9 +38,9 @@ class TrainStep:
 
     generator: the objective's randomness (random starts), seeded by the training loop.
     ramp: the eps warm-up factor in [0, 1] (linear over the first warm-up epochs, then 1):
-      adversarial objectives attack at eps * ramp.
+      adversarial objectives attack at eps * ramp; IBP's kappa and CROWN-IBP's beta follow it too.
     progress: the fraction of all training steps done, in [0, 1], for schedules that span the
-      run (IBP's kappa, CROWN-IBP's beta).
+      whole run.
     """
 
     generator: Generator | None = None
@@ -63,6 +63,11 @@ class ObjectiveParams:
     def resolved(self) -> ObjectiveParams:
         """The same objective with every derived default (such as a step size) filled in."""
         return self
+
+    def schedule(self, step: TrainStep) -> dict[str, float]:
+        """The values the objective's own schedules take at `step`, for the training history (IBP's
+        train_eps and kappa, CROWN-IBP's beta too); {} where there are none beyond eps * ramp."""
+        return {}
 
     @classmethod
     def from_record(cls, data: Any, *, what: str = "objective") -> ObjectiveParams:

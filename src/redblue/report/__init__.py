@@ -1,2 +1,3 @@
-"""Reports of runs: the paper's values (`paper_values`), paper-versus-ours tables (`tables`), report.md
-(`markdown`) and PNG figures (`figures`). Import the submodule you need: `figures` loads matplotlib."""
+"""Reports of runs: report.md (`markdown`), PNG figures (`figures`), and a reproduce run's files (`reproduce_files`).
+Everything here renders values the engine computed (results.json); import the submodule you need:
+`figures` loads matplotlib."""

@@ -8,8 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from redblue.report.paper_values import same
-from redblue.report.tables import comparison_tables
+from redblue.paper import same
 
 PAPER_TITLE = "Adversarial Machine Learning: The Attacks and the Defenses"
 TABLE1_LABELS = {
@@ -87,10 +86,10 @@ def _protocol(results: dict[str, Any]) -> list[str]:
         f"- Training: {objective_text} + λ1·Σ|w| + λ2·Σw² over the weights"
         + (" and biases" if train["penalize_bias"] else " (biases not penalised)")
         + f"; {train['optimizer']} (lr {train['lr']:g}, mean-square decay {train['rho']:g}, eps {train['rms_eps']:g}), "
-        f"batch {train['batch_size']}, {train['epochs']} epoch{'s' if train['epochs'] != 1 else ''}.",
+        f"batch {train['batch_size']}, {_epochs(results)}.",
         f"- Grid: λ1 ∈ {{{', '.join(map(_lam, experiment['grid']['l1']))}}}, λ2 ∈ {{{', '.join(map(_lam, experiment['grid']['l2']))}}}; {seed_text}.",
         f"- Red team: FGSM, x + eps·sign(∇x CE), {clip_text}, at eps {eps_text}.",
-        f"- Profile `{results['profile']}`; device {results['device']}; {results['workers']} worker process(es), "
+        f"- Profile `{results['profile']}`; device {results['device']}; {_executor(results)}, "
         f"{results['torch_threads_per_cell']} torch thread per cell.",
         "",
     ]
@@ -99,6 +98,38 @@ def _protocol(results: dict[str, Any]) -> list[str]:
     if why:
         lines += ["Why these choices:", ""] + [f"- **{title}.** {text.strip()}" for title, text in why] + [""]
     return lines
+
+
+def _executor(results: dict[str, Any]) -> str:
+    if not results["cells_trained"]:
+        return "every cell reused (no executor ran)"
+    return f"executor {results.get('executor', 'local')} with {results['workers']} worker(s)"
+
+
+def _epochs(results: dict[str, Any]) -> str:
+    """The epochs the cells actually trained (from their histories), as "5 epochs per model"."""
+    runs = results.get("epochs_run") or [results["experiment"]["train"]["epochs"]]
+    text = " or ".join(str(n) for n in runs)
+    return f"{text} epoch{'s' if runs != [1] else ''} per model"
+
+
+def _timing(results: dict[str, Any]) -> str:
+    """This run's wall time, and the wall time the cells took when they were computed (kept when a rerun reuses them)."""
+    n_trained, n_reused = len(results["cells_trained"]), len(results["cells_reused"])
+    this_run = (
+        f"This run: {results['wall_seconds']:.1f} s wall time, {n_trained} cell{'s' if n_trained != 1 else ''} trained, "
+        f"{n_reused} reused from an earlier run of this folder."
+    )
+    original = results.get("compute_wall_seconds")
+    invocations = results.get("compute_invocations", 1)
+    if n_reused == 0:
+        computed = ""
+    elif original is None:
+        computed = " The reused cells were computed before this folder recorded wall times."
+    else:
+        over = f" over {invocations} runs" if invocations > 1 else ""
+        computed = f" Computing the cells took {original:.1f} s of wall time{over}."
+    return f"{this_run}{computed} Training time summed over cells: {results['train_seconds_total']:.1f} s."
 
 
 def _table1(rows: list[dict[str, Any]]) -> list[str]:
@@ -191,12 +222,14 @@ def _checks(results: dict[str, Any]) -> list[str]:
         body.append([check["check"], check["expected"], shown, verdict])
     passed = sum(1 for c in results["checks"] if c["passed"])
     total = sum(1 for c in results["checks"] if c["passed"] is not None)
+    basis = results["experiment"].get("expect", {}).get("basis", "").strip()
     note = (
-        "" if results["profile"] == "full"
-        else f" The ranges are for the `full` profile; the `{results['profile']}` profile trains less and may miss some."
+        f"The ranges are the `{results['profile']}` profile's expectations"
+        + (f": {basis}" if basis else ".")
+        + " The paper's own numbers stand beside ours in Tables 1-3 above."
     )
     return (
-        ["## Shape checks", "", f"{passed} of {total} pass.{note}", ""]
+        ["## Shape checks", "", f"{passed} of {total} pass.", "", note, ""]
         + _table(["check", "expected", "ours", "pass"], body)
         + [""]
     )
@@ -245,25 +278,23 @@ def _cells(results: dict[str, Any]) -> list[str]:
         last = cell["history"][-1] if cell["history"] else {}
         status = "trained" if cell["cell"] in results["cells_trained"] else "reused"
         body.append([
-            f"`{cell['cell']}`", status, f"{cell['train_seconds']:.1f}",
-            _number(last.get("loss")), _number(last.get("accuracy")),
+            f"`{cell['cell']}`", f"`{cell['id']}`" if "id" in cell else "—", status, str(len(cell["history"])),
+            f"{cell['train_seconds']:.1f}", _number(last.get("loss")), _number(last.get("accuracy")),
         ])
-    return ["## Cells", ""] + _table(["cell", "this run", "train s", "final train loss", "final train accuracy"], body) + [""]
+    header = ["cell", "id (cells/, models/)", "this run", "epochs", "train s", "final train loss", "final train accuracy"]
+    return ["## Cells", ""] + _table(header, body) + [""]
 
 
 def render_markdown(results: dict[str, Any]) -> str:
     """The whole report.md of a reproduce run."""
-    tables = results.get("tables") or comparison_tables(results)
+    tables = results["tables"]
     experiment = results["experiment"]
     chosen = (experiment["chosen_l1"], experiment["chosen_l2"])
     versions = results["environment"]["versions"]
-    n_trained, n_reused = len(results["cells_trained"]), len(results["cells_reused"])
     lines = [
         f"# Reproduction: {PAPER_TITLE}",
         "",
-        f"Profile `{results['profile']}`. Wall time {results['wall_seconds']:.1f} s "
-        f"({n_trained} cells trained in this run, {n_reused} reused from an earlier run of this folder; "
-        f"training time summed over cells {results['train_seconds_total']:.1f} s).",
+        f"Profile `{results['profile']}`, {_epochs(results)}. {_timing(results)}",
         "",
         "Every table gives the paper's number, ours, and ours minus the paper's.",
         "",

@@ -145,7 +145,7 @@ def _comparison_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
 @register_page("reproduce")
 def reproduce_page(results: dict[str, Any], folder: Path, options: PageOptions) -> Page:
     """Paper tables beside ours, FGSM curves and heatmap over the grid, Figure 1, checks, cells, environment."""
-    from redblue.report.tables import comparison_tables
+    from redblue.reproduce.compare import comparison_tables
 
     experiment = results["experiment"]
     tables = results.get("tables") or comparison_tables(results)
@@ -155,7 +155,9 @@ def reproduce_page(results: dict[str, Any], folder: Path, options: PageOptions) 
     summary = KeyValues((
         ("profile", results.get("profile")),
         ("device", results.get("device")),
-        ("wall time (s)", round(results.get("wall_seconds", 0.0), 1)),
+        ("wall time of this run (s)", round(results.get("wall_seconds", 0.0), 1)),
+        ("wall time to compute the cells (s)",
+         None if results.get("compute_wall_seconds") is None else round(results["compute_wall_seconds"], 1)),
         ("cells trained in this run", len(results.get("cells_trained", []))),
         ("cells reused", len(results.get("cells_reused", []))),
         ("paper's choice", f"λ1 = {_lam(experiment['chosen_l1'])}, λ2 = {_lam(experiment['chosen_l2'])}"),
@@ -195,7 +197,8 @@ def reproduce_page(results: dict[str, Any], folder: Path, options: PageOptions) 
             ("check", "expected", "ours", "pass"),
             tuple((c["check"], c["expected"], c["value"], verdict[c["passed"]]) for c in checks), ("", "", ".4f", ""),
             caption=f"{sum(1 for c in checks if c['passed'])} of {sum(1 for c in checks if c['passed'] is not None)} pass; "
-                    "the ranges are the full profile's.",
+                    f"the ranges are the {results.get('profile')} profile's"
+                    + (f": {basis}" if (basis := experiment.get("expect", {}).get("basis", "").strip()) else "."),
         ),)))
     clip = results.get("clip_comparison")
     if clip and clip.get("rows"):

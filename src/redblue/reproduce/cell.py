@@ -1,0 +1,176 @@
+"""One cell of the paper's grid: train one (lambda1, lambda2, seed) model, score it on FGSM at every eps.
+
+`run_cell(config)` is the cell function the sweep engine runs: a pure function of its
+`CellConfig` (the data it loads is named by the config; where the files lie changes no number).
+How a cell trains (`train_cell`) and how it is scored (`score_cell`) are separate functions, so
+another way to train (e.g. the whole grid as one batched model) can reuse the scoring.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from redblue.attacks.core import check_eps, eval_mode, loss_and_input_gradient
+from redblue.data import load_dataset
+from redblue.errors import AttackError
+from redblue.metrics import DEFAULT_BATCH, batches, correct_and_confidence
+from redblue.models import MLPSpec, build_model, save_model
+from redblue.sweep import Artefact, CellOutput, cell_id, config_json
+from redblue.train import TrainConfig, TrainResult, init_model, train
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    """Everything one grid cell's numbers depend on; its sweep id is a hash of this.
+
+    train: the experiment's training config with this cell's l1, l2 and seed. eps: FGSM with
+    `clip` at each (0 is the clean test set); other_clip_eps: FGSM with the other clip setting.
+    device: "cpu" or "cuda" (a seed gives the same numbers on one device type).
+    """
+
+    dataset: str
+    model: MLPSpec
+    train: TrainConfig
+    clip: bool
+    eps: tuple[float, ...]
+    other_clip_eps: tuple[float, ...]
+    device: str = "cpu"
+    train_subset: int | None = None  # the first N training images; None: all
+    test_subset: int | None = None  # the first N test images; None: all
+
+    @property
+    def label(self) -> str:
+        """The cell's name for people, e.g. l1-0.0001_l2-0_seed-0."""
+        return f"l1-{self.train.l1:g}_l2-{self.train.l2:g}_seed-{self.train.seed}"
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def load_split(dataset: str, split: str, subset: int | None, data_dir: str | None) -> tuple[Tensor, Tensor]:
+    """One split's first `subset` images (float32 in [0, 1], on the CPU) and int64 labels, loaded once per process."""
+    loaded = load_dataset(dataset, split, data_dir=data_dir)
+    return loaded.x[:subset], loaded.y[:subset]
+
+
+# --- scoring ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    eps: float
+    accuracy: float
+    confidence: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"eps": self.eps, "accuracy": self.accuracy, "confidence": self.confidence}
+
+
+@torch.no_grad()
+def fgsm_scores(
+    model: nn.Module, x: Tensor, y: Tensor, settings: Sequence[tuple[float, bool]], *, batch_size: int = DEFAULT_BATCH
+) -> list[CurvePoint]:
+    """Accuracy and confidence on FGSM images `x + eps * sign(grad_x CE)` for each (eps, clip) in `settings`.
+
+    The same images as `redblue.attacks.fgsm(model, x, y, eps=eps, clip=clip)`: FGSM's gradient is
+    taken at the clean x whatever eps is, so it is computed once per batch and reused for every
+    setting. x: (N, 1, 28, 28) in [0, 1]; y: (N,). The model runs in eval mode and is restored.
+    """
+    for eps, _ in settings:
+        check_eps(eps, "linf")
+    n_correct = torch.zeros(len(settings), dtype=torch.long, device=x.device)
+    confidence_sum = torch.zeros(len(settings), dtype=torch.float64, device=x.device)
+    grad_finite = torch.ones((), dtype=torch.bool, device=x.device)
+    with eval_mode(model):
+        for xb, yb in batches(x, y, size=batch_size):
+            _, _, grad = loss_and_input_gradient(model, xb, yb, check_finite=False)
+            grad_finite &= torch.isfinite(grad).all()
+            direction = grad.sign()
+            for i, (eps, clip) in enumerate(settings):
+                x_adv = xb + eps * direction
+                is_correct, top_prob = correct_and_confidence(model(x_adv.clamp(0.0, 1.0) if clip else x_adv), yb)
+                n_correct[i] += is_correct.sum()
+                confidence_sum[i] += top_prob.double().sum()
+    if not bool(grad_finite):
+        raise AttackError("the model's input gradient is NaN or infinite; check the model before attacking it")
+    n = len(y)
+    accuracy, confidence = (n_correct.double() / n).tolist(), (confidence_sum / n).tolist()
+    return [CurvePoint(eps, acc, conf) for (eps, _), acc, conf in zip(settings, accuracy, confidence)]
+
+
+def fgsm_curve(
+    model: nn.Module, x: Tensor, y: Tensor, eps_values: Sequence[float], *, clip: bool, batch_size: int = DEFAULT_BATCH
+) -> list[CurvePoint]:
+    """`fgsm_scores` at each eps with one clip setting (eps 0: the clean test set)."""
+    return fgsm_scores(model, x, y, [(eps, clip) for eps in eps_values], batch_size=batch_size)
+
+
+# --- one cell -----------------------------------------------------------------------------------
+
+
+def train_cell(config: CellConfig, x_train: Tensor, y_train: Tensor) -> tuple[nn.Module, TrainResult]:
+    """The cell's model, initialised from its seed and trained on (x_train, y_train) on its device."""
+    device = torch.device(config.device)
+    model = init_model(lambda: build_model(config.model), seed=config.train.seed).to(device)
+    trained = train(model, x_train.to(device), y_train.to(device), config.train, progress=False)
+    return model, trained
+
+
+def score_cell(config: CellConfig, model: nn.Module, x_test: Tensor, y_test: Tensor) -> dict[str, Any]:
+    """FGSM accuracy and confidence at each eps of the config: "curve" (its clip setting) and "other_clip_curve"."""
+    device = torch.device(config.device)
+    main = [(eps, config.clip) for eps in config.eps]
+    other = [(eps, not config.clip) for eps in config.other_clip_eps]
+    points = fgsm_scores(model, x_test.to(device), y_test.to(device), main + other)
+    return {
+        "curve": [point.as_dict() for point in points[: len(main)]],
+        # the other clip setting at the table eps: shows which one the paper's numbers match
+        "other_clip_curve": [point.as_dict() for point in points[len(main) :]],
+    }
+
+
+def run_cell(config: CellConfig, *, data_dir: str | None = None) -> CellOutput:
+    """Train and score one cell; its metrics and its model (safetensors) for the run folder.
+
+    data_dir: where the dataset lies (as `--data-dir`; None: $REDBLUE_DATA_DIR, then the cache).
+    The metrics: cell, l1, l2, seed, n_train, n_test, train_seconds, eval_seconds, torch_threads,
+    history (one entry per epoch), curve and other_clip_curve (eps, accuracy, confidence).
+    """
+    x_train, y_train = load_split(config.dataset, "train", config.train_subset, data_dir)
+    x_test, y_test = load_split(config.dataset, "test", config.test_subset, data_dir)
+    model, trained = train_cell(config, x_train, y_train)
+    evaluation_started = time.perf_counter()
+    scores = score_cell(config, model, x_test, y_test)
+    metrics: dict[str, Any] = {
+        "cell": config.label,
+        "l1": config.train.l1,
+        "l2": config.train.l2,
+        "seed": config.train.seed,
+        "n_train": len(y_train),
+        "n_test": len(y_test),
+        "train_seconds": trained.seconds,
+        "eval_seconds": time.perf_counter() - evaluation_started,
+        "torch_threads": torch.get_num_threads(),
+        "history": trained.history,
+        **scores,
+    }
+    record = {"cell": config.label, "id": cell_id(config), "config": config_json(config), "history": trained.history}
+    return CellOutput(metrics=metrics, artefacts=(Artefact("models", ".safetensors", _model_bytes(model, config, record)),))
+
+
+def _model_bytes(model: nn.Module, config: CellConfig, record: dict[str, Any]) -> bytes:
+    """The model as `save_model` writes it (safetensors, with its spec and record), as bytes for the run folder."""
+    with tempfile.TemporaryDirectory(prefix="redblue-cell-") as folder:
+        path = Path(folder) / "model.safetensors"
+        save_model(path, model, config.model, record=record)
+        return path.read_bytes()

@@ -128,6 +128,19 @@ def test_objective_can_be_given_as_a_spec_string(tiny_toml, tmp_path):
     assert (objective.name, objective.eps, objective.alpha) == ("fgsm", 0.1, 0.5)
 
 
+def test_cells_batch_by_everything_but_l1_l2_and_seed_and_unsupported_training_runs_alone(tiny_toml, tmp_path):
+    from redblue.reproduce.cell import batch_key
+
+    configs = grid_cells(load_experiment(tiny_toml, profile="tiny", seeds=2), torch.device("cpu"))
+    assert len(configs) == 4 and len({batch_key(c) for c in configs}) == 1 and batch_key(configs[0]) is not None
+    two = grid_cells(load_experiment(tiny_toml, profile="tiny2"), torch.device("cpu"))
+    assert batch_key(two[0]) != batch_key(configs[0])  # 2 epochs, not 1: another batch
+    adversarial = tmp_path / "adv.toml"
+    adversarial.write_text(TINY_TOML.replace("lr = 0.003", 'lr = 0.003\nobjective = "fgsm:eps=0.1,alpha=0.5"'))
+    configs = grid_cells(load_experiment(adversarial, profile="tiny"), torch.device("cpu"))
+    assert [batch_key(c) for c in configs] == [None, None]  # the grid trainer supports clean training only
+
+
 def test_profiles_override_nested_keys(tiny_toml):
     assert load_experiment(tiny_toml, profile="tiny").train.epochs == 1
     two = load_experiment(tiny_toml, profile="tiny2")

@@ -42,14 +42,17 @@ $(VENV)/.setup-test-done: $(VENV)/.setup-done
 	$(PIP) install --no-deps "torchattacks==3.5.1"
 	touch $@
 
+# Without ../shared's copy, running the main command is the consent to download MNIST (checksum-verified).
 reproduce: setup
-	$(BIN)/redblue reproduce --profile $(PROFILE) --out $(OUT)
+	$(BIN)/redblue reproduce --profile $(PROFILE) --out $(OUT)$(if $(SHARED_DATA),, --download)
 
 test: setup-test
 	$(BIN)/python -m pytest -q
 
+# The slow suite, then the property-based suites again under Hypothesis's long profile (random, 300 examples).
 test-slow: setup-test
 	$(BIN)/python -m pytest -q -m slow
+	HYPOTHESIS_PROFILE=slow $(BIN)/python -m pytest -q tests/test_props_attacks.py tests/test_data_fuzz.py tests/test_evaluate_plan_fuzz.py
 
 bench: setup-test
 	$(BIN)/python benchmarks/train_epoch.py

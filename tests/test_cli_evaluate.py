@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -110,9 +111,15 @@ def test_evaluate_json_has_attacks_worst_case_certified_and_findings(saved_model
     assert {"logits", "gradients", "monotonic-eps", "eps-zero", "unbounded-eps", "attack-strength"} <= checks
     assert all(set(f) == {"severity", "check", "message"} for f in result["findings"])
     assert sorted(p.name for p in out.iterdir()) == [
-        "cells", "config.toml", "environment.json", "masks", "masks.safetensors", "results.json", "run.json"
+        "cells", "config.toml", "environment.json", "masks", "masks.safetensors", "report.html", "report.md",
+        "results.json", "run.json",
     ]
     assert json.loads((out / "results.json").read_text()) == result
+    with sqlite3.connect(out.parent / "index.sqlite") as index:  # the run is in the index of its runs folder
+        kind, n_evaluations = index.execute(
+            "SELECT kind, (SELECT COUNT(*) FROM evaluations) FROM runs WHERE path = ?", (out.name,)
+        ).fetchone()
+    assert (kind, n_evaluations) == ("evaluate", 2)  # one leaderboard row per eps
     run_record = json.loads((out / "run.json").read_text())
     assert (run_record["kind"], run_record["status"]) == ("evaluate", "done") and run_record["finished"] >= run_record["started"]
     assert len(list((out / "cells").glob("*.json"))) == 4  # fgsm and pgd at two eps

@@ -126,9 +126,11 @@ def test_bad_input_is_one_error_line(capsys, runs, argv, message, as_json):
 def test_a_missing_runs_folder_or_corrupt_results_are_one_error_line(capsys, runs, tmp_path):
     code, out, err = run(capsys, "runs", "--root", tmp_path / "none")
     assert code == 2 and one_error_line(err) == f"error: no runs folder at {tmp_path / 'none'}; give the folder that holds the run folders (--root)"
+    html = runs.root / "evaluate-b" / "report.html"
+    written_by_evaluate = html.read_bytes()
     (runs.root / "evaluate-b" / "results.json").write_text("[1, 2")
     code, out, err = run(capsys, "report", runs.root / "evaluate-b")
     assert code == 2 and "results.json is not readable JSON" in one_error_line(err)
-    assert not (runs.root / "evaluate-b" / "report.html").exists()
+    assert html.read_bytes() == written_by_evaluate  # the failed regeneration left the run's report as it was
     code, out, err = run(capsys, "runs", "--root", runs.root)
     assert code == 0 and err.startswith("warning: skipped evaluate-b:") and "evaluate-b" not in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -274,7 +275,10 @@ def test_cli_refuses_a_mixed_run_in_one_line_with_exit_code_2(tiny_toml, tmp_pat
     args = ["reproduce", "--config", str(tiny_toml), "--out", str(out), "--workers", "1"]
     assert main([*args, "--profile", "tiny", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["profile"] == "tiny" and set(printed["files"]) >= {"report", "results", "figure1", "curves"}
+    assert printed["profile"] == "tiny" and set(printed["files"]) >= {"report", "results", "figure1", "curves", "html"}
+    assert "<html" in (out / "report.html").read_text()[:200].lower()
+    with sqlite3.connect(tmp_path / "index.sqlite") as index:  # the CLI indexed the run with its cells
+        assert index.execute("SELECT kind, status, n_cells FROM runs WHERE path = 'run'").fetchone() == ("reproduce", "done", 2)
     assert main([*args, "--profile", "tiny", "--seeds", "2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "seeds" in err

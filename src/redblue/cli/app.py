@@ -25,7 +25,8 @@ DataDirOption = Annotated[
     Optional[Path],
     typer.Option(
         "--data-dir",
-        help="Root with one folder per dataset (mnist/, ...). Default: $REDBLUE_DATA_DIR, then ~/.cache/redblue.",
+        help="Root with one folder per dataset (mnist/, ...); when given, the only root searched. Default: $REDBLUE_DATA_DIR, "
+        "then ~/.cache/redblue.",
     ),
 ]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")]

@@ -8,7 +8,9 @@ from typing import Annotated, Any, Optional
 import typer
 
 from redblue.cli.app import DataDirOption, DeviceOption, JsonOption, app, print_json, resolve_device, set_interrupt_message
+from redblue.cli.publish import index_run, publish_run
 from redblue.cli.sweep_progress import sweep_progress
+from redblue.cli.verbs_data import DownloadOption, require_dataset
 from redblue.errors import ConfigError
 from redblue.reproduce import PAPER_TOML, load_experiment, reproduce
 from redblue.sweep import EXECUTORS
@@ -64,6 +66,7 @@ def reproduce_command(
                                     "numbers, faster); 1: one by one. Default: each worker's share of the grid.")
     ] = None,
     data_dir: DataDirOption = None,
+    download: DownloadOption = False,
     device: DeviceOption = "auto",
     as_json: JsonOption = False,
 ) -> None:
@@ -81,6 +84,7 @@ def reproduce_command(
     if executor == "ray":
         import_ray()  # absent: one line before any work
     experiment = load_experiment(config or PAPER_TOML, profile=profile, seeds=seeds)
+    require_dataset(experiment.dataset, data_dir=data_dir, download=download)
     run_device = resolve_device(device)
     folder = out if out is not None else Path("runs") / f"reproduce-{profile}"
     set_interrupt_message(
@@ -100,12 +104,17 @@ def reproduce_command(
             grid_size=grid_size,
             on_progress=progress,
         )
+    except BaseException:
+        if (folder / "run.json").is_file():  # the index shows the run as it stands (failed, or running when killed)
+            index_run(folder)
+        raise
     finally:
         if progress is not None:
             progress.close()
     write_reproduce_report(result.folder, result.results, result.figure)
+    reports = publish_run(result.folder, data_dir=data_dir)
     if as_json:
-        print_json({**result.results, "files": result.files})
+        print_json({**result.results, "files": {**result.files, "html": str(reports["html"])}})
         return
     checks = result.results["checks"]
     passed = sum(1 for c in checks if c["passed"])
@@ -113,4 +122,4 @@ def reproduce_command(
     typer.echo(f"reproduce ({profile}): {_wall_line(result.results, len(result.trained), len(result.reused))}")
     typer.echo(f"shape checks: {passed} of {judged} pass (the {profile} profile's expectations)")
     files = result.files
-    typer.echo(f"wrote {files['report']}, {files['results']}, {files['figure1']}, {files['curves']}")
+    typer.echo(f"wrote {reports['markdown']}, {reports['html']}, {files['results']}, {files['figure1']}, {files['curves']}")

@@ -48,8 +48,9 @@ def reproduce_command(
                           "attaches to $RAY_ADDRESS if set, else starts a local Ray).")
     ] = "local",
     workers: Annotated[
-        Optional[int], typer.Option("--workers", help="Cells in flight at once (one torch thread each). Default: the cores "
-                                    "(local), the cluster's CPUs (ray), the GPUs with --device cuda.")
+        Optional[int], typer.Option("--workers", help="Tasks in flight at once (one torch thread each; a batched grid of "
+                                    "models is one task). Default: the cores (local), the cluster's CPUs (ray), the GPUs "
+                                    "with --device cuda.")
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out (refused if it holds none); rerunning the same "

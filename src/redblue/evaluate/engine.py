@@ -114,6 +114,7 @@ def evaluate(
         with_retry(lambda: require_logits(chunked, x[:PROBE_SIZE]), batching)
         check_start = time.perf_counter()
         clean_logits = with_retry(lambda: predict_logits(chunked, x, batch_size=batching.size), batching)
+        _check_labels(y, classes=clean_logits.shape[1])
         clean = CleanPass.from_logits(clean_logits, y)
         findings = _chance_findings(clean, y, classes=clean_logits.shape[1])
         if checks:
@@ -186,6 +187,20 @@ def require_model_fits(model: nn.Module, x: Tensor, *, classes: int, dataset: st
     if logits.dim() != 2 or logits.shape[1] != classes:
         outputs = f"{logits.shape[1]} classes" if logits.dim() == 2 else f"shape {tuple(logits.shape[1:])}"
         raise ModelError(f"the model outputs {outputs} but {dataset} has {classes} classes; {advice}")
+
+
+def _check_labels(y: Tensor, *, classes: int) -> None:
+    """Raise ConfigError (one line) unless every label is a class the model outputs: 0..classes-1."""
+    if y.dtype != torch.long:
+        raise ConfigError(f"labels must be int64 class indices, got {y.dtype}")
+    if len(y) == 0:
+        return
+    low, high = torch.stack(torch.aminmax(y)).tolist()  # one sync per evaluation
+    if low < 0 or high >= classes:
+        raise ConfigError(
+            f"labels run from {low} to {high} but the model outputs {classes} classes (0..{classes - 1}); "
+            "pass the labels of the dataset the model was trained on"
+        )
 
 
 def _chance_findings(clean: CleanPass, y: Tensor, *, classes: int) -> list[Finding]:

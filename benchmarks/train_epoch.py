@@ -8,7 +8,9 @@ seconds are CPU time on a CPU, wall time on a GPU):
   fgsm-at      a Goodfellow FGSM-AT epoch (fgsm:eps=0.1,alpha=0.5) / our clean epoch: target <= 1.8
   pgd7-at      our PGD-7 AT epoch / a hand-written PGD-7 loop in plain PyTorch (same optimiser, random
                start, eval-mode attack, same steps): target <= 1.05
-  ibp          an IBP epoch / our clean epoch (target <= 2.5): runs once an `ibp` objective is registered
+  ibp          an IBP epoch (ibp:eps=0.1 at kappa 0.5: clean pass plus interval pass) / our clean epoch
+               (target <= 2.5). Measured (CPU, 1 thread, load 5-7): MLP 2.37. With convolutions the
+               interval pass costs about two clean passes (centre and radius), not one.
 
 It also asserts that the attack steps inside training compute no weight gradients: a hook on every
 parameter counts one gradient per batch over a whole PGD-7 epoch.
@@ -19,6 +21,7 @@ parameter counts one gradient per batch over a whole PGD-7 epoch.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import statistics
 import time
@@ -150,6 +153,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    logging.getLogger("redblue.train").setLevel(logging.ERROR)  # one epoch without a ramp, on purpose: no ramp warning
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     train_set = load_dataset("mnist", "train")

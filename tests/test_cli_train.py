@@ -60,27 +60,30 @@ def test_same_seed_gives_the_same_weights_and_human_output_names_the_file(tmp_pa
 @pytest.mark.parametrize(
     "args, message",
     [
-        (("--l1", "-0.0001"), "l1 must be >= 0"),
-        (("--l2", "-1"), "l2 must be >= 0"),
+        (("--l1", "-0.0001"), "--l1 must be >= 0"),
+        (("--l2", "-1"), "--l2 must be >= 0"),
         (("--model", "resnet"), "unknown model 'resnet'"),
         (("--model", "mlp:width=3"), "width"),
         (("--objective", "madry"), "unknown objective 'madry'"),
         (("--objective", "fgsm:eps=2"), "eps must be in"),
         (("--optimizer", "lbfgs"), "unknown optimizer 'lbfgs'; choose one of: auto, sgd, adam, adamw, rmsprop-newmu, rmsprop"),
-        (("--epochs", "-1"), "epochs must be an integer >= 1"),
-        (("--epochs", "0"), "epochs must be an integer >= 1, got 0"),
+        (("--epochs", "-1"), "--epochs must be an integer >= 1"),
+        (("--epochs", "0"), "--epochs must be an integer >= 1, got 0"),
         (("--schedule", "warm"), "unknown schedule 'warm'; choose one of: constant, piecewise, cosine, one-cycle"),
         (("--schedule", "piecewise:milestones=1,gamma=0.1"), "schedule 'piecewise' has no parameter gamma; valid: milestones, factor"),
-        (("--objective", "pgd:eps=0.1", "--eps-warmup-epochs", "3"), "eps_warmup_epochs (3) is longer than the run (2 epochs)"),
-        (("--eps-warmup-epochs", "1"), "eps_warmup_epochs needs an adversarial objective"),
-        (("--objective", "pgd:eps=0.1", "--val-size", "600"), "val_size 600 leaves nothing to train on: the training set has 600 images"),
-        (("--objective", "pgd:eps=0.1", "--momentum", "0.9"), "momentum applies to sgd, rmsprop, not to adam, the default optimizer"),
+        (("--objective", "pgd:eps=0.1", "--eps-warmup-epochs", "3"), "--eps-warmup-epochs (3) is longer than the run (2 epochs)"),
+        (("--eps-warmup-epochs", "1"), "--eps-warmup-epochs needs an adversarial objective"),
+        (("--objective", "pgd:eps=0.1", "--val-size", "600"), "--val-size 600 leaves nothing to train on: the training set has 600 images; lower --val-size"),
+        (("--objective", "pgd:eps=0.1", "--momentum", "0.9"), "--momentum applies to sgd, rmsprop, not to adam, the default optimizer"),
         (("--optimizer", "sgd", "--momentum", "0", "--nesterov"), "nesterov needs momentum > 0"),
-        (("--grad-clip", "-1"), "grad_clip must be > 0"),
-        (("--keep", "best"), "keep=best needs a validation split"),
+        (("--grad-clip", "-1"), "--grad-clip must be > 0"),
+        (("--weight-average", "1"), "--weight-average must be in [0.0, 0.999999], got 1.0"),
+        (("--keep", "best"), "--keep=best needs a validation split"),
         (("--objective", "pgd:eps=0.1,alpha=0.9"), "objective 'pgd' has no parameter alpha"),
         (("--threads", "0"), "--threads must be auto or an integer >= 1"),
-        (("--lr", "0"), "lr must be > 0"),
+        (("--lr", "0"), "--lr must be > 0"),
+        (("--batch-size", "0"), "--batch-size must be an integer >= 1, got 0"),
+        (("--objective", "ibp:eps=0.1", "--overfit-guard"), "--overfit-guard watches attacks that learn to mask themselves"),
         (("--dataset", "cifar"), "cifar"),
         (("--train-subset", "0"), "--train-subset must be >= 1"),
         (("--device", "tpu"), "unknown device 'tpu'"),
@@ -243,3 +246,18 @@ def test_threads_sets_torchs_thread_count_and_is_recorded(tmp_path, capsys):
     # (conftest puts the count back to 1 after the test)
     code, out, _ = run(capsys, "train", *TINY, "--threads", "2", "--out", tmp_path / "m.safetensors", "--json")
     assert code == 0 and json.loads(out)["torch_threads"] == 2 and torch.get_num_threads() == 2
+
+
+def test_help_lists_every_registered_objective_by_kind_and_every_model(capsys, monkeypatch):
+    from redblue.defenses import OBJECTIVES
+    from redblue.models import MODELS
+
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per option: no wrapping inside the names
+    code, out, _ = run(capsys, "train", "--help")
+    assert code == 0
+    objective_line = next(line for line in out.splitlines() if "--objective" in line)
+    model_line = next(line for line in out.splitlines() if "--model" in line)
+    groups = "clean: clean; single-step: fgsm, fast-fgsm; multi-step: pgd, trades, mart; certified: ibp, crown-ibp."
+    assert groups in objective_line and set(OBJECTIVES) == {"clean", "fgsm", "fast-fgsm", "pgd", "trades", "mart", "ibp", "crown-ibp"}
+    assert "mlp, cnn-small, cnn, cnn-large (`redblue models`)" in model_line and len(MODELS) == 4
+    assert "or cnn." not in out

@@ -59,6 +59,8 @@ CONFIGS = {
         schedule=parse_schedule("cosine"), warmup_epochs=1, grad_clip=5.0,
     ),  # fmt: skip
     "clean-newmu-penalties": dict(objective="clean", l1=1e-4, l2=1e-4),
+    # the weight average (over the batch-norm buffers too) and its rollback by the guard
+    "fast-fgsm-guard-weight-average": dict(objective="fast-fgsm:eps=0.1", val_size=40, overfit_guard=True, weight_average=0.9),
 }
 
 

@@ -1,4 +1,5 @@
-"""Optimisers and learning-rate schedules of the training loop, and the eps warm-up ramp.
+"""Optimisers and learning-rate schedules of the training loop, the eps warm-up ramp, and weight
+averaging (`WeightAverage`).
 
 Optimisers: `sgd` (momentum, Nesterov, weight decay), `adam`, `adamw` (torch's), and the two
 RMSProp variants of the paper's protocol (`rmsprop-newmu`, eps inside the square root, as
@@ -266,3 +267,52 @@ def eps_ramp(step: int, *, ramp_steps: int) -> float:
     """The eps warm-up factor at batch `step`: (step + 1) / ramp_steps over the first ramp_steps
     batches, then 1 (so the ramp's last batch trains at the full eps)."""
     return 1.0 if step >= ramp_steps else (step + 1) / ramp_steps
+
+
+# ---- weight averaging ----------------------------------------------------------------------------
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights (Polyak averaging), updated after every
+    optimiser step: avg <- d * avg + (1 - d) * w, with d = min(decay, (1 + t) / (10 + t)) at global
+    step t, so the first steps are not dominated by the initial weights (the warm-up of TensorFlow's
+    `ExponentialMovingAverage(num_updates=t)`).
+
+    In adversarial training the averaged weights are more robust than the last iterate and overfit
+    less: Gowal et al. (2020, "Uncovering the limits of adversarial training against norm-bounded
+    adversarial examples": decay 0.995 per step) and Rebuffi et al. (2021, "Fixing data
+    augmentation to improve adversarial robustness": 0.999) report higher AutoAttack accuracy on
+    CIFAR-10 with it; what it does for redblue's MNIST recipes is in the README's Recipes table.
+    Floating-point parameters and buffers are averaged; other buffers (counters) are copied.
+    `weights` is a state dict (the same keys as the model's), on the model's device.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float, weights: dict[str, Tensor] | None = None) -> None:
+        require_in_range("decay", decay, 0.0, 0.999999)
+        self.decay = decay
+        state = model.state_dict()
+        self.weights = weights if weights is not None else {k: v.detach().clone() for k, v in state.items()}
+        if self.weights.keys() != state.keys():
+            raise ConfigError("the averaged weights do not fit the model (different keys); start the run afresh")
+        # load_state_dict copies into the model's tensors in place: these references stay valid
+        self._float_pairs = [(self.weights[k], v) for k, v in state.items() if v.is_floating_point()]
+        self._other_pairs = [(self.weights[k], v) for k, v in state.items() if not v.is_floating_point()]
+
+    def factor(self, step: int) -> float:
+        """The decay d at global step `step` (0-based)."""
+        return min(self.decay, (1 + step) / (10 + step))
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """Move the average towards the model's current weights (call after each optimiser step)."""
+        if self._float_pairs:
+            averaged, current = zip(*self._float_pairs)
+            torch._foreach_lerp_(list(averaged), list(current), 1.0 - self.factor(step))
+        for averaged_tensor, current_tensor in self._other_pairs:
+            averaged_tensor.copy_(current_tensor)
+
+    @torch.no_grad()
+    def load_(self, weights: dict[str, Tensor]) -> None:
+        """Set the average to `weights` (a state dict), in place."""
+        for k, v in self.weights.items():
+            v.copy_(weights[k])

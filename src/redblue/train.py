@@ -27,7 +27,7 @@ from redblue.config import to_dict
 from redblue.defenses import TrainStep, make_objective, objective_from_record, objective_record, weight_penalty
 from redblue.defenses.penalties import add_penalty_gradient_, penalized_parameters
 from redblue.errors import ConfigError, ModelError
-from redblue.optim import NewmuRMSprop, build_optimizer, eps_ramp, lr_factor
+from redblue.optim import NewmuRMSprop, WeightAverage, build_optimizer, eps_ramp, lr_factor
 from redblue.train_config import TrainConfig
 from redblue.train_state import (
     Generators,
@@ -84,9 +84,11 @@ class TrainResult:
     history: one dict per epoch: epoch, loss (the objective without the penalty, mean over the
       training samples), penalty (at the end of the epoch), accuracy (on the batches as trained:
       dropout on, adversarial inputs for the attack-only objectives), lr and eps (those of the
-      epoch's last batch), seconds; with a validation split val_accuracy, val_robust_accuracy (PGD
-      at the objective's eps), val_fgsm_accuracy (with the guard), val_seconds; `collapsed` where
-      the guard fired; plus whatever `on_epoch` returned.
+      epoch's last batch) and the objective's own schedule values there (`ObjectiveParams.schedule`:
+      IBP's train_eps and kappa, CROWN-IBP's beta), seconds; with a validation split val_accuracy,
+      val_robust_accuracy (PGD at the objective's eps), val_fgsm_accuracy (with the guard),
+      val_certified_accuracy (certified objectives), val_seconds; `collapsed` where the guard
+      fired; plus whatever `on_epoch` returned.
     seconds: the run's training wall time (summed over resumed sessions).
     config: the resolved config (every default filled in). kept_epoch: the epoch whose weights the
     model holds. validation: the split and attack settings. guard: the guard's rule and events.
@@ -212,7 +214,10 @@ def train(
     generator seeded with `config.seed`; dropout and the objective's random starts are seeded from
     it too, so the same seed, initial weights and device give the same weights (torch's global
     random state is saved and restored). The model ends in eval mode, holding the kept epoch's
-    weights (`config.keep`).
+    weights (`config.keep`). With `config.weight_average`, an exponential moving average of the
+    weights follows training (`redblue.optim.WeightAverage`); after each epoch the average is what is
+    validated, selected, passed to on_epoch and kept, while training goes on from the trained
+    weights (a guard rollback rolls both back; on_epoch then sees the rolled-back trained weights).
 
     progress: called with a `TrainProgress` every PROGRESS_EVERY batches and after each epoch
       (False or None: no reports). on_epoch(epoch, model): called after each epoch's validation
@@ -241,12 +246,17 @@ def train(
         raise ConfigError("progress must be a callback taking a TrainProgress (or None); the CLI draws the bar")
     report = progress or None
     cfg = config.resolved(len(x))
+    warning = cfg.certified_ramp_warning()
+    if warning is not None:
+        log.warning(warning)
     device = x.device
     optimizer = make_optimizer(model, cfg)
     train_index, val_index = validation_split(len(x), cfg.val_size or 0, seed=cfg.seed)
     x_val, y_val = x[val_index.to(device)], y[val_index.to(device)]
     plan = _Plan(cfg, n_train=len(train_index), n_batches=-(-len(train_index) // cfg.batch_size))
-    settings = validation_settings(cfg.objective, val_index, seed=cfg.seed, guard=bool(cfg.overfit_guard)) if len(val_index) else None
+    settings = (
+        validation_settings(cfg.objective, val_index, seed=cfg.seed, guard=bool(cfg.overfit_guard), model=model) if len(val_index) else None
+    )
     folder = Path(checkpoint) if checkpoint is not None else None
     identity = run_identity(cfg, x, y, identity) if folder is not None else {}
     if folder is not None and not resume and (folder / STATE_FILE).exists():
@@ -258,14 +268,21 @@ def train(
             resumed_from: int | None = run.epoch
         else:
             run, resumed_from = RunState(objective=objective_record(cfg.objective)), None
+        average = WeightAverage(model, cfg.weight_average, run.average_weights) if cfg.weight_average else None
+        run.average_weights = average.weights if average is not None else None
         while run.epoch < cfg.epochs and not run.stopped:
             epoch = run.epoch + 1
             started = time.perf_counter()
             last_good = (clone_weights(model), copy.deepcopy(optimizer.state_dict())) if cfg.overfit_guard else None
+            last_average = {k: v.clone() for k, v in average.weights.items()} if average is not None and cfg.overfit_guard else None
             # all samples when there is no split: the same permutation as before splits existed
             shuffled = torch.randperm(plan.n_train, generator=rngs.shuffle).to(device)
             order = train_index.to(device)[shuffled] if settings is not None else shuffled
-            row = _train_epoch(model, x, y, order, epoch, plan, run, optimizer, rngs, report)
+            row = _train_epoch(model, x, y, order, epoch, plan, run, optimizer, rngs, report, average)
+            trained = None
+            if average is not None:  # the average is what is validated, selected, shown to on_epoch and kept
+                trained = clone_weights(model)
+                model.load_state_dict(average.weights)
             if settings is not None:
                 if report is not None:
                     report(TrainProgress("validate", epoch, cfg.epochs, plan.n_batches, plan.n_batches, row["loss"], row["lr"], row["eps"]))
@@ -273,9 +290,14 @@ def train(
                 row.update(validate(model, x_val, y_val, settings, seed=cfg.seed))
                 row["val_seconds"] = time.perf_counter() - validation_started
                 judged = last_good is not None and (epoch - 1) * plan.n_batches >= plan.ramp_steps
-                _judge(row, run, model, optimizer, last_good if judged else None, keep_best=cfg.keep == "best")
+                _judge(row, run, model, optimizer, last_good if judged else None, keep_best=cfg.keep == "best", select_by=settings.select_by)
             if on_epoch is not None:
                 row.update(on_epoch(epoch, model) or {})
+            if average is not None and trained is not None:
+                if "collapsed" in row:  # rolled back: the model holds the last good weights; so must the average
+                    average.load_(last_average)  # type: ignore[arg-type]
+                else:
+                    model.load_state_dict(trained)  # training goes on from the trained weights
             run.history.append(row)
             run.epoch = epoch
             if "collapsed" not in row:
@@ -290,6 +312,8 @@ def train(
     if cfg.keep == "best" and run.best_weights is not None:
         model.load_state_dict(run.best_weights)
         kept_epoch = run.best_epoch  # type: ignore[assignment]
+    elif average is not None:
+        model.load_state_dict(average.weights)
     model.eval()
     return TrainResult(
         history=run.history,
@@ -313,6 +337,7 @@ def _train_epoch(
     optimizer: torch.optim.Optimizer,
     rngs: Generators,
     report: ProgressCallback | None,
+    average: WeightAverage | None = None,
 ) -> dict[str, Any]:
     """One pass over `order` (indices into x); returns the epoch's history row before validation.
 
@@ -328,7 +353,7 @@ def _train_epoch(
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     n_correct = torch.zeros((), dtype=torch.long, device=device)
-    lr = ramp = 0.0
+    lr = ramp = progress = 0.0
     for batch in range(plan.n_batches):
         step = (epoch - 1) * plan.n_batches + batch
         lr, ramp = plan.lr(step), plan.ramp(step)
@@ -336,7 +361,8 @@ def _train_epoch(
             group["lr"] = lr
         index = order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]
         xb, yb = x[index], y[index]
-        loss, logits = objective(model, xb, yb, TrainStep(generator=rngs.attack, ramp=ramp, progress=step / plan.total_steps))
+        progress = step / plan.total_steps
+        loss, logits = objective(model, xb, yb, TrainStep(generator=rngs.attack, ramp=ramp, progress=progress))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if penalize:  # d(penalty)/dw added directly: the same step as autograd, far cheaper
@@ -344,6 +370,8 @@ def _train_epoch(
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip, foreach=True)
         optimizer.step()
+        if average is not None:
+            average.update(step)
         loss_sum += loss.detach() * len(yb)
         n_correct += (logits.detach().argmax(dim=1) == yb).sum()
         if report is not None and ((batch + 1) % PROGRESS_EVERY == 0 or batch + 1 == plan.n_batches):
@@ -364,6 +392,8 @@ def _train_epoch(
         "accuracy": correct_total / plan.n_train,
         "lr": lr,
         "eps": objective_params.eps * ramp,
+        # the objective's own schedules at the epoch's last batch (IBP: train_eps, kappa; CROWN-IBP: beta)
+        **objective_params.schedule(TrainStep(ramp=ramp, progress=progress)),
         "seconds": time.perf_counter() - started,
     }
     if not all(map(_finite, (row["loss"], row["penalty"]))):
@@ -379,6 +409,7 @@ def _judge(
     last_good: tuple[dict[str, Tensor], dict[str, Any]] | None,
     *,
     keep_best: bool,
+    select_by: str,
 ) -> None:
     """After validation: roll back a collapsed epoch (`last_good`: the guard judges this epoch), else
     update the best epoch. Writes `row["collapsed"]` and the run's events, best and objective."""
@@ -394,7 +425,7 @@ def _judge(
             return
     if "val_robust_accuracy" in row:
         run.best_robust = max(run.best_robust or 0.0, row["val_robust_accuracy"])
-    score = selection_score(row)
+    score = selection_score(row, select_by)
     if run.best_score is None or score > run.best_score:
         run.best_epoch, run.best_score = row["epoch"], score
         if keep_best:

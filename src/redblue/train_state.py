@@ -32,6 +32,7 @@ class RunState:
     best_epoch: int | None = None
     best_score: float | None = None
     best_weights: dict[str, Tensor] | None = None  # saved as tensors, not in the JSON
+    average_weights: dict[str, Tensor] | None = None  # the weight average (TrainConfig.weight_average); tensors too
     best_robust: float | None = None  # the guard's reference: the best PGD accuracy of a good epoch
     objective: dict[str, Any] = field(default_factory=dict)  # the objective in use (the guard may shrink its step)
     reductions: int = 0  # step-size reductions made by the guard
@@ -91,10 +92,12 @@ def save_state(
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     if run.best_weights is not None:
         tensors.update({f"best/{k}": v for k, v in run.best_weights.items()})
+    if run.average_weights is not None:
+        tensors.update({f"average/{k}": v for k, v in run.average_weights.items()})
     optimizer_tensors, optimizer_meta = optimizer_state(optimizer)
     tensors.update(optimizer_tensors)
     tensors.update(rngs.state())
-    fields = {f.name: getattr(run, f.name) for f in dataclasses.fields(run) if f.name != "best_weights"}
+    fields = {f.name: getattr(run, f.name) for f in dataclasses.fields(run) if f.name not in ("best_weights", "average_weights")}
     write_checkpoint(folder, epoch=run.epoch, tensors=tensors, state={"identity": identity, "optimizer": optimizer_meta, "run": fields})
 
 
@@ -121,4 +124,6 @@ def restore_state(
     run = RunState(**state["run"])
     best = {k.removeprefix("best/"): v.to(device) for k, v in tensors.items() if k.startswith("best/")}
     run.best_weights = best or None
+    average = {k.removeprefix("average/"): v.to(device) for k, v in tensors.items() if k.startswith("average/")}
+    run.average_weights = average or None
     return run

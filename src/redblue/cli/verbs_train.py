@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -35,16 +36,48 @@ from redblue.cli.app import (
     set_interrupt_message,
 )
 from redblue.data import load_dataset
-from redblue.defenses import OBJECTIVES, parse_objective
+from redblue.defenses import KINDS, OBJECTIVES, parse_objective
 from redblue.errors import ConfigError
 from redblue.metrics import score
-from redblue.models import arch_of, build_model, parse_model, save_model
+from redblue.models import MODELS, arch_of, build_model, parse_model, save_model
 from redblue.optim import parse_schedule
 from redblue.train import TrainConfig, TrainProgress, init_model, train
 
 # The paper's network as calibrated for experiments/paper.toml: Newmu's Theano tutorial MLP with
 # one hidden layer of 625, no biases, N(0, 0.01^2) weights, dropout 0.2 on the input and 0.5 hidden.
 PAPER_MLP = "mlp:hidden=625,bias=false,init=normal-0.01"
+
+# TrainConfig's fields that are options of this verb under another spelling (batch_size: --batch-size)
+OPTION_OF_FIELD = {
+    name: "--" + name.replace("_", "-")
+    for name in (
+        "epochs", "batch_size", "lr", "l1", "l2", "penalize_bias", "objective", "seed", "optimizer", "momentum",
+        "nesterov", "weight_decay", "schedule", "warmup_epochs", "eps_warmup_epochs", "grad_clip", "val_size",
+        "keep", "overfit_guard", "weight_average",
+    )
+}  # fmt: skip
+
+
+def in_option_names(message: str) -> str:
+    """A TrainConfig error as the CLI says it: field names become option names (`batch_size must be
+    ...` -> `--batch-size must be ...`). Names with an underscore are replaced wherever they stand,
+    one-word names (epochs, lr) only where they open the message, as the subject of the sentence."""
+    for name, option in OPTION_OF_FIELD.items():
+        if "_" in name:
+            message = re.sub(rf"(?<![\w-]){name}\b", option, message)
+        elif re.match(rf"{name}\b", message):
+            message = option + message[len(name) :]
+    return message
+
+
+def objectives_help() -> str:
+    """The registered objectives by kind, for --objective's help."""
+    groups = [
+        f"{kind}: {', '.join(name for name, entry in OBJECTIVES.items() if entry.kind == kind)}"
+        for kind in KINDS
+        if any(entry.kind == kind for entry in OBJECTIVES.values())
+    ]
+    return "; ".join(groups) + ". With parameters, e.g. pgd:eps=0.3,steps=10 or ibp:eps=0.1."
 
 
 def check_writable(path: Path) -> None:
@@ -147,10 +180,10 @@ def interrupted_message(folder: Path) -> str:
 
 @app.command("train")
 def train_command(
-    model: Annotated[str, typer.Option("--model", help="Model spec, e.g. mlp:hidden=800,dropout_hidden=0.3 or cnn.")] = PAPER_MLP,
-    objective: Annotated[
-        str, typer.Option("--objective", help=f"{', '.join(OBJECTIVES)}, with parameters, e.g. pgd:eps=0.3 or fgsm:eps=0.1,alpha=0.5.")
-    ] = "clean",
+    model: Annotated[
+        str, typer.Option("--model", help=f"{', '.join(MODELS)} (`redblue models`), with parameters, e.g. mlp:hidden=800,dropout_hidden=0.3.")
+    ] = PAPER_MLP,
+    objective: Annotated[str, typer.Option("--objective", help=objectives_help())] = "clean",
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training set (>= 1).")] = 20,
     l1: Annotated[float, typer.Option("--l1", help="L1 penalty lambda1 on the weights (sum |w|).")] = 0.0,
     l2: Annotated[float, typer.Option("--l2", help="L2 penalty lambda2 on the weights (sum w^2).")] = 0.0,
@@ -170,15 +203,26 @@ def train_command(
     ] = None,
     warmup_epochs: Annotated[Optional[float], typer.Option("--warmup-epochs", help="Linear lr warm-up over the first epochs.")] = None,
     eps_warmup_epochs: Annotated[
-        Optional[float], typer.Option("--eps-warmup-epochs", help="Ramp the attack eps up linearly over the first epochs (default: 30% of the run for adversarial objectives).")
+        Optional[float],
+        typer.Option("--eps-warmup-epochs", help="Ramp the attack eps up linearly over the first epochs (default: 30% of the run for "
+                     "attack objectives, 50% for certified ones)."),
     ] = None,
     grad_clip: Annotated[Optional[float], typer.Option("--grad-clip", help="Clip the gradient's global L2 norm.")] = None,
     val_size: Annotated[
         Optional[int], typer.Option("--val-size", help="Images held out for validation (default: 5000 or a tenth of the set for adversarial objectives, 0 for clean).")
     ] = None,
-    keep: Annotated[Optional[str], typer.Option("--keep", help="best (by robust validation accuracy; the default with a validation split) or last.")] = None,
+    keep: Annotated[
+        Optional[str],
+        typer.Option("--keep", help="best (by PGD validation accuracy, certified accuracy for certified objectives; the default with a "
+                     "validation split) or last."),
+    ] = None,
     overfit_guard: Annotated[
         Optional[bool], typer.Option("--overfit-guard/--no-overfit-guard", help="Catastrophic-overfitting guard (default: on for fgsm and fast-fgsm).")
+    ] = None,
+    weight_average: Annotated[
+        Optional[float],
+        typer.Option("--weight-average", help="Keep an exponential moving average of the weights with this decay per batch (e.g. 0.999); "
+                     "the average is validated, selected and saved."),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Mini-batch size.")] = 128,
     penalize_bias: Annotated[bool, typer.Option("--penalize-bias", help="Apply l1/l2 to the biases too.")] = False,
@@ -200,26 +244,29 @@ def train_command(
     an interrupted run continues with the same command plus --resume.
     """
     spec = parse_model(model)
-    config = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        l1=l1,
-        l2=l2,
-        penalize_bias=penalize_bias,
-        objective=parse_objective(objective),
-        seed=seed,
-        optimizer=optimizer,
-        momentum=momentum,
-        nesterov=True if nesterov else None,
-        weight_decay=weight_decay,
-        schedule=parse_schedule(schedule) if schedule is not None else None,
-        warmup_epochs=warmup_epochs,
-        eps_warmup_epochs=eps_warmup_epochs,
-        grad_clip=grad_clip,
-        val_size=val_size,
-        keep=keep,
-        overfit_guard=overfit_guard,
+    config = _config(
+        dict(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            l1=l1,
+            l2=l2,
+            penalize_bias=penalize_bias,
+            objective=parse_objective(objective),
+            seed=seed,
+            optimizer=optimizer,
+            momentum=momentum,
+            nesterov=True if nesterov else None,
+            weight_decay=weight_decay,
+            schedule=parse_schedule(schedule) if schedule is not None else None,
+            warmup_epochs=warmup_epochs,
+            eps_warmup_epochs=eps_warmup_epochs,
+            grad_clip=grad_clip,
+            val_size=val_size,
+            keep=keep,
+            overfit_guard=overfit_guard,
+            weight_average=weight_average,
+        )
     )
     check_subset(train_subset)
     check_writable(out)
@@ -234,6 +281,10 @@ def train_command(
     train_set = load_dataset(dataset, "train", data_dir=data_dir)
     test_set = load_dataset(dataset, "test", data_dir=data_dir)
     x, y = train_set.x[:train_subset], train_set.y[:train_subset]  # [:None] is everything
+    try:
+        config.resolved(len(y))  # the checks that need the training set's size, before any work
+    except ConfigError as exc:
+        raise ConfigError(in_option_names(str(exc))) from None
     net = init_model(lambda: build_model(spec), seed=seed).to(run_device)
     identity = {"model": {"arch": arch_of(spec), "spec": dataclasses.asdict(spec)}, "dataset": dataset, "train_subset": train_subset}
     started = time.perf_counter()
@@ -272,6 +323,14 @@ def train_command(
         print_json({"out": str(out), **record})
         return
     _print_summary(result, record, out, run_device)
+
+
+def _config(values: dict[str, Any]) -> TrainConfig:
+    """TrainConfig(**values), its errors in the CLI's option names."""
+    try:
+        return TrainConfig(**values)
+    except ConfigError as exc:
+        raise ConfigError(in_option_names(str(exc))) from None
 
 
 def _print_summary(result: Any, record: dict[str, Any], out: Path, device: torch.device) -> None:

@@ -33,6 +33,7 @@ from redblue.defenses.adversarial import (
 )
 from redblue.defenses.certified import CROWNIBPObjective, IBPObjective, crown_ibp_loss, ibp_loss
 from redblue.defenses.objectives import (
+    KINDS,
     OBJECTIVES,
     CleanObjective,
     Objective,
@@ -41,6 +42,7 @@ from redblue.defenses.objectives import (
     clean_objective,
     is_adversarial,
     make_objective,
+    objective_kind,
     objective_from_record,
     objective_record,
     parse_objective,
@@ -49,6 +51,7 @@ from redblue.defenses.objectives import (
 from redblue.defenses.penalties import penalized_parameters, weight_penalty
 
 __all__ = [
+    "KINDS",
     "OBJECTIVES",
     "CROWNIBPObjective",
     "CleanObjective",
@@ -68,6 +71,7 @@ __all__ = [
     "make_objective",
     "mart_loss",
     "objective_from_record",
+    "objective_kind",
     "objective_record",
     "parse_objective",
     "penalized_parameters",

@@ -185,7 +185,7 @@ class _WithGradients(torch.autograd.Function):
         return (grad_output, None, None, *(None if g is None else g * factor for g in ctx.grads))
 
 
-@register_objective("fgsm", FGSMObjective)
+@register_objective("fgsm", FGSMObjective, kind="single-step")
 def _fgsm_objective(params: FGSMObjective) -> Objective:
     """Goodfellow et al.'s mix with one forward-backward pass over x and one over x_adv.
 
@@ -224,7 +224,7 @@ def _fgsm_objective(params: FGSMObjective) -> Objective:
     return objective
 
 
-@register_objective("fast-fgsm", FastFGSMObjective)
+@register_objective("fast-fgsm", FastFGSMObjective, kind="single-step")
 def _fast_fgsm_objective(params: FastFGSMObjective) -> Objective:
     eps, step_size = params.eps, params.resolved().step_size
     assert step_size is not None
@@ -238,7 +238,7 @@ def _fast_fgsm_objective(params: FastFGSMObjective) -> Objective:
     return objective
 
 
-@register_objective("pgd", PGDObjective)
+@register_objective("pgd", PGDObjective, kind="multi-step")
 def _pgd_objective(params: PGDObjective) -> Objective:
     eps, step_size, steps = params.eps, params.resolved().step_size, params.steps
     assert step_size is not None
@@ -265,7 +265,7 @@ def kl_to(probs_clean: Tensor) -> LossFn:
     return loss
 
 
-@register_objective("trades", TRADESObjective)
+@register_objective("trades", TRADESObjective, kind="multi-step")
 def _trades_objective(params: TRADESObjective) -> Objective:
     eps, step_size, steps, beta = params.eps, params.resolved().step_size, params.steps, params.beta
     assert step_size is not None
@@ -308,7 +308,7 @@ def mart_loss(logits: Tensor, logits_adv: Tensor, y: Tensor, *, beta: float) -> 
     return (ce_adv - log_rest + beta * kl * misclassified_weight).mean()
 
 
-@register_objective("mart", MARTObjective)
+@register_objective("mart", MARTObjective, kind="multi-step")
 def _mart_objective(params: MARTObjective) -> Objective:
     """x_adv by the pgd objective's PGD on CE (uniform random start; MART's code starts at
     x + 0.001 * N(0, 1), and the paper finds the inner maximisation matters little, its Section 3),

@@ -148,7 +148,7 @@ class CROWNIBPObjective(CertifiedParams):
         return {**super().schedule(step), "beta": _ramped(self.beta_start, self.beta_end, step.ramp)}
 
 
-@register_objective("ibp", IBPObjective)
+@register_objective("ibp", IBPObjective, kind="certified")
 def _ibp_objective(params: IBPObjective) -> Objective:
     """Returns the clean logits (the training accuracy is the clean one)."""
 
@@ -159,7 +159,7 @@ def _ibp_objective(params: IBPObjective) -> Objective:
     return objective
 
 
-@register_objective("crown-ibp", CROWNIBPObjective)
+@register_objective("crown-ibp", CROWNIBPObjective, kind="certified")
 def _crown_ibp_objective(params: CROWNIBPObjective) -> Objective:
     """Returns the clean logits. Once beta reaches 0 each batch costs what an IBP batch costs."""
 

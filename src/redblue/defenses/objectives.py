@@ -2,7 +2,14 @@
 
 An objective maps (model, x, y, step) to the mean loss of one batch and the logits it was computed
 on; `step` (`TrainStep`) carries the generator and where training stands. Each objective has its
-own frozen params class with only its own keys, registered by name with `register_objective`.
+own frozen params class with only its own keys, registered by name with `register_objective`
+together with its kind (`KINDS`), which is what the training loop reads to choose its defaults:
+
+    clean        no attack (the paper's protocol)
+    single-step  one attack step per batch (fgsm, fast-fgsm): can overfit catastrophically, so the
+                 loop's guard watches it
+    multi-step   an iterative attack per batch (pgd, trades, mart)
+    certified    a bound over the whole eps-ball (ibp, crown-ibp): validated by certified accuracy
 The adversarial objectives (FGSM, fast FGSM, PGD, TRADES, MART) live in
 `redblue.defenses.adversarial`; importing `redblue.defenses` registers them all.
 
@@ -18,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch.nn.functional as F
 from torch import Generator, Tensor, nn
@@ -75,26 +82,37 @@ class ObjectiveParams:
         return objective_from_record(data, what=what)
 
 
+ObjectiveKind = Literal["clean", "single-step", "multi-step", "certified"]
+KINDS: tuple[ObjectiveKind, ...] = ("clean", "single-step", "multi-step", "certified")
+
+
 @dataclass(frozen=True)
 class ObjectiveEntry:
     name: str
     params: type[ObjectiveParams]
     factory: Callable[[Any], Objective]
-    adversarial: bool
+    kind: ObjectiveKind
+
+    @property
+    def adversarial(self) -> bool:
+        return self.kind != "clean"
 
 
 OBJECTIVES: dict[str, ObjectiveEntry] = {}
 
 
 def register_objective(
-    name: str, params: type[ObjectiveParams], *, adversarial: bool = True
+    name: str, params: type[ObjectiveParams], *, kind: ObjectiveKind
 ) -> Callable[[Callable[[Any], Objective]], Callable[[Any], Objective]]:
-    """Register `factory(params) -> objective` under `name` with its params class."""
+    """Register `factory(params) -> objective` under `name` with its params class and its kind (one
+    of `KINDS`, see the module's docstring): said, not guessed from the params' fields."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown objective kind {kind!r}; choose one of: {', '.join(KINDS)}")
 
     def add(factory: Callable[[Any], Objective]) -> Callable[[Any], Objective]:
         if name in OBJECTIVES:
             raise ConfigError(f"objective {name!r} is registered twice")
-        OBJECTIVES[name] = ObjectiveEntry(name, params, factory, adversarial)
+        OBJECTIVES[name] = ObjectiveEntry(name, params, factory, kind)
         return factory
 
     return add
@@ -119,7 +137,7 @@ def clean_objective(model: nn.Module, x: Tensor, y: Tensor, step: TrainStep = Tr
     return F.cross_entropy(logits, y), logits
 
 
-@register_objective("clean", CleanObjective, adversarial=False)
+@register_objective("clean", CleanObjective, kind="clean")
 def _clean_objective(params: CleanObjective) -> Objective:
     return clean_objective
 
@@ -131,9 +149,15 @@ def make_objective(params: ObjectiveParams) -> Objective:
     return OBJECTIVES[params.name].factory(params)
 
 
+def objective_kind(params: ObjectiveParams) -> ObjectiveKind:
+    """The registered kind of the objective: clean, single-step, multi-step or certified."""
+    return _entry(params.name).kind
+
+
 def is_adversarial(params: ObjectiveParams) -> bool:
-    """Whether the objective trains on attacked inputs (then a robust validation makes sense)."""
-    return OBJECTIVES[params.name].adversarial
+    """Whether the objective trains against an eps-ball (attacked inputs or certified bounds; then a
+    robust validation and an eps warm-up make sense): every kind but clean."""
+    return _entry(params.name).adversarial
 
 
 def objective_record(params: ObjectiveParams) -> dict[str, Any]:

@@ -61,6 +61,7 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
     "val_size": (None, 0),
     "keep": (None, "last"),
     "overfit_guard": (None, False),
+    "weight_average": (None,),
 }
 
 

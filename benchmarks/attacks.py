@@ -1,21 +1,26 @@
 """Attack speed against the plain gradient, against the peer libraries, and time to a worst case.
 
 On one model (the paper's MLP trained here for one epoch on MNIST, or --model PATH) and the same
-test images, prints four tables:
+test images, prints three tables:
 
   (a) each attack's time over (its steps x one plain forward + backward pass to the input);
-      targets <= 1.10 for FGSM and PGD. Square queries only: its unit is a plain forward pass,
-      and it stops querying a sample once fooled, so its ratio can fall below 1.
-  (b) our time over torchattacks', ART's and Foolbox's for FGSM and PGD-40, same settings;
-      target <= 1.05 against torchattacks (a peer that cannot be imported is skipped with a
-      note; install them with the `peers` extra).
+      target <= 1.05 for FGSM and PGD (issue 11, on a GPU). Square queries only: its unit is a
+      plain forward pass, and it stops querying a sample once fooled, so its ratio can fall below 1.
+  (b) our time over torchattacks', ART's and Foolbox's for FGSM and PGD-40, same settings, and the
+      peak memory of one call of each; target <= 1.05 against torchattacks (a peer that cannot be
+      imported is skipped with a note; install them with the `peers` extra).
   (c) the time to a worst-case robust accuracy over FGSM, PGD-40 with restarts, APGD-CE and
       Square: `redblue.evaluate.evaluate` (runs each attack only on the samples still robust)
       against torchattacks' attacks run one after another on the whole set; target <= 0.5,
       with a robust accuracy no higher than theirs.
-  (d) the `standard` preset against the original AutoAttack's standard version (pyautoattack:
-      APGD-CE, APGD-T, FAB-T, Square 5000), one run each; target <= 0.5 of its time, with a
-      robust accuracy no higher than its + 0.1 point.
+  (y) on CUDA: the host synchronisations of one call of each attack, counted by CUDA's sync debug
+      mode (`torch.cuda.set_sync_debug_mode("warn")`); the bound beside each is what the attack
+      documents (one after the run for the input's range and the run's finiteness, plus one per
+      restart or APGD run, to attack only the samples still robust, as the reference does). On a CPU
+      there is no device to wait for: skipped with a note.
+
+The `standard` preset against the original AutoAttack, and the evaluator's memory, are in
+benchmarks/evaluate.py.
 
 Timings are interleaved (the order rotates every repeat) and ratios are medians of per-repeat
 ratios, because the machine may be shared and noisy. On a CPU each timing is taken twice: wall
@@ -24,33 +29,35 @@ after) disturbs far less than the wall clock when torch runs on one thread. On C
 is synchronised after every call.
 
     python benchmarks/attacks.py [--quick] [--device cpu|cuda] [--threads 1] [--model PATH] [--n 1000]
-                                 [--eps 0.1] [--repeats 5] [--skip a,b,c,d]
+                                 [--eps 0.1] [--repeats 5] [--skip a,b,c,y] [--summary FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import statistics
+import tempfile
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from measure import Times, fresh_peak, hardware, interleaved, load, median_ratio, ratios, record, report_peak
 from torch import Tensor, nn
 
 from redblue.attacks import ATTACKS, parse_attack
 from redblue.data import load_dataset
 from redblue.errors import RedblueError
 from redblue.evaluate import evaluate
-from redblue.models import MLPSpec, build_model, load_model
+from redblue.models import MLPSpec, build_model, load_model, save_model
 
-FGSM_TARGET = PGD_TARGET = 1.10
+FGSM_TARGET = PGD_TARGET = 1.05  # over one plain forward + backward per step (issue 11, on a GPU)
 PEER_TARGET = 1.05  # against torchattacks (issue 11)
 WORST_CASE_TARGET = 0.5
-STANDARD_TARGET = 0.5
 
 
 @dataclass(frozen=True)
@@ -85,64 +92,17 @@ def trained_mlp(epochs: int = 1, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+def saved_mlp() -> str:
+    """trained_mlp(), saved once to the temporary folder (fresh processes measuring memory load it from there)."""
+    path = Path(tempfile.gettempdir()) / f"redblue-bench-mlp-{os.getuid()}.safetensors"
+    if not path.exists():
+        save_model(path, trained_mlp(), MLPSpec())
+    return str(path)
+
+
 def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     with torch.no_grad():
         return (model(x).argmax(dim=1) == y).double().mean().item()
-
-
-# --- timing ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Times:
-    """Seconds per call, one entry per repeat: wall clock and this process's CPU time."""
-
-    wall: list[float] = field(default_factory=list)
-    cpu: list[float] = field(default_factory=list)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved(
-    fns: dict[str, Callable[[], object]], *, repeats: int, device: torch.device, inner: dict[str, int] | None = None
-) -> dict[str, Times]:
-    """Time each function `repeats` times, in an order that rotates every repeat."""
-    inner = inner or {}
-    names = list(fns)
-    times = {name: Times() for name in names}
-    for name in names:  # warm-up: allocator, lazy imports, first-call dispatch
-        fns[name]()
-    _sync(device)
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            calls = inner.get(name, 1)
-            wall, cpu = time.perf_counter(), time.process_time()
-            for _ in range(calls):
-                fns[name]()
-            _sync(device)
-            times[name].wall.append((time.perf_counter() - wall) / calls)
-            times[name].cpu.append((time.process_time() - cpu) / calls)
-    return times
-
-
-def median_ratio(num: list[float], den: list[float], scale: float = 1.0) -> float:
-    return statistics.median(a / (scale * b) for a, b in zip(num, den))
-
-
-def ratios(num: Times, den: Times, device: torch.device, scale: float = 1.0) -> str:
-    """'wall R' and, on a CPU, 'cpu R': medians of per-repeat ratios."""
-    text = f"wall {median_ratio(num.wall, den.wall, scale):.3f}"
-    if device.type == "cpu":
-        text += f", cpu {median_ratio(num.cpu, den.cpu, scale):.3f}"
-    return text
-
-
-def load() -> str:
-    one, five, _ = os.getloadavg()
-    return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} CPUs"
 
 
 def plain_gradient(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -165,8 +125,11 @@ def ms(times: Times) -> str:
 
 
 def ours(name: str, model: nn.Module, x: Tensor, y: Tensor, spec: str, seed: int = 0) -> Callable[[], Tensor]:
+    """One call of our attack; its generator is made once, outside the timed call (the peers draw from
+    torch's global generator, which costs them nothing per call either)."""
     entry, params = parse_attack(f"{name}:{spec}" if spec else name)
-    return lambda: entry(model, x, y, params, generator=torch.Generator(device=x.device).manual_seed(seed))
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    return lambda: entry(model, x, y, params, generator=generator)
 
 
 def table_a(model: nn.Module, x: Tensor, y: Tensor, eps: float, budget: Budget) -> list[tuple[str, float]]:
@@ -240,21 +203,40 @@ def peer_attacks(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int,
     return peers
 
 
-def table_b(model: nn.Module, x: Tensor, y: Tensor, eps: float, budget: Budget) -> dict[tuple[str, str], float]:
+def workloads(model: nn.Module, x: Tensor, y: Tensor, eps: float, budget: Budget) -> dict[str, dict[str, Callable[[], object]]]:
+    """{"fgsm" | "pgd": {library: one call}}: table (b)'s calls, ours first, the peers that import after."""
+    steps, step = budget.pgd_steps, 2.5 * eps / budget.pgd_steps
+    peers = peer_attacks(model, x, y, eps, steps, step)
+    calls = {}
+    for attack, spec in (("fgsm", f"eps={eps}"), ("pgd", f"eps={eps},steps={steps},step_size={step}")):
+        calls[attack] = {"redblue": ours(attack, model, x, y, spec), **{peer: fns[attack] for peer, fns in peers.items()}}
+    return calls
+
+
+def table_b(model: nn.Module, x: Tensor, y: Tensor, eps: float, budget: Budget, summary: str | None,
+            peak_args: list[str]) -> dict[tuple[str, str], float]:  # fmt: skip
+    """Timings interleaved in this process; each call's peak memory in a fresh process (see measure.py)."""
     steps, step = budget.pgd_steps, 2.5 * eps / budget.pgd_steps
     print(f"\n(b) our time / peer's time, {len(x)} images, eps={eps}, PGD-{steps} step {step:.4g} with random start;"
-          f" target <= {PEER_TARGET} against torchattacks; {load()}")
-    peers = peer_attacks(model, x, y, eps, steps, step)
+          f" target <= {PEER_TARGET} against torchattacks; peak memory of one call in a fresh process; {load()}")
+    calls = workloads(model, x, y, eps, budget)
     results: dict[tuple[str, str], float] = {}
-    for attack, spec in (("fgsm", f"eps={eps}"), ("pgd", f"eps={eps},steps={steps},step_size={step}")):
-        fns: dict[str, Callable[[], object]] = {"redblue": ours(attack, model, x, y, spec)}
-        fns.update({peer: attacks[attack] for peer, attacks in peers.items()})
+    for attack, fns in calls.items():
         times = interleaved(fns, repeats=budget.repeats, device=x.device,
                             inner={name: 10 for name in fns} if attack == "fgsm" else None)  # fmt: skip
-        print(f"{attack if attack == 'fgsm' else f'pgd-{steps}'}: redblue {ms(times['redblue']).strip()} ms")
-        for peer in peers:
+        peaks = {name: fresh_peak(__file__, peak_args, f"{attack}/{name}") for name in fns}
+        work = attack if attack == "fgsm" else f"pgd-{steps}"
+        print(f"{work}: redblue {ms(times['redblue']).strip()} ms, peak memory {peaks['redblue']}")
+        for peer in fns:
+            if peer == "redblue":
+                continue
             results[(attack, peer)] = median_ratio(times["redblue"].wall, times[peer].wall)
-            print(f"    {peer:<13}{ms(times[peer])} ms   ours/theirs {ratios(times['redblue'], times[peer], x.device)}")
+            print(f"    {peer:<13}{ms(times[peer])} ms   ours/theirs {ratios(times['redblue'], times[peer], x.device)}"
+                  f"   peak memory {peaks[peer]}")  # fmt: skip
+            record(summary, work=f"{work}, {len(x)} images", ours_s=statistics.median(times["redblue"].wall),
+                   peer=peer, peer_s=statistics.median(times[peer].wall), ratio=results[(attack, peer)],
+                   cpu_ratio=median_ratio(times["redblue"].cpu, times[peer].cpu) if x.device.type == "cpu" else None,
+                   ours_peak=peaks["redblue"].bytes, peer_peak=peaks[peer].bytes, device=str(x.device))  # fmt: skip
     print(f"    after: {load()}")
     return results
 
@@ -310,40 +292,48 @@ def table_c(model: nn.Module, x: Tensor, y: Tensor, eps: float, budget: Budget, 
     return ratio, robust["ours"], robust["theirs"]
 
 
-# --- (d) the standard preset against the original AutoAttack -------------------------------------------
+# --- (y) host synchronisations per call (CUDA) ---------------------------------------------------------
 
 
-def table_d(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> tuple[float, float, float]:
-    """One timed run each (minutes on a CPU): `evaluate(..., "standard")` and pyautoattack's standard."""
-    print(f"\n(d) `standard` against the original AutoAttack's standard version, {len(x)} images, eps={eps}, one run each; {load()}")
-    try:
-        from pyautoattack import AutoAttack
-    except ImportError as exc:
-        print(f"    note: pyautoattack not importable ({exc}); install the `peers` extra")
-        return float("nan"), float("nan"), float("nan")
-    logging.getLogger("auto-attack").setLevel(logging.WARNING)
-    seconds: dict[str, float] = {}
-    robust: dict[str, float] = {}
+def count_syncs(fn: Callable[[], object]) -> int:
+    """How many times one call of fn waits for the device, as CUDA's sync debug mode reports it."""
+    fn()  # warm-up: lazy initialisation may synchronise once
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
-    start = time.perf_counter()
-    result = evaluate(model, x, y, "standard", [eps], mode="worst-case", checks=False, certify_method=None,
-                      generator=torch.Generator(device=x.device).manual_seed(0))  # fmt: skip
-    _sync(x.device)
-    seconds["ours"], robust["ours"] = time.perf_counter() - start, result.result(eps).worst_case_accuracy
-    print(f"{'':<14}{'seconds':>9}{'robust acc':>12}")
-    print(f"{'redblue':<14}{seconds['ours']:9.2f}{robust['ours']:12.4f}", flush=True)
 
-    reference = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=0, device=x.device)
-    start = time.perf_counter()
-    x_theirs, _ = reference.run_standard_evaluation(x, y, batch_size=len(x))
-    _sync(x.device)
-    seconds["theirs"], robust["theirs"] = time.perf_counter() - start, accuracy(model, x_theirs, y)
-
-    ratio = seconds["ours"] / seconds["theirs"]
-    print(f"{'AutoAttack':<14}{seconds['theirs']:9.2f}{robust['theirs']:12.4f}")
-    print(f"time ours/theirs {ratio:.3f} (target <= {STANDARD_TARGET}); robust accuracy ours <= theirs + 0.001: "
-          f"{robust['ours'] <= robust['theirs'] + 0.001}; after: {load()}")
-    return ratio, robust["ours"], robust["theirs"]
+def table_y(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> dict[str, int]:
+    if x.device.type != "cuda":
+        print("\n(y) host synchronisations per call: CUDA only (torch.cuda.set_sync_debug_mode); skipped on the CPU")
+        return {}
+    # name: (attack spec, the documented bound: 1 after the run + 1 per restart / APGD run)
+    cases = {
+        "fgsm": (f"fgsm:eps={eps}", 1),
+        "pgd-40": (f"pgd:eps={eps},steps=40", 1),
+        "pgd-40, 3 restarts": (f"pgd:eps={eps},steps=40,restarts=3", 3),  # restarts 2 and 3 select the robust
+        "apgd-ce-100": (f"apgd-ce:eps={eps},n_iter=100", 2),
+        "apgd-t-100, 9 targets": (f"apgd-t:eps={eps},n_iter=100,n_target_classes=9", 10),
+        "square-1000": (f"square:eps={eps},n_queries=1000", 2),
+        "deepfool": (f"deepfool:eps={eps}", 1),
+        "cw-l2": ("cw-l2:eps=1.5,steps=20,binary_search_steps=3", 1),
+    }
+    print(f"\n(y) host synchronisations in one call, {len(x)} images (CUDA sync debug mode); bound = 1 after the run "
+          "+ 1 per restart or APGD run")
+    print(f"{'attack':<24}{'syncs':>6}{'bound':>7}")
+    counts = {}
+    for name, (spec, bound) in cases.items():
+        entry, params = parse_attack(spec)
+        generator = torch.Generator(device=x.device).manual_seed(0)
+        counts[name] = count_syncs(lambda: entry(model, x, y, params, generator=generator))
+        print(f"{name:<24}{counts[name]:>6}{bound:>7}{'' if counts[name] <= bound else '   ABOVE THE BOUND'}", flush=True)
+    return counts
 
 
 def main() -> None:
@@ -355,7 +345,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, help="number of test images (default 1000, quick 300)")
     parser.add_argument("--eps", type=float, default=0.1)
     parser.add_argument("--repeats", type=int, help="interleaved repeats per timing (default 5, quick 3)")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c,d")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c,y")
+    parser.add_argument("--summary", help="append the key results to this file, one JSON object a line")
+    parser.add_argument("--peak-of", help=argparse.SUPPRESS)  # internal: one call of table (b), its peak as JSON
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     budget = QUICK if args.quick else FULL
@@ -369,23 +361,27 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but torch sees no CUDA device; use --device cpu")
     start = time.perf_counter()
-    model = load_model(args.model).model if args.model else trained_mlp()
-    model.eval().to(device)
+    model_path = args.model or saved_mlp()
+    model = load_model(model_path).model.eval().to(device)
     test = load_dataset("mnist", "test")
     x, y = test.x[: budget.n].contiguous().to(device), test.y[: budget.n].contiguous().to(device)
-    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
-    print(f"model: {args.model or 'paper MLP, 1 epoch of Adam'}; clean accuracy on {len(x)} test images "
-          f"{accuracy(model, x, y):.4f}; torch {torch.__version__}, {hardware}; setup {time.perf_counter() - start:.1f} s; "
-          f"{time.strftime('%Y-%m-%d %H:%M')}; {load()}")
+    if args.peak_of:
+        attack, library = args.peak_of.split("/")
+        report_peak(workloads(model, x, y, args.eps, budget)[attack][library], device)
+        return
+    peak_args = ["--model", model_path, "--device", args.device, "--threads", str(args.threads), "--n", str(budget.n),
+                 "--eps", str(args.eps)] + (["--quick"] if args.quick else [])  # fmt: skip
+    print(f"model: {args.model or f'paper MLP, 1 epoch of Adam ({model_path})'}; clean accuracy on {len(x)} test images "
+          f"{accuracy(model, x, y):.4f}; {hardware(device)}; setup {time.perf_counter() - start:.1f} s")
     skip = set(filter(None, args.skip.split(",")))
     if "a" not in skip:
         table_a(model, x, y, args.eps, budget)
     if "b" not in skip:
-        table_b(model, x, y, args.eps, budget)
+        table_b(model, x, y, args.eps, budget, args.summary, peak_args)
     if "c" not in skip:
         table_c(model, x, y, args.eps, budget, repeats=max(1, min(budget.repeats, 3)))
-    if "d" not in skip:
-        table_d(model, x, y, args.eps)
+    if "y" not in skip:
+        table_y(model, x, y, args.eps)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ with 2 free cores, a 2-worker run's wall time is about its CPU time / 2. The loa
 average is printed before and after each run: on a shared machine, other work shows up in the ratio.
 
 Default: the quick profile with 2 seeds (18 cells: 9 rounds of 2, an ideal ratio of 0.50; the
-README's 9 cells give 5 rounds of 2, an ideal 0.56).
+README's 9 cells give 5 rounds of 2, an ideal 0.56). By default reproduce trains each worker's
+cells as one batched grid (one task per worker; one 18-model grid for the 1-worker baseline, two
+9-model grids for 2 workers); `--grid-size 1` measures one-by-one training, as before the grid trainer.
 
-    python benchmarks/sweep_scaling.py [--profile quick] [--seeds 2] [--executors local,ray] [--train-subset N]
+    python benchmarks/sweep_scaling.py [--profile quick] [--seeds 2] [--executors local,ray] [--train-subset N] [--grid-size N]
 """
 
 from __future__ import annotations
@@ -40,11 +42,13 @@ def cell_numbers(results: dict) -> list[dict]:
     ]
 
 
-def run(config: Path, out: Path, *, profile: str, seeds: int, executor: str, workers: int) -> tuple[float, float, dict, str]:
+def run(
+    config: Path, out: Path, *, profile: str, seeds: int, executor: str, workers: int, grid_size: int | None
+) -> tuple[float, float, dict, str]:
     command = [
         sys.executable, "-m", "redblue", "reproduce", "--config", str(config), "--profile", profile, "--seeds", str(seeds),
         "--executor", executor, "--workers", str(workers), "--out", str(out), "--device", "cpu", "--json",
-    ]
+    ] + (["--grid-size", str(grid_size)] if grid_size else [])
     load = os.getloadavg()[0]
     cpu_before = _children_cpu()
     started = time.perf_counter()
@@ -66,6 +70,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--executors", default="local,ray", help="comma-separated: local, ray")
     parser.add_argument("--train-subset", type=int, default=None, help="train on the first N images (shorter cells)")
+    parser.add_argument("--grid-size", type=int, default=None, help="reproduce --grid-size (1: one by one; default: batched grids)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="redblue-sweep-bench-") as tmp:
         config = Path(tmp) / "paper.toml"
@@ -75,12 +80,14 @@ def main() -> None:
         config.write_text(text)
         plan = [("local", 1)] + [(executor, 2) for executor in args.executors.split(",")]
         print(f"reproduce --profile {args.profile} --seeds {args.seeds}"
-              + (f", train_subset {args.train_subset}" if args.train_subset else "") + f"; {os.cpu_count()} CPUs")
+              + (f", train_subset {args.train_subset}" if args.train_subset else "")
+              + (f", --grid-size {args.grid_size}" if args.grid_size else ", batched grids") + f"; {os.cpu_count()} CPUs")
         print(f"{'executor':<9} {'workers':>7} {'wall s':>8} {'ratio':>6} {'cpu s':>8}  {'same numbers':<12}  load (1 min)")
         baseline: tuple[float, list[dict]] | None = None
         for executor, workers in plan:
             out = Path(tmp) / f"{executor}-{workers}"
-            wall, cpu, results, load = run(config, out, profile=args.profile, seeds=args.seeds, executor=executor, workers=workers)
+            wall, cpu, results, load = run(config, out, profile=args.profile, seeds=args.seeds, executor=executor, workers=workers,
+                                           grid_size=args.grid_size)
             numbers = cell_numbers(results)
             if baseline is None:
                 baseline = (wall, numbers)

@@ -48,6 +48,22 @@ def toy_cell(config: ToyConfig) -> CellOutput:
     )
 
 
+BATCHES_ENV = "REDBLUE_TEST_BATCH_CALLS"  # a folder where every call of toy_batch leaves a file naming its cells
+
+
+def toy_batch(configs: tuple[ToyConfig, ...]) -> tuple[CellOutput, ...]:
+    """Several toy cells in one call (one output per config, each toy_cell's), logged as one batch call."""
+    if os.environ.get(BATCHES_ENV):
+        names = "+".join(f"{c.x:g}" for c in configs)
+        Path(os.environ[BATCHES_ENV], f"{names}-{uuid.uuid4().hex}").touch()
+    return tuple(toy_cell(config) for config in configs)
+
+
+def toy_key(config: ToyConfig) -> int | None:
+    """Cells batch by the parity of x; a negative x never batches."""
+    return None if config.x < 0 else int(config.x) % 2
+
+
 def toy_cells(n: int, *, sleep: float = 0.0) -> list[Cell]:
     return [Cell(ToyConfig(x=float(i), seed=100 + i, sleep=sleep), f"x-{i}") for i in range(n)]
 

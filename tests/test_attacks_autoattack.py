@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pyautoattack import AutoAttack
 from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 from pyautoattack.square import SquareAttack
 from torch import Tensor, nn
@@ -19,6 +20,7 @@ from mlp_fixtures import accuracy, trained_mlp
 from redblue.attacks.apgd import apgd, apgd_checkpoints
 from redblue.attacks.core import per_sample_norm
 from redblue.attacks.square import square
+from redblue.evaluate import parse_attack_list
 
 pytestmark = pytest.mark.peers
 
@@ -135,3 +137,24 @@ def test_square_is_no_weaker_than_the_references(norm: str, eps: float, n_querie
     mean_ours, mean_theirs = sum(robust_ours) / len(seeds), sum(robust_theirs) / len(seeds)
     assert mean_ours <= mean_theirs + MARGIN, (robust_ours, robust_theirs)
     assert mean_ours < accuracy(model, x, y) - 0.05  # it does attack
+
+
+# --- the standard preset: AutoAttack's standard version without FAB-T ------------------------------
+
+
+def test_the_standard_preset_has_the_settings_of_autoattacks_standard_version():
+    """Read off an AutoAttack(version="standard") instance: every budget, and Square's schedule counted
+    on 10,000 queries (resc_schedule=False), which the Square attack's own default (rescale) is not."""
+    eps = 0.1
+    reference = AutoAttack(nn.Linear(2, 2), norm="Linf", eps=eps, version="standard", device="cpu")
+    plan, _ = parse_attack_list("standard", eps=eps)
+    assert [entry.name for entry, _ in plan] == [a for a in reference.attacks_to_run if a != "fab-t"]
+    ce, targeted, square_params = (params for _, params in plan)
+    for ours, theirs in ((ce, reference.apgd), (targeted, reference.apgd_targeted)):
+        assert (ours.eps, ours.n_iter, ours.restarts, ours.rho) == (theirs.eps, theirs.n_iter, theirs.n_restarts, theirs.thr_decr)
+    assert targeted.n_target_classes == reference.apgd_targeted.n_target_classes
+    theirs = reference.square
+    assert (square_params.eps, square_params.n_queries, square_params.p_init, square_params.restarts) == (
+        theirs.eps, theirs.n_queries, theirs.p_init, theirs.n_restarts
+    )
+    assert square_params.rescale is theirs.rescale_schedule is False

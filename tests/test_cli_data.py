@@ -224,3 +224,35 @@ def test_require_dataset_does_nothing_when_the_files_are_there(env, monkeypatch)
     write_dataset(env / "root", tiny_files())
     monkeypatch.setattr(verbs_data, "_may_ask", lambda: pytest.fail("asked although nothing is missing"))
     verbs_data.require_dataset("tiny", data_dir=env / "root")
+
+
+@pytest.mark.parametrize(("verb", "argv"), [
+    ("train", ["train", "--epochs", "1", "--out", "{tmp}/m.safetensors"]),
+    ("reproduce", ["reproduce", "--out", "{tmp}/run"]),
+    ("evaluate", ["evaluate", "{model}", "--out", "{tmp}/eval"]),
+    ("evaluate", ["attack", "{model}", "--attack", "fgsm:eps=0.1", "--out", "{tmp}/adv"]),
+])
+@pytest.mark.parametrize("flag", [True, False])
+def test_verbs_that_load_data_pass_download_consent_before_any_work(capsys, monkeypatch, tmp_path, verb, argv, flag):
+    """Every verb that loads a dataset calls require_dataset before any work, with --download as the consent."""
+    import importlib
+
+    from redblue.models import build_model, parse_model, save_model
+
+    spec = parse_model("mlp:hidden=8")
+    model_dir = tmp_path.parent / f"{tmp_path.name}-model"
+    save_model(model_dir / "m.safetensors", build_model(spec), spec)
+    module = importlib.import_module(f"redblue.cli.verbs_{verb}")
+    calls = []
+
+    def refuse(name, *, data_dir, download=False, splits=data.SPLITS):
+        calls.append((name, data_dir, download))
+        raise DataError("no data here (recorded by the test)")
+
+    monkeypatch.setattr(module, "require_dataset", refuse)
+    args = [a.replace("{tmp}", str(tmp_path)).replace("{model}", str(model_dir / "m.safetensors")) for a in argv]
+    args += ["--data-dir", str(tmp_path / "root")]
+    code, out, err = run(capsys, *args, *(["--download"] if flag else []))
+    assert code == 2 and one_error_line(err) == "error: no data here (recorded by the test)"
+    assert calls == [("mnist", tmp_path / "root", flag)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written before the data is there

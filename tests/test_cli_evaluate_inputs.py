@@ -87,11 +87,11 @@ def test_clean_accuracy_at_chance_level_is_a_failure_finding(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("verb", [["evaluate", "--attacks", "fgsm"], ["attack", "--attack", "fgsm:eps=0.1"]])
-@pytest.mark.parametrize("value", ["0", "-3"])
+@pytest.mark.parametrize("value", ["0", "-3", "1.5", "automatic"])
 def test_batch_size_errors_name_the_option_one_way(tmp_path, capsys, verb, value):
     model = _saved(tmp_path / "model.safetensors", MLPSpec(hidden=8), dataset="mnist")
     code, out, err = run(capsys, verb[0], model, *verb[1:], "--batch-size", value, "--device", "cpu", "--threads", "1")
-    assert code == 2 and one_error_line(err) == f"error: --batch-size must be an integer >= 1, got {value}"
+    assert code == 2 and one_error_line(err) == f"error: --batch-size must be auto or an integer >= 1, got {value}"
 
 
 def test_threads_apply_to_the_verb_and_are_given_back(tmp_path, capsys, monkeypatch):

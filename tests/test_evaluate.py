@@ -388,3 +388,20 @@ def test_bad_input_raises_one_line_errors(mlp):
         evaluate(model, x * 255, y, "fgsm", [0.1])
     with pytest.raises(ConfigError, match="no samples"):
         evaluate(model, x[:0], y[:0], "fgsm", [0.1])
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ([0, 1, 10], "labels run from 0 to 10 but the model outputs 10 classes (0..9)"),
+        ([-1, 1, 2], "labels run from -1 to 2 but the model outputs 10 classes (0..9)"),
+    ],
+)
+def test_labels_outside_the_models_classes_are_one_line_before_any_attack(labels, message):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 10))
+    x, y = torch.rand(3, 1, 2, 2), torch.tensor(labels)
+    with pytest.raises(ConfigError) as caught:
+        evaluate(model, x, y, "fgsm", [0.1], checks=False, certify_method=None)
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+    with pytest.raises(ConfigError, match="labels must be int64 class indices, got torch.float32"):
+        evaluate(model, x, y.float(), "fgsm", [0.1], checks=False, certify_method=None)

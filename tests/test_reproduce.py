@@ -69,15 +69,20 @@ def tiny_toml(tmp_path):
 
 @pytest.fixture
 def count_training(monkeypatch):
-    """Count the models `reproduce` trains in this process."""
+    """Count the models `reproduce` trains in this process, one by one or as members of a batched grid."""
     calls = []
-    real_train = cell_module.train
+    real_train, real_train_grid = cell_module.train, cell_module.train_grid
 
     def counting_train(model, x, y, config, **kwargs):
         calls.append((config.l1, config.l2, config.seed))
         return real_train(model, x, y, config, **kwargs)
 
+    def counting_train_grid(build, configs, x, y, **kwargs):
+        calls.extend((config.l1, config.l2, config.seed) for config in configs)
+        return real_train_grid(build, configs, x, y, **kwargs)
+
     monkeypatch.setattr(cell_module, "train", counting_train)
+    monkeypatch.setattr(cell_module, "train_grid", counting_train_grid)
     return calls
 
 
@@ -122,6 +127,19 @@ def test_objective_can_be_given_as_a_spec_string(tiny_toml, tmp_path):
     path.write_text(TINY_TOML.replace("lr = 0.003", 'lr = 0.003\nobjective = "fgsm:eps=0.1,alpha=0.5"'))
     objective = load_experiment(path, profile="tiny").train.objective
     assert (objective.name, objective.eps, objective.alpha) == ("fgsm", 0.1, 0.5)
+
+
+def test_cells_batch_by_everything_but_l1_l2_and_seed_and_unsupported_training_runs_alone(tiny_toml, tmp_path):
+    from redblue.reproduce.cell import batch_key
+
+    configs = grid_cells(load_experiment(tiny_toml, profile="tiny", seeds=2), torch.device("cpu"))
+    assert len(configs) == 4 and len({batch_key(c) for c in configs}) == 1 and batch_key(configs[0]) is not None
+    two = grid_cells(load_experiment(tiny_toml, profile="tiny2"), torch.device("cpu"))
+    assert batch_key(two[0]) != batch_key(configs[0])  # 2 epochs, not 1: another batch
+    adversarial = tmp_path / "adv.toml"
+    adversarial.write_text(TINY_TOML.replace("lr = 0.003", 'lr = 0.003\nobjective = "fgsm:eps=0.1,alpha=0.5"'))
+    configs = grid_cells(load_experiment(adversarial, profile="tiny"), torch.device("cpu"))
+    assert [batch_key(c) for c in configs] == [None, None]  # the grid trainer supports clean training only
 
 
 def test_profiles_override_nested_keys(tiny_toml):
@@ -203,28 +221,36 @@ def test_reproduce_writes_every_file_and_numbers_match_an_independent_recomputat
     assert figure["cell"] == "l1-0.0001_l2-0_seed-0"  # the chosen pair of this file
 
 
-def test_a_killed_run_resumes_without_retraining_finished_cells(tiny_toml, tmp_path, monkeypatch, count_training):
+@pytest.mark.parametrize("grid_size", [1, 2])
+def test_a_killed_run_resumes_without_retraining_finished_cells(tiny_toml, tmp_path, monkeypatch, count_training, grid_size):
+    """One by one (grid_size 1) or two models per batched grid: Ctrl-C after the first task keeps its cells."""
     out = tmp_path / "run"
-    experiment = load_experiment(tiny_toml, profile="tiny")
-    real_run_cell = run_module.run_cell
+    experiment = load_experiment(tiny_toml, profile="tiny", seeds=2)  # 4 cells
+    labels = [c.label for c in grid_cells(experiment, torch.device("cpu"))]
+    real_run_cell, real_run_cells = run_module.run_cell, run_module.run_cells
 
-    def killed_after_first(config, **kwargs):
-        if count_training:  # the first cell finished: Ctrl-C before the second one
-            raise KeyboardInterrupt
-        return real_run_cell(config, **kwargs)
+    def killed_after_first(real):
+        def run(config, **kwargs):
+            if count_training:  # the first task finished: Ctrl-C before the next one
+                raise KeyboardInterrupt
+            return real(config, **kwargs)
+        return run
 
-    monkeypatch.setattr(run_module, "run_cell", killed_after_first)
+    monkeypatch.setattr(run_module, "run_cell", killed_after_first(real_run_cell))
+    monkeypatch.setattr(run_module, "run_cells", killed_after_first(real_run_cells))
     with pytest.raises(KeyboardInterrupt):
-        reproduce(experiment, out, workers=1)
-    assert len(count_training) == 1 and not (out / "results.json").exists()
+        reproduce(experiment, out, workers=1, grid_size=grid_size)
+    assert len(count_training) == grid_size and not (out / "results.json").exists()
+    assert len(list((out / "cells").glob("*.json"))) == grid_size
     assert json.loads((out / "run.json").read_text())["status"] == "failed"
     monkeypatch.setattr(run_module, "run_cell", real_run_cell)
+    monkeypatch.setattr(run_module, "run_cells", real_run_cells)
 
-    resumed = reproduce(experiment, out, workers=1)
-    assert len(count_training) == 2  # only the unfinished cell was trained
-    assert resumed.reused == (CELLS[0],) and resumed.trained == (CELLS[1],)
+    resumed = reproduce(experiment, out, workers=1, grid_size=grid_size)
+    assert len(count_training) == 4  # only the unfinished cells were trained
+    assert resumed.reused == tuple(labels[:grid_size]) and resumed.trained == tuple(labels[grid_size:])
     again = reproduce(experiment, out, workers=1)
-    assert len(count_training) == 2 and again.trained == () and sorted(again.reused) == sorted(CELLS)
+    assert len(count_training) == 4 and again.trained == () and sorted(again.reused) == sorted(labels)
     assert again.results["models"] == resumed.results["models"]
 
 
@@ -272,16 +298,22 @@ def test_the_sweep_engine_gives_the_numbers_of_the_code_before_it_in_workers_and
     """Every cell equals, to the last bit, what `reproduce` computed before it ran on the sweep engine.
 
     tests/reproduce_tiny_reference.json was written by the previous implementation (commit
-    f85c1c6: its own process pool, data sent to the workers as uint8) on this file's tiny
-    experiment with --seeds 2, torch 2.13 on CPU. Two spawned workers and this process give it.
+    f85c1c6: its own process pool, data sent to the workers as uint8, every model trained alone)
+    on this file's tiny experiment with --seeds 2, torch 2.13 on CPU. Two spawned workers (two
+    batched grids of 2 models), this process (one grid of 4) and one-by-one training give it.
     """
     reference = json.loads(REFERENCE.read_text())["cells"]
     experiment = load_experiment(tiny_toml, profile="tiny", seeds=2)
     pooled = reproduce(experiment, tmp_path / "pool", workers=2)
     assert (pooled.results["executor"], pooled.results["workers"]) == ("local", 2)
     assert [_numbers(c) for c in pooled.results["cells"]] == reference
+    assert [c["grid_members"] for c in pooled.results["cells"]] == [2, 2, 2, 2]
     here = reproduce(experiment, tmp_path / "here", workers=1)
     assert [_numbers(c) for c in here.results["cells"]] == reference
+    assert [c["grid_members"] for c in here.results["cells"]] == [4, 4, 4, 4]
+    alone = reproduce(experiment, tmp_path / "alone", workers=1, grid_size=1)
+    assert [_numbers(c) for c in alone.results["cells"]] == reference
+    assert [c["grid_members"] for c in alone.results["cells"]] == [1, 1, 1, 1]
 
     (no_reg, _) = pooled.results["models"]
     clean = no_reg["curve"][0]["accuracy"]
@@ -301,19 +333,27 @@ def test_the_cli_shows_cells_in_flight_and_a_rerun_keeps_the_original_wall_time(
     captured = capsys.readouterr()
     err = captured.err.splitlines()
     # not a terminal: plain lines on stderr, each cell when it starts (with what is in flight) and when it ends
+    # (on one worker both models train as one batched grid: both start together)
+    assert err[0] == "started l1-0_l2-0_seed-0 (0/2 cells done, 2 running, 0 queued)"
+    assert err[1] == "started l1-0.0001_l2-0_seed-0 (0/2 cells done, 2 running, 0 queued)"
+    assert err[2].startswith("[1/2] l1-0_l2-0_seed-0: clean accuracy 0.4800, FGSM(0.1) accuracy 0.1250 (")
+    assert err[3].startswith("[2/2] l1-0.0001_l2-0_seed-0: ") and len(err) == 4
+    assert main([*args[:-4], "--out", str(tmp_path / "alone"), "--workers", "1", "--grid-size", "1"]) == 0
+    err = capsys.readouterr().err.splitlines()  # one by one: one cell in flight at a time
     assert err[0] == "started l1-0_l2-0_seed-0 (0/2 cells done, 1 running, 1 queued)"
     assert err[1].startswith("[1/2] l1-0_l2-0_seed-0: clean accuracy 0.4800, FGSM(0.1) accuracy 0.1250 (")
     assert err[2] == "started l1-0.0001_l2-0_seed-0 (1/2 cells done, 1 running, 0 queued)"
-    assert err[3].startswith("[2/2] l1-0.0001_l2-0_seed-0: ") and len(err) == 4
     assert "2 cells trained, 0 reused" in captured.out
     first = json.loads((out / "results.json").read_text())
+    first_invocation = json.loads((out / "run.json").read_text())["invocations"][0]
 
     assert main([*args, "--resume"]) == 0
     captured = capsys.readouterr()
     assert captured.err == "all 2 cells found done in the run folder; reusing them\n"
     again = json.loads((out / "results.json").read_text())
     assert again["cells_reused"] == first["cells_trained"] and again["cells_trained"] == []
-    assert again["compute_wall_seconds"] == pytest.approx(first["wall_seconds"], rel=0.05)  # the first run's time
+    # the first run's time as its invocation recorded it in run.json (not the rerun's own time)
+    assert again["compute_wall_seconds"] == first_invocation["wall_seconds"] != again["wall_seconds"]
     assert f"(the run's cells took {again['compute_wall_seconds']:.1f} s of wall time to compute)" in captured.out
     report = (out / "report.md").read_text()
     assert f"Computing the cells took {again['compute_wall_seconds']:.1f} s of wall time." in report

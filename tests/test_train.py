@@ -370,3 +370,16 @@ def test_any_user_module_trains_adversarially_through_the_python_api():
     assert not model.training
     x_test, y_test = stripes(300, seed=1)
     assert score(model, x_test, y_test).accuracy > 0.9
+
+
+def test_labels_outside_the_models_classes_are_one_line_before_training():
+    from redblue.errors import ConfigError
+    from redblue.train import TrainConfig, train
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x = torch.rand(6, 1, 2, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+    for labels in ([0, 1, 2, 3, 0, 1], [0, -1, 2, 1, 0, 1]):
+        with pytest.raises(ConfigError, match=r"^labels run from -?\d to \d but the model outputs \(3,\) scores per image"):
+            train(model, x, torch.tensor(labels), TrainConfig(epochs=1))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # refused before any step

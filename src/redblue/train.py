@@ -156,6 +156,23 @@ def _check_data(model: nn.Module, x: Tensor, y: Tensor) -> None:
         raise ModelError("the model has no parameters to train")
     if param.device != x.device or y.device != x.device:
         raise ModelError(f"the model is on {param.device} but the data on {x.device}/{y.device}; move both to one device")
+    was_training = model.training
+    model.eval()  # one image, no dropout, no random draw: the run's random streams are untouched
+    try:
+        with torch.no_grad():
+            logits = model(x[:1])
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"the model cannot read images of shape {tuple(x.shape[1:])} ({reason})") from None
+    finally:
+        model.train(was_training)
+    classes = logits.shape[-1]
+    low, high = torch.stack(torch.aminmax(y)).tolist()  # once per run
+    if logits.dim() != 2 or low < 0 or high >= classes:
+        raise ConfigError(
+            f"labels run from {low} to {high} but the model outputs {tuple(logits.shape[1:])} scores per image; "
+            "it needs one score per class (logits of shape (N, classes)) and labels 0..classes-1"
+        )
 
 
 def run_identity(config: TrainConfig, x: Tensor, y: Tensor, extra: dict[str, Any] | None) -> dict[str, Any]:

@@ -80,6 +80,50 @@ def all_finite(t: Tensor) -> Tensor:
     return torch.isfinite(low) & torch.isfinite(high)
 
 
+class LaggedCount:
+    """The number of true entries of a bool mask (N,), brought to the host without waiting for the device.
+
+    How the loops that drop finished samples (Square, DeepFool) stay free of host synchronisation on
+    an accelerator: on CUDA the count is copied into pinned host memory behind the work already
+    queued, and `value()` is None until that copy has landed (`torch.cuda.Event.query` never
+    blocks), so the loop keeps queueing work and compacts a few iterations later, with `mask` (the
+    mask as it was when counted). Elsewhere the count is read at once: on a CPU reading a tensor
+    waits for nothing.
+    """
+
+    def __init__(self, mask: Tensor) -> None:
+        self.mask = mask
+        count = mask.sum()
+        self._event: torch.cuda.Event | None = None
+        if mask.device.type == "cuda":
+            self._host = torch.empty((), dtype=count.dtype, pin_memory=True)
+            self._host.copy_(count, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record(torch.cuda.current_stream(mask.device))  # the copy's stream, on mask's GPU
+        else:
+            self._host = count
+
+    def value(self) -> int | None:
+        """The count, or None while the device has not got that far."""
+        if self._event is not None and not self._event.query():
+            return None
+        return int(self._host)
+
+
+def true_rows(mask: Tensor, count: int) -> Tensor:
+    """The indices of mask's true entries (N,) in order, given how many there are: no synchronisation
+    on an accelerator (a stable sort puts them first; `nonzero` would wait for the device to learn
+    its output's size). On a CPU `nonzero` itself (the same indices)."""
+    if mask.device.type == "cpu":
+        return mask.nonzero().squeeze(1)
+    return sorted_true_rows(mask, count)
+
+
+def sorted_true_rows(mask: Tensor, count: int) -> Tensor:
+    """`true_rows` by a stable sort (what an accelerator runs; a function of its own to be tested on a CPU)."""
+    return torch.sort((~mask).to(torch.uint8), stable=True).indices[:count]
+
+
 def loss_logits_and_gradient(model: nn.Module, x: Tensor, y: Tensor, *, loss: LossFn = ce_loss) -> tuple[Tensor, Tensor, Tensor]:
     """Per-sample loss (N,), logits (N, C) and d(sum of losses)/dx, all detached, in the model's
     current mode and without any check or device sync: the inner step of every gradient attack.

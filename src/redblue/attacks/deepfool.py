@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 from torch import Generator, Tensor, nn
 
-from redblue.attacks.core import all_finite, check_eps, eval_mode, project
+from redblue.attacks.core import LaggedCount, all_finite, check_eps, eval_mode, project, true_rows
 from redblue.attacks.registry import register, run_attack
 from redblue.errors import ConfigError, require_non_negative, require_positive
 
@@ -76,8 +76,10 @@ def deepfool_perturbation(
     and whether the total perturbation r stayed finite.
 
     Samples the model already misclassifies are returned unchanged. Each iteration works only on
-    the samples not yet fooled; the one device sync per iteration (to drop fooled samples and stop
-    early) costs far less than the K backward passes it saves.
+    the samples not yet fooled: a fooled sample is frozen at once and dropped from the batch at the
+    next compaction, on a CPU at once, on an accelerator as soon as the number of samples left has
+    reached the host without waiting for the device (`LaggedCount`: no host synchronisation in the
+    loop). The loop stops when none is left.
     """
     with eval_mode(model):
         with torch.no_grad():
@@ -86,12 +88,20 @@ def deepfool_perturbation(
         # the top candidates-1 classes other than y, by clean score (the reference code's choice)
         others = clean_logits.scatter(1, y[:, None], -torch.inf).topk(min(candidates, n_classes) - 1, dim=1).indices
         r_total = torch.zeros_like(x)
-        active = torch.arange(len(x), device=x.device)
+        active = torch.arange(len(x), device=x.device)  # the rows not yet dropped
+        alive = torch.ones(len(x), dtype=torch.bool, device=x.device)  # per row of active: not yet fooled
+        left: LaggedCount | None = None  # the rows alive, counted on the way to the host
         for iteration in range(steps + 1):
             x_now = (x[active] + (1.0 + overshoot) * r_total[active]).clamp(0.0, 1.0)
             logits, differences, gradients = _differences_and_gradients(model, x_now, y[active], others[active])
-            still = logits.argmax(dim=1) == y[active]
-            active, differences, gradients = active[still], differences[still], gradients[still]
+            alive = alive & (logits.argmax(dim=1) == y[active])
+            left = LaggedCount(alive) if left is None else left
+            count = left.value()
+            if count is not None:  # drop the rows `left` found fooled (rows fooled since stay, frozen)
+                if count < len(active):
+                    rows = true_rows(left.mask, count)
+                    active, alive, differences, gradients = (t[rows] for t in (active, alive, differences, gradients))
+                left = None
             if len(active) == 0 or iteration == steps:  # the last pass only judges the final iterate
                 break
             dual = 2 if norm == "l2" else 1
@@ -100,7 +110,8 @@ def deepfool_perturbation(
             w = gradients[torch.arange(len(active), device=x.device), nearest]  # (N_a, D)
             distance = distances.gather(1, nearest[:, None]) + BOUNDARY_STEP  # (N_a, 1)
             direction = w / (w.norm(dim=1, keepdim=True) + 1e-12) if norm == "l2" else w.sign()
-            r_total[active] += (distance * direction).view(len(active), *x.shape[1:])
+            step = torch.where(alive[:, None], distance * direction, 0.0)  # a frozen row does not move
+            r_total[active] += step.view(len(active), *x.shape[1:])
     return (x + (1.0 + overshoot) * r_total).clamp(0.0, 1.0), all_finite(r_total)
 
 

@@ -19,7 +19,16 @@ from typing import ClassVar
 import torch
 from torch import Generator, Tensor, nn
 
-from redblue.attacks.core import NORMS, all_finite, check_eps, eval_mode, l2_normalize, margin_loss
+from redblue.attacks.core import (
+    NORMS,
+    LaggedCount,
+    all_finite,
+    check_eps,
+    eval_mode,
+    l2_normalize,
+    margin_loss,
+    true_rows,
+)
 from redblue.attacks.registry import register, run_attack
 from redblue.errors import ConfigError, require_choice, require_in_range, require_positive
 
@@ -210,9 +219,10 @@ def _square_run(
 
     The loop works on compact copies of the samples not yet fooled. Fooled samples are frozen at
     once and dropped from the batch (written back) at the next compaction: on CPU after every
-    query, so no sample is queried after its success; on an accelerator every few queries, to
-    save synchronisations. Random draws are made for the whole run batch and then selected, so
-    the result does not depend on how often the batch is compacted.
+    query, so no sample is queried after its success; on an accelerator as soon as the number of
+    samples left has reached the host without waiting for the device (`LaggedCount`: a few queries
+    later, and no host synchronisation in the loop). Random draws are made for the whole run batch
+    and then selected, so the result does not depend on when the batch is compacted.
     """
 
     def query(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -222,15 +232,21 @@ def _square_run(
     x_best = (_linf_init if norm == "linf" else _l2_init)(x, eps, generator)
     best_margin, is_adv = query(x_best, y)  # margin_loss: max_{j!=y} z_j - z_y, to maximise
     height, width = x.shape[2:]
-    compact_every = 1 if x.device.type == "cpu" else 10
     active = torch.arange(len(x), device=x.device)  # run-batch index of each row of the compact copies
     x_act, y_act, best_act, margin_act, adv_act = x, y, x_best.clone(), best_margin.clone(), is_adv.clone()
+    left: LaggedCount | None = None  # the samples not yet fooled, counted on the way to the host
     for iteration in range(n_queries - 1):
-        if iteration % compact_every == 0 and bool(adv_act.any()):  # a synchronisation
-            x_best[active], best_margin[active], is_adv[active] = best_act, margin_act, adv_act
-            keep = ~adv_act
-            active, x_act, y_act, best_act, margin_act = (t[keep] for t in (active, x_act, y_act, best_act, margin_act))
-            adv_act = adv_act[keep]
+        if left is None:
+            left = LaggedCount(~adv_act)
+        count = left.value()
+        if count is not None:  # compact to the rows `left` counted (rows fooled since stay, frozen)
+            if count < len(active):
+                x_best[active], best_margin[active], is_adv[active] = best_act, margin_act, adv_act
+                rows = true_rows(left.mask, count)
+                active, x_act, y_act, best_act, margin_act, adv_act = (
+                    t[rows] for t in (active, x_act, y_act, best_act, margin_act, adv_act)
+                )
+            left = None
         if len(active) == 0:
             break
         side = _window_side(p_schedule(iteration, n_queries, p_init, rescale=rescale), height, width, norm=norm)

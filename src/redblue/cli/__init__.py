@@ -22,6 +22,7 @@ from redblue.cli import verbs_train as _verbs_train  # noqa: E402,F401
 from redblue.cli import verbs_evaluate as _verbs_evaluate  # noqa: E402,F401
 from redblue.cli import verbs_reproduce as _verbs_reproduce  # noqa: E402,F401
 from redblue.cli import verbs_runs as _verbs_runs  # noqa: E402,F401
+from redblue.cli import verbs_arena as _verbs_arena  # noqa: E402,F401
 
 
 def _error(message: str, code: int, *, as_json: bool) -> int:

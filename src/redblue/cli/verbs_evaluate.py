@@ -46,15 +46,15 @@ from redblue.config import atomic_write_bytes
 from redblue.errors import ConfigError, require_choice, require_positive
 from redblue.evaluate import (
     CERTIFY_METHODS,
+    AUTO,
     MODES,
     evaluate,
     parse_attack_list,
-    require_batch_size,
+    parse_batch_size,
     require_model_fits,
 )
 from redblue.evaluate.folder import EvaluationFolder, file_sha256
 from redblue.evaluate.single import attack_every_sample
-from redblue.metrics import DEFAULT_BATCH
 from redblue.models import load_model, save_tensors
 from redblue.store import environment, json_bytes
 
@@ -68,7 +68,14 @@ DatasetOption = Annotated[
 SplitOption = Annotated[str, typer.Option("--split", help="Which split to attack: test or train.")]
 LimitOption = Annotated[Optional[int], typer.Option("--limit", help="Use only the first N images of the split.")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seeds the attacks' random starts and searches.")]
-BatchOption = Annotated[int, typer.Option("--batch-size", help="Images per attack batch (an integer >= 1).")]
+BatchOption = Annotated[
+    str,
+    typer.Option(
+        "--batch-size",
+        help="Images per attack call: auto (on a GPU the whole set, the model's passes split to fit its free memory; "
+        "on a CPU the size measured fastest there) or an integer >= 1.",
+    ),
+]
 
 
 def _versions() -> dict[str, str]:
@@ -154,7 +161,7 @@ def attack_command(
     split: SplitOption = "test",
     limit: LimitOption = None,
     seed: SeedOption = 0,
-    batch_size: BatchOption = DEFAULT_BATCH,
+    batch_size: BatchOption = AUTO,
     out: Annotated[
         Optional[Path], typer.Option("--out", help="Folder for adversarial.safetensors and metrics.json (nothing is written without it).")
     ] = None,
@@ -173,7 +180,7 @@ def attack_command(
     set_interrupt_message("interrupted; nothing was written" + (f" to {out}" if out is not None else ""))
     apply_threads(threads)
     entry, params = parse_attack(attack)
-    require_batch_size(batch_size, name="--batch-size")
+    batch = parse_batch_size(batch_size)
     _check_out_dir(out)
     torch_device = resolve_device(device)
     inputs = _load(model_path, dataset, split, limit, data_dir, download, torch_device)
@@ -181,7 +188,7 @@ def attack_command(
         _prepare_out_dir(out)
     with batch_progress_line(interactive() and not as_json, description=attack, total=len(inputs.y)) as on_batch:
         outcome = attack_every_sample(
-            inputs.model, inputs.x, inputs.y, entry, params, batch_size=batch_size,
+            inputs.model, inputs.x, inputs.y, entry, params, batch_size=batch,
             generator=_generator(seed, torch_device), on_batch=on_batch,
         )
     metrics = {
@@ -241,7 +248,7 @@ def evaluate_command(
     split: SplitOption = "test",
     limit: LimitOption = None,
     seed: SeedOption = 0,
-    batch_size: BatchOption = DEFAULT_BATCH,
+    batch_size: BatchOption = AUTO,
     out: Annotated[
         Optional[Path],
         typer.Option(
@@ -264,7 +271,7 @@ def evaluate_command(
         raise ConfigError("--eps needs at least one value, for example 0.1")
     require_choice("--mode", mode, ("auto",) + MODES)
     require_choice("--certify", certify, CERTIFY_METHODS + ("none",))
-    require_batch_size(batch_size, name="--batch-size")
+    batch = parse_batch_size(batch_size)
     plan, used_preset = parse_attack_list(attacks, eps=eps_list[0])
     for entry, _ in plan:  # every eps must suit every attack's norm, before anything loads
         for value in eps_list:
@@ -284,7 +291,7 @@ def evaluate_command(
         "certify": certify,
         "checks": not no_checks,
         "seed": seed,
-        "batch_size": batch_size,
+        "batch_size": batch,
         "device": str(torch_device),
         "threads": n_threads,
     }
@@ -301,7 +308,7 @@ def evaluate_command(
             result = evaluate(
                 inputs.model, inputs.x, inputs.y, plan, eps_list,
                 mode=chosen_mode,
-                batch_size=batch_size,
+                batch_size=batch,
                 generator=_generator(seed, torch_device),
                 certify_method=None if certify == "none" else certify,
                 checks=not no_checks,

@@ -48,8 +48,9 @@ def reproduce_command(
                           "attaches to $RAY_ADDRESS if set, else starts a local Ray).")
     ] = "local",
     workers: Annotated[
-        Optional[int], typer.Option("--workers", help="Cells in flight at once (one torch thread each). Default: the cores "
-                                    "(local), the cluster's CPUs (ray), the GPUs with --device cuda.")
+        Optional[int], typer.Option("--workers", help="Tasks in flight at once (one torch thread each; a batched grid of "
+                                    "models is one task). Default: the cores (local), the cluster's CPUs (ray), the GPUs "
+                                    "with --device cuda.")
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out (refused if it holds none); rerunning the same "
@@ -61,6 +62,10 @@ def reproduce_command(
     force: Annotated[
         bool, typer.Option("--force", help="Reuse a run folder that holds another config, retraining only the cells that changed.")
     ] = False,
+    grid_size: Annotated[
+        Optional[int], typer.Option("--grid-size", help="At most N models trained together as one batched model (the same "
+                                    "numbers, faster); 1: one by one. Default: each worker's share of the grid.")
+    ] = None,
     data_dir: DataDirOption = None,
     download: DownloadOption = False,
     device: DeviceOption = "auto",
@@ -73,6 +78,8 @@ def reproduce_command(
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if grid_size is not None and grid_size < 1:
+        raise ConfigError(f"--grid-size must be >= 1, got {grid_size}")
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown --executor {executor!r}; choose one of: {', '.join(EXECUTORS)}")
     if executor == "ray":
@@ -95,6 +102,7 @@ def reproduce_command(
             device=run_device,
             force=force,
             resume=resume,
+            grid_size=grid_size,
             on_progress=progress,
         )
     except BaseException:

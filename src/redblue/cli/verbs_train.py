@@ -35,6 +35,7 @@ from redblue.cli.app import (
     resolve_device,
     set_interrupt_message,
 )
+from redblue.cli.verbs_data import DownloadOption, require_dataset
 from redblue.data import load_dataset
 from redblue.defenses import KINDS, OBJECTIVES, parse_objective
 from redblue.errors import ConfigError
@@ -232,6 +233,7 @@ def train_command(
         Optional[int], typer.Option("--train-subset", help="Train on the first N training images only (quick runs).")
     ] = None,
     data_dir: DataDirOption = None,
+    download: DownloadOption = False,
     device: DeviceOption = "auto",
     threads: ThreadsOption = "auto",
     out: Annotated[Path, typer.Option("--out", help="Where to write the model (safetensors).")] = Path("model.safetensors"),
@@ -278,6 +280,7 @@ def train_command(
         raise ConfigError(f"{folder} holds a checkpoint of an unfinished run; add --resume to continue it, or delete it to start over")
     torch_threads = apply_threads(threads)
     run_device = resolve_device(device)
+    require_dataset(dataset, data_dir=data_dir, download=download)
     train_set = load_dataset(dataset, "train", data_dir=data_dir)
     test_set = load_dataset(dataset, "test", data_dir=data_dir)
     x, y = train_set.x[:train_subset], train_set.y[:train_subset]  # [:None] is everything

@@ -4,6 +4,7 @@ attacks, certified lower bounds beside it, and the gradient-masking sanity check
 The package, in the order an evaluation runs:
 
 * `plan`: attack lists parsed from text (`fgsm,pgd:steps=40`), the presets, labels, cascade order;
+* `batching`: batch sizes from the device, the model and its free memory, and the out-of-memory split;
 * `verify`: one attack run in batches, every image re-checked (ball, box, finite) and re-predicted;
 * `cascade`: all attacks at one eps, the worst case per sample, the certified bound beside it;
 * `checks`: sanity checks on numbers and model outputs; `probes`: sanity checks that run attacks of
@@ -14,13 +15,21 @@ The package, in the order an evaluation runs:
   of `redblue evaluate --out`; `single`: one attack on every sample (`redblue attack`).
 """
 
+from redblue.evaluate.batching import (
+    AUTO,
+    Batching,
+    BatchSize,
+    OutOfMemory,
+    choose_batching,
+    parse_batch_size,
+    require_batch_size,
+)
 from redblue.evaluate.cascade import CERTIFY_METHODS, auto_certify_method
 from redblue.evaluate.checks import Finding
 from redblue.evaluate.engine import (
     CHECK_SUBSET,
     PROBE_SIZE,
     evaluate,
-    require_batch_size,
     require_model_fits,
 )
 from redblue.evaluate.plan import (
@@ -50,6 +59,7 @@ from redblue.evaluate.verify import (
 )
 
 __all__ = [
+    "AUTO",
     "BALL_ATOL",
     "BALL_RTOL",
     "BOX_ATOL",
@@ -60,9 +70,12 @@ __all__ = [
     "PROBE_SIZE",
     "AttackResult",
     "AttackRun",
+    "BatchSize",
+    "Batching",
     "EpsResult",
     "Evaluation",
     "Finding",
+    "OutOfMemory",
     "FolderRowCache",
     "Progress",
     "ProgressCallback",
@@ -70,9 +83,11 @@ __all__ = [
     "attack_label",
     "auto_certify_method",
     "box_exempt",
+    "choose_batching",
     "estimated_cost",
     "evaluate",
     "parse_attack_list",
+    "parse_batch_size",
     "require_batch_size",
     "require_logits",
     "require_model_fits",

@@ -53,7 +53,7 @@ def run_checks(
 
     def run(entry: AttackEntry, params: Any, indices: Tensor) -> Tensor:
         attack_run = run_attack(
-            model, entry, params, x, y, indices=indices, batch_size=settings.batch_size, generator=settings.generator
+            model, entry, params, x, y, indices=indices, batch_size=settings.batching, generator=settings.generator
         )
         # an attack that breaks its contract inside a check is as much a bug as inside the evaluation
         findings.extend(validity_findings(attack_label(entry, params), attack_run, eps=params.eps, norm=entry.norm))

@@ -17,6 +17,7 @@ worst-case image of a sample is the valid image with the lowest true-class margi
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,11 +29,12 @@ from redblue.attacks.registry import get_attack
 from redblue.certify import certify, choose_method
 from redblue.errors import ModelError
 from redblue.evaluate import checks
+from redblue.evaluate.batching import Batching
 from redblue.evaluate.checks import Finding
 from redblue.evaluate.plan import PlannedAttack
 from redblue.evaluate.results import AttackResult, EpsResult, Progress, ProgressCallback
 from redblue.evaluate.resume import RowCache, RowOutcome, restore_generator, row_key
-from redblue.evaluate.verify import AttackRun, run_attack, select, validity_findings
+from redblue.evaluate.verify import AttackRun, run_attack, validity_findings
 from redblue.metrics import WorstCase, correct_and_confidence, true_class_margin
 
 CERTIFY_METHODS = ("auto", "ibp", "crown", "crown-ibp")
@@ -64,11 +66,12 @@ class CleanPass:
 
 @dataclass(frozen=True)
 class CascadeSettings:
-    """How the attacks run: mode, batch size, the generator every random start draws from, and the
-    certification method (None: no certified bound)."""
+    """How the attacks run: mode, batch sizes (shared: an out-of-memory error lowers the chunk for every
+    later call), the generator every random start draws from, and the certification method (None: no
+    certified bound)."""
 
     mode: str
-    batch_size: int
+    batching: Batching
     generator: Generator | None
     certify_method: str | None
     cache: RowCache | None = None  # finished rows kept and reused (see `resume`)
@@ -123,28 +126,33 @@ def attack_row(
             report(done, len(indices), robust_before - int(newly_fooled.item()))
 
     run = run_attack(
-        model, planned.entry, params, x, y, indices=indices, batch_size=settings.batch_size,
+        model, planned.entry, params, x, y, indices=indices, batch_size=settings.batching,
         generator=settings.generator, on_batch=on_batch,
     )
     findings = validity_findings(planned.label, run, eps=eps, norm=planned.norm)
     # confidence: this attack's valid images; elsewhere the worst-case image (clean in per-attack mode)
     top_prob = (worst.top_prob if cascade else clean.top_prob).clone().to(torch.float64)
-    top_prob[indices[run.valid]] = run.top_prob[run.valid].double()
-    adversarial_accuracy = None
+    top_prob[indices] = torch.where(run.valid, run.top_prob.double(), top_prob[indices])
     if cascade:
-        n_fooled = int(run.fooled.sum().item())
+        n_fooled = run.fooled.sum()
         worst = _fold(worst, indices, run)
         robust = worst.robust
-        if after_white_box:
-            findings += checks.check_cascade_gain(planned.entry, planned.label, eps=eps, n_new=n_fooled, n=n)
+        adversarial_accuracy = torch.full((), math.nan, dtype=torch.float64, device=x.device)
     else:
-        keep = clean.correct
-        worst = _fold(worst, clean.correct_indices, select(run, keep))
+        # every sample was attacked; the misclassified ones stay as they are (fooled by their clean image)
+        worst = worst.update(indices, fooled=run.fooled, valid=run.valid & clean.correct, margin=run.margin,
+                             top_prob=run.top_prob)  # fmt: skip
         robust = clean.correct & ~run.fooled
-        n_fooled = int((run.fooled & clean.correct).sum().item())
+        n_fooled = (run.fooled & clean.correct).sum()
         # an invalid image is no adversarial example: that sample keeps its clean prediction
-        adversarial_correct = torch.where(run.valid, run.predicted == y, clean.correct)
-        adversarial_accuracy = adversarial_correct.double().mean().item()
+        adversarial_accuracy = torch.where(run.valid, run.predicted == y, clean.correct).double().mean()
+    # every number of the row in one transfer from the device
+    numbers = torch.stack(
+        [n_fooled.double(), robust.double().mean(), top_prob.mean(), run.valid.sum().double(), adversarial_accuracy]
+    ).tolist()
+    fooled_count, accuracy, confidence, n_valid, adversarial = numbers
+    if cascade and after_white_box:
+        findings += checks.check_cascade_gain(planned.entry, planned.label, eps=eps, n_new=int(fooled_count), n=n)
     row = AttackResult(
         label=planned.label,
         attack=planned.entry.name,
@@ -152,15 +160,15 @@ def attack_row(
         norm=planned.norm,
         threat=planned.threat,
         eps=eps,
-        accuracy=robust.double().mean().item(),
-        confidence=top_prob.mean().item(),
+        accuracy=accuracy,
+        confidence=confidence,
         cumulative=cascade,
         n_attacked=len(indices),
-        n_fooled=n_fooled,
-        n_invalid=len(indices) - int(run.valid.sum().item()),
+        n_fooled=int(fooled_count),
+        n_invalid=len(indices) - int(n_valid),
         seconds=run.seconds,
         robust_mask=robust.cpu(),
-        adversarial_accuracy=adversarial_accuracy,
+        adversarial_accuracy=None if cascade else adversarial,
     )
     state = None if settings.generator is None else settings.generator.get_state()
     return RowOutcome(row=row, worst=worst, findings=tuple(findings), generator_state=state)
@@ -217,13 +225,19 @@ def evaluate_eps(
         model, x, y, worst, clean, eps=eps, norm=norm, method=settings.certify_method
     )
     findings += certify_findings
+    certified_mean = torch.full((), math.nan, dtype=torch.float64, device=x.device)
+    if certified_mask is not None:
+        certified_mean = certified_mask.double().mean()
+    worst_accuracy, worst_confidence, certified_accuracy = torch.stack(
+        [worst.robust.double().mean(), worst.top_prob.double().mean(), certified_mean]
+    ).tolist()  # one transfer for the three numbers
     result = EpsResult(
         norm=norm,
         eps=eps,
         attacks=tuple(rows),
-        worst_case_accuracy=worst.robust.double().mean().item(),
-        worst_case_confidence=worst.top_prob.double().mean().item(),
-        certified_accuracy=None if certified_mask is None else certified_mask.double().mean().item(),
+        worst_case_accuracy=worst_accuracy,
+        worst_case_confidence=worst_confidence,
+        certified_accuracy=None if certified_mask is None else certified_accuracy,
         certified_note=note,
         worst_case_mask=worst.robust.cpu(),
         certified_mask=None if certified_mask is None else certified_mask.cpu(),

@@ -15,6 +15,15 @@ from redblue.attacks.registry import AttackEntry
 from redblue.errors import ConfigError, ModelError, require_choice
 from redblue.evaluate import checks as sanity
 from redblue.evaluate.audit import run_checks
+from redblue.evaluate.batching import (
+    AUTO,
+    Batching,
+    BatchSize,
+    ChunkedModel,
+    choose_batching,
+    require_batch_size,
+    with_retry,
+)
 from redblue.evaluate.cascade import (
     CERTIFY_METHODS,
     CascadeSettings,
@@ -27,7 +36,7 @@ from redblue.evaluate.plan import MODES, make_plan, parse_attack_list
 from redblue.evaluate.results import EpsResult, Evaluation, Progress, ProgressCallback
 from redblue.evaluate.resume import RowCache, run_digest
 from redblue.evaluate.verify import require_logits
-from redblue.metrics import DEFAULT_BATCH, predict_logits
+from redblue.metrics import predict_logits
 
 # Sanity checks that run attacks use at most this many samples.
 CHECK_SUBSET = 200
@@ -43,7 +52,7 @@ def evaluate(
     eps_list: Sequence[float],
     *,
     mode: str = "worst-case",
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: BatchSize | Batching = AUTO,
     generator: Generator | None = None,
     certify_method: str | None = "auto",
     checks: bool = True,
@@ -61,6 +70,10 @@ def evaluate(
     (L-inf only) come from `redblue.certify` when certify_method is "ibp", "crown", "crown-ibp" or
     "auto" (the default: see `auto_certify_method`), so each eps reads as an interval [certified, worst case]; None skips them. checks=False
     skips the gradient-masking sanity checks (on by default; they cost about a third of the attacks).
+    batch_size: samples per attack call, or "auto" / None (the default): on a GPU the whole set, with the
+    model's passes split to fit the free memory; on a CPU `batching.CPU_BATCH` (see `batching`). An
+    out-of-memory error is never fatal: the model's passes are split smaller and the call runs again,
+    with the same numbers.
     cache: keeps every finished (attack x eps) row and reuses those of an earlier, interrupted run with
     the same model, data and settings (see `resume`; needs a generator, so that a reused row leaves the
     random draws where the computed one would). progress: called as the rows run (see `Progress`).
@@ -89,25 +102,29 @@ def evaluate(
         raise ConfigError("keeping rows to resume needs a seeded generator; pass generator=torch.Generator().manual_seed(...)")
     plan = make_plan(attacks, mode=mode)
     norms = list(dict.fromkeys(entry.norm for entry, _ in attacks))  # in the order given
+    batching = choose_batching(model, x, y, batch_size)
     settings = CascadeSettings(
-        mode=mode, batch_size=batch_size, generator=generator, certify_method=certify_method, cache=cache
+        mode=mode, batching=batching, generator=generator, certify_method=certify_method, cache=cache
     )
     units = [(norm, eps) for norm in norms for eps in eps_values]
 
     with eval_mode(model):
-        require_logits(model, x[:PROBE_SIZE])
+        # the model's passes here go through `chunked` too: no call, however small, may run out of memory
+        chunked = ChunkedModel(model, batching)
+        with_retry(lambda: require_logits(chunked, x[:PROBE_SIZE]), batching)
         check_start = time.perf_counter()
-        clean_logits = predict_logits(model, x, batch_size=batch_size)
+        clean_logits = with_retry(lambda: predict_logits(chunked, x, batch_size=batching.size), batching)
+        _check_labels(y, classes=clean_logits.shape[1])
         clean = CleanPass.from_logits(clean_logits, y)
         findings = _chance_findings(clean, y, classes=clean_logits.shape[1])
         if checks:
-            findings += _model_findings(model, x, y, clean)
+            findings += with_retry(lambda: _model_findings(chunked, x, y, clean), batching)
         seconds_checks = time.perf_counter() - check_start
 
         attack_start = time.perf_counter()
         results: list[EpsResult] = []
         rows_reused = 0
-        chain = run_digest(model, x, y, mode=mode, batch_size=batch_size) if cache is not None else ""
+        chain = run_digest(model, x, y, mode=mode, batch_size=batching.size) if cache is not None else ""
         for unit, (norm, eps) in enumerate(units, start=1):
             unit_settings = dataclasses.replace(settings, progress=_in_unit(progress, unit, len(units)))
             outcome = evaluate_eps(
@@ -129,11 +146,12 @@ def evaluate(
             findings += run_checks(model, x, y, plan, results, clean=clean, settings=settings, subset=check_subset)
             seconds_checks += time.perf_counter() - check_start
 
+    clean_accuracy, clean_confidence = torch.stack([clean.correct.double().mean(), clean.top_prob.double().mean()]).tolist()
     return Evaluation(
         n=len(y),
         mode=mode,
-        clean_accuracy=clean.correct.double().mean().item(),
-        clean_confidence=clean.top_prob.double().mean().item(),
+        clean_accuracy=clean_accuracy,
+        clean_confidence=clean_confidence,
         results=tuple(results),
         findings=tuple(findings),
         certify_method=certify_method,
@@ -143,6 +161,8 @@ def evaluate(
         seconds_certify=seconds_certify,
         clean_mask=clean.correct.cpu(),
         rows_reused=rows_reused,
+        batch_size=batching.size,
+        chunk_size=batching.chunk,
     )
 
 
@@ -151,12 +171,6 @@ def _in_unit(progress: ProgressCallback | None, unit: int, units: int) -> Progre
     if progress is None:
         return None
     return lambda record: progress(dataclasses.replace(record, unit=unit, units=units))
-
-
-def require_batch_size(batch_size: int, *, name: str = "batch_size") -> None:
-    """An integer >= 1; `name` is what the caller calls it (the CLI says --batch-size)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"{name} must be an integer >= 1, got {batch_size!r}")
 
 
 def require_model_fits(model: nn.Module, x: Tensor, *, classes: int, dataset: str, trained_on: str | None = None) -> None:
@@ -173,6 +187,20 @@ def require_model_fits(model: nn.Module, x: Tensor, *, classes: int, dataset: st
     if logits.dim() != 2 or logits.shape[1] != classes:
         outputs = f"{logits.shape[1]} classes" if logits.dim() == 2 else f"shape {tuple(logits.shape[1:])}"
         raise ModelError(f"the model outputs {outputs} but {dataset} has {classes} classes; {advice}")
+
+
+def _check_labels(y: Tensor, *, classes: int) -> None:
+    """Raise ConfigError (one line) unless every label is a class the model outputs: 0..classes-1."""
+    if y.dtype != torch.long:
+        raise ConfigError(f"labels must be int64 class indices, got {y.dtype}")
+    if len(y) == 0:
+        return
+    low, high = torch.stack(torch.aminmax(y)).tolist()  # one sync per evaluation
+    if low < 0 or high >= classes:
+        raise ConfigError(
+            f"labels run from {low} to {high} but the model outputs {classes} classes (0..{classes - 1}); "
+            "pass the labels of the dataset the model was trained on"
+        )
 
 
 def _chance_findings(clean: CleanPass, y: Tensor, *, classes: int) -> list[Finding]:

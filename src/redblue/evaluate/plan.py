@@ -14,13 +14,15 @@ from redblue.errors import ConfigError
 
 MODES = ("worst-case", "per-attack")
 
-# AutoAttack's "standard" version without FAB (Croce & Hein, 2020): fixed budgets, so numbers are
-# comparable across models without tuning. `fast` is a quick first look, not a robustness claim.
+# AutoAttack's "standard" version without FAB-T (Croce & Hein, 2020): fixed budgets, so numbers are
+# comparable across models without tuning. Square as AutoAttack runs it (`autoattack.py`: p_init 0.8,
+# 5,000 queries, one restart, resc_schedule=False: p halves at the iterations counted on 10,000
+# queries, not rescaled to 5,000). `fast` is a quick first look, not a robustness claim.
 PRESETS: dict[str, tuple[str, ...]] = {
     "standard": (
         "apgd-ce:n_iter=100,restarts=1,rho=0.75",
         "apgd-t:n_iter=100,restarts=1,rho=0.75,n_target_classes=9",
-        "square:n_queries=5000,p_init=0.8,restarts=1",
+        "square:n_queries=5000,p_init=0.8,restarts=1,rescale=false",
     ),
     "fast": ("fgsm", "pgd:steps=40"),
 }

@@ -105,6 +105,8 @@ class Evaluation:
     seconds_certify: float
     clean_mask: Tensor = field(repr=False, compare=False)
     rows_reused: int = 0  # (attack x eps) rows read back from an earlier, interrupted run
+    batch_size: int = 0  # samples per attack call (the random draws depend on it)
+    chunk_size: int = 0  # samples per model call at the end (lowered by out-of-memory errors; no number depends on it)
 
     def result(self, eps: float, norm: str = "linf") -> EpsResult:
         for r in self.results:
@@ -150,6 +152,8 @@ class Evaluation:
                 "checks": self.checks,
                 "ball_tolerance": {"atol": BALL_ATOL, "rtol": BALL_RTOL},
                 "box_tolerance": BOX_ATOL,
+                "batch_size": self.batch_size,
+                "chunk_size": self.chunk_size,
             },
             "seconds": {"attacks": self.seconds_attacks, "checks": self.seconds_checks, "certify": self.seconds_certify},
             "rows": {"total": sum(len(r.attacks) for r in self.results), "reused": self.rows_reused},

@@ -15,10 +15,19 @@ from typing import Any
 import torch
 from torch import Generator, Tensor, nn
 
-from redblue.attacks.core import per_sample_norm
+from redblue.attacks.core import eval_mode, per_sample_norm
 from redblue.attacks.registry import AttackEntry
+from redblue.evaluate.batching import (
+    AUTO,
+    Batching,
+    BatchSize,
+    ChunkedModel,
+    choose_batching,
+    require_batch_size,
+    with_retry,
+)
 from redblue.evaluate.checks import Finding
-from redblue.evaluate.engine import PROBE_SIZE, require_batch_size
+from redblue.evaluate.engine import PROBE_SIZE
 from redblue.evaluate.plan import attack_label
 from redblue.evaluate.verify import (
     BatchCallback,
@@ -26,7 +35,7 @@ from redblue.evaluate.verify import (
     run_attack,
     validity_findings,
 )
-from redblue.metrics import DEFAULT_BATCH, predict_logits
+from redblue.metrics import predict_logits
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: == on tensors is elementwise, not a bool
@@ -93,22 +102,26 @@ def attack_every_sample(
     entry: AttackEntry,
     params: Any,
     *,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: BatchSize | Batching = AUTO,
     generator: Generator | None = None,
     on_batch: BatchCallback | None = None,
 ) -> AttackOutcome:
     """Attack every sample of (x, y) once with `entry` at `params` and score clean against adversarial.
 
-    x: (N, 1, 28, 28) pixels in [0, 1] on the model's device; y: (N,) labels. Raises ModelError when
-    the model returns probabilities instead of logits.
+    x: (N, 1, 28, 28) pixels in [0, 1] on the model's device; y: (N,) labels. batch_size: samples per
+    attack call, or "auto" (see `redblue.evaluate.batching`). Raises ModelError when the model returns
+    probabilities instead of logits.
     """
     require_batch_size(batch_size)
-    require_logits(model, x[:PROBE_SIZE])
-    clean_logits = predict_logits(model, x, batch_size=batch_size)
+    batching = choose_batching(model, x, y, batch_size)
+    with eval_mode(model):
+        chunked = ChunkedModel(model, batching)
+        with_retry(lambda: require_logits(chunked, x[:PROBE_SIZE]), batching)
+        clean_logits = with_retry(lambda: predict_logits(chunked, x, batch_size=batching.size), batching)
     clean_top, clean_pred = clean_logits.softmax(dim=1).max(dim=1)
     clean_correct = clean_pred == y
     run = run_attack(
-        model, entry, params, x, y, batch_size=batch_size, generator=generator, keep_images=True, on_batch=on_batch
+        model, entry, params, x, y, batch_size=batching, generator=generator, keep_images=True, on_batch=on_batch
     )
     assert run.x_adv is not None  # keep_images=True
     label = attack_label(entry, params)
@@ -118,22 +131,21 @@ def attack_every_sample(
     delta = (run.x_adv - x).double()
     linf, l2 = per_sample_norm(delta, "linf"), per_sample_norm(delta, "l2")
     n = len(y)
+    zero = torch.zeros((), dtype=torch.float64, device=x.device)
+    means = [t.double().mean() for t in (clean_correct, clean_top, adv_correct, top_prob, clean_correct & adv_correct)]
+    sizes = [linf.mean(), linf.max(), l2.mean(), l2.max()] if n else [zero] * 4
+    numbers = torch.stack([*means, *sizes]).tolist()  # one transfer for every number
     return AttackOutcome(
         label=label,
         entry=entry,
         params=params,
         n=n,
-        clean_accuracy=clean_correct.double().mean().item(),
-        clean_confidence=clean_top.double().mean().item(),
-        adversarial_accuracy=adv_correct.double().mean().item(),
-        adversarial_confidence=top_prob.double().mean().item(),
-        robust_accuracy=(clean_correct & adv_correct).double().mean().item(),
-        perturbation={
-            "linf_mean": linf.mean().item() if n else 0.0,
-            "linf_max": linf.max().item() if n else 0.0,
-            "l2_mean": l2.mean().item() if n else 0.0,
-            "l2_max": l2.max().item() if n else 0.0,
-        },
+        clean_accuracy=numbers[0],
+        clean_confidence=numbers[1],
+        adversarial_accuracy=numbers[2],
+        adversarial_confidence=numbers[3],
+        robust_accuracy=numbers[4],
+        perturbation=dict(zip(("linf_mean", "linf_max", "l2_mean", "l2_max"), numbers[5:])),
         n_outside_ball=run.n_outside_ball,
         n_outside_box=run.n_outside_box,
         n_nonfinite=run.n_nonfinite,

@@ -10,7 +10,6 @@ reported as a warning.)
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -24,8 +23,9 @@ from redblue.attacks.core import eval_mode, per_sample_norm
 from redblue.attacks.registry import AttackEntry
 from redblue.errors import AttackError, ModelError
 from redblue.evaluate import checks
+from redblue.evaluate.batching import AUTO, Batching, BatchSize, ChunkedModel, attempt, choose_batching, recover
 from redblue.evaluate.checks import Finding
-from redblue.metrics import DEFAULT_BATCH, batches, true_class_margin
+from redblue.metrics import true_class_margin
 
 # An image is inside the eps-ball when its distance (float64) is <= eps + BALL_ATOL + BALL_RTOL*eps:
 # float32 rounding of x + eps*sign or of an L2 rescaling stays far below this, a real bug does not.
@@ -33,6 +33,7 @@ BALL_ATOL = 1e-5
 BALL_RTOL = 1e-5
 # Pixels may leave [0, 1] by at most this much (pixel units).
 BOX_ATOL = 1e-6
+_VERIFY_ROWS = 1024  # images per float64 distance computation
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,11 @@ BatchCallback = Callable[[int, Tensor], None]
 def _verify(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, *, eps: float, norm: str, exempt: bool) -> dict[str, Tensor]:
     """Per-sample verdicts (the _PER_SAMPLE keys) and 0-dim defect counts (the _COUNTS keys) for one batch."""
     finite = torch.isfinite(x_adv).flatten(1).all(dim=1)
-    distance = per_sample_norm(x_adv.double() - x.double(), norm)  # NaN compares False
+    # in float64, a slice at a time: the whole batch's float64 copies would be 4x the images
+    distance = torch.cat([
+        per_sample_norm(adv.double() - clean.double(), norm)  # NaN compares False
+        for adv, clean in zip(x_adv.split(_VERIFY_ROWS), x.split(_VERIFY_ROWS))
+    ]) if len(x) else x.new_zeros(0, dtype=torch.float64)
     in_ball = distance <= eps + BALL_ATOL + BALL_RTOL * eps
     in_box = ((x_adv >= -BOX_ATOL) & (x_adv <= 1 + BOX_ATOL)).flatten(1).all(dim=1)
     valid = finite & in_ball & (in_box | exempt)
@@ -101,17 +106,20 @@ def run_attack(
     y: Tensor,
     *,
     indices: Tensor | None = None,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: BatchSize | Batching = AUTO,
     generator: Generator | None = None,
     keep_images: bool = False,
     on_batch: BatchCallback | None = None,
 ) -> AttackRun:
     """Run `entry` on x[indices] (all of x when None) in batches, verifying and re-predicting each image.
 
-    The model runs in eval mode (restored afterwards). Raises AttackError when the attack returns a
-    tensor of the wrong shape or device (nothing can be verified then); every other defect is counted.
-    on_batch: told after each batch how many samples are done and which of the batch were fooled
-    (this function itself reads no tensor until the end).
+    batch_size: samples per attack call, "auto" (see `batching`), or a Batching shared with the caller
+    (an out-of-memory error lowers its chunk for every later call too). An attack call that runs out of
+    memory is run again with the model's passes split smaller (`batching.recover`), from the same
+    generator state. The model runs in eval mode (restored afterwards). Raises AttackError when the
+    attack returns a tensor of the wrong shape or device (nothing can be verified then); every other
+    defect is counted. on_batch: told after each batch how many samples are done and which of the
+    batch were fooled (this function itself reads no tensor until the end).
     """
     indices = torch.arange(len(x), device=x.device) if indices is None else indices
     exempt = box_exempt(params)
@@ -120,23 +128,23 @@ def run_attack(
     done = 0
     start = time.perf_counter()
     with eval_mode(model):
-        for (idx,) in batches(indices, size=batch_size):
-            xb, yb = x[idx], y[idx]
-            x_adv = entry(model, xb, yb, params, generator=generator)
-            if x_adv.shape != xb.shape or x_adv.device != xb.device:
-                raise AttackError(
-                    f"attack {entry.name!r} returned {tuple(x_adv.shape)} on {x_adv.device} for input "
-                    f"{tuple(xb.shape)} on {xb.device}: the attack has a bug"
-                )
-            # x[idx] again: a fresh copy of the clean images, in case the attack wrote into xb
-            parts.append(_verify(model, x[idx], x_adv.detach(), yb, eps=params.eps, norm=entry.norm, exempt=exempt))
+        batching = choose_batching(model, x, y, batch_size)
+        chunked = ChunkedModel(model, batching)
+        while done < len(indices) or not parts:  # an empty set still verifies one empty batch, for the dtypes
+            idx = indices[done : done + batching.size]
+            state = generator.get_state() if generator is not None else None
+            ok, verdicts = attempt(lambda: _attack_and_verify(chunked, entry, params, x, y, idx, generator, exempt))
+            if not ok:
+                recover(batching, generator, state, cut_size=True)
+                continue
+            assert verdicts is not None
+            x_adv = verdicts.pop("x_adv")
+            parts.append(verdicts)
             if keep_images:
-                images.append(x_adv.detach())
+                images.append(x_adv)
             done += len(idx)
-            if on_batch is not None:
-                on_batch(done, parts[-1]["fooled"])
-        if not parts:  # nothing to attack: verify an empty batch so every field has its dtype
-            parts.append(_verify(model, x[:0], x[:0], y[:0], eps=params.eps, norm=entry.norm, exempt=exempt))
+            if on_batch is not None and len(idx):
+                on_batch(done, verdicts["fooled"])
     merged = {key: torch.cat([p[key] for p in parts]) for key in _PER_SAMPLE}
     counts = torch.stack([torch.stack([p[key] for p in parts]).sum() for key in _COUNTS]).tolist()
     return AttackRun(
@@ -154,9 +162,23 @@ def run_attack(
     )
 
 
-def select(run: AttackRun, keep: Tensor) -> AttackRun:
-    """The samples of `run` where `keep` (bool, one per attacked sample) is True."""
-    return dataclasses.replace(run, **{name: getattr(run, name)[keep] for name in _PER_SAMPLE})
+def _attack_and_verify(
+    model: nn.Module, entry: AttackEntry, params: Any, x: Tensor, y: Tensor, idx: Tensor, generator: Generator | None,
+    exempt: bool,
+) -> dict[str, Tensor]:
+    """One attack call on x[idx] and its verdicts (see `_verify`), plus the images under "x_adv"."""
+    xb, yb = x[idx], y[idx]
+    if len(idx) == 0:  # nothing to attack: verify an empty batch so every field has its dtype
+        return {**_verify(model, xb, xb, yb, eps=params.eps, norm=entry.norm, exempt=exempt), "x_adv": xb}
+    x_adv = entry(model, xb, yb, params, generator=generator)
+    if x_adv.shape != xb.shape or x_adv.device != xb.device:
+        raise AttackError(
+            f"attack {entry.name!r} returned {tuple(x_adv.shape)} on {x_adv.device} for input "
+            f"{tuple(xb.shape)} on {xb.device}: the attack has a bug"
+        )
+    # x[idx] again: a fresh copy of the clean images, in case the attack wrote into xb
+    verdicts = _verify(model, x[idx], x_adv.detach(), yb, eps=params.eps, norm=entry.norm, exempt=exempt)
+    return {**verdicts, "x_adv": x_adv.detach()}
 
 
 def validity_findings(label: str, run: AttackRun, *, eps: float, norm: str) -> list[Finding]:

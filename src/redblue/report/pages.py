@@ -437,3 +437,8 @@ def write_reports(folder: str | os.PathLike[str], *, options: PageOptions = Page
     atomic_write_bytes(paths["markdown"], markdown.encode())
     atomic_write_bytes(paths["html"], html.encode())
     return paths
+
+
+# The page builders of other kinds register themselves on import; importing them here makes
+# `write_reports` work for every kind from library code too, not only through the CLI.
+from redblue.report import arena as _arena  # noqa: E402,F401  (registers the "arena" page)

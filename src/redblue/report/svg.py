@@ -88,7 +88,7 @@ def curves_svg(block: Curves, *, chart_id: str) -> str:
         f'aria-label="{escape(block.title)}">',
         *_axes(scale, _x_ticks(block.x), block.x_label, block.y_label),
     ]
-    data = {"x": list(block.x), "px": [round(scale.px(x), 2) for x in block.x], "series": []}
+    data = {"x": list(block.x), "x_label": block.x_label, "px": [round(scale.px(x), 2) for x in block.x], "series": []}
     for index, series in enumerate(block.series):
         color = PALETTE[index % len(PALETTE)]
         data["series"].append({"name": series.name, "color": color, "y": [_finite(y) for y in series.y]})

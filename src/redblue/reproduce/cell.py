@@ -2,12 +2,15 @@
 
 `run_cell(config)` is the cell function the sweep engine runs: a pure function of its
 `CellConfig` (the data it loads is named by the config; where the files lie changes no number).
-How a cell trains (`train_cell`) and how it is scored (`score_cell`) are separate functions, so
-another way to train (e.g. the whole grid as one batched model) can reuse the scoring.
+`run_cells(configs)` computes several cells that differ only in l1, l2 and seed at once: their
+models are trained as one batched model (`redblue.gridtrain`, issue 11), which gives each model
+the weights one-by-one training gives it (bit for bit on the CPU, tested), then each is scored as
+`run_cell` scores it; `batch_key` tells the sweep engine which cells may share such a batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import tempfile
 import time
@@ -20,8 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from redblue.attacks.core import check_eps, eval_mode, loss_and_input_gradient
-from redblue.data import load_dataset
+from redblue.data import get_spec, load_dataset
 from redblue.errors import AttackError
+from redblue.gridtrain import grid_refusal, train_grid
 from redblue.metrics import DEFAULT_BATCH, batches, correct_and_confidence
 from redblue.models import MLPSpec, build_model, save_model
 from redblue.sweep import Artefact, CellOutput, cell_id, config_json
@@ -144,11 +148,59 @@ def run_cell(config: CellConfig, *, data_dir: str | None = None) -> CellOutput:
 
     data_dir: where the dataset lies (as `--data-dir`; None: $REDBLUE_DATA_DIR, then the cache).
     The metrics: cell, l1, l2, seed, n_train, n_test, train_seconds, eval_seconds, torch_threads,
-    history (one entry per epoch), curve and other_clip_curve (eps, accuracy, confidence).
+    grid_members (1 here), history (one entry per epoch), curve and other_clip_curve (eps,
+    accuracy, confidence).
     """
     x_train, y_train = load_split(config.dataset, "train", config.train_subset, data_dir)
     x_test, y_test = load_split(config.dataset, "test", config.test_subset, data_dir)
     model, trained = train_cell(config, x_train, y_train)
+    return _cell_output(config, model, trained.history, trained.seconds, len(y_train), x_test, y_test, members=1)
+
+
+def batch_key(config: CellConfig) -> str | None:
+    """The cells that may train as one batched model share this key (their config but for l1, l2 and
+    seed); None when the grid trainer does not support the cell's training (it then runs alone)."""
+    n_train = get_spec(config.dataset).train[0].count
+    n_samples = min(n_train, config.train_subset) if config.train_subset else n_train
+    if grid_refusal(lambda: build_model(config.model), [config.train], n_samples=n_samples) is not None:
+        return None
+    neutral = dataclasses.replace(config, train=dataclasses.replace(config.train, l1=0.0, l2=0.0, seed=0))
+    return cell_id(neutral)
+
+
+def run_cells(configs: tuple[CellConfig, ...], *, data_dir: str | None = None) -> tuple[CellOutput, ...]:
+    """Train the cells' models as one batched model, then score each as `run_cell` does; one output per config.
+
+    configs: cells with one `batch_key` (else ConfigError, from the grid trainer). Each model is
+    the one `run_cell` trains (same initial weights, data order, dropout masks and penalty; on the
+    CPU the same bits), so its record is the one `run_cell` writes, but for the timings:
+    train_seconds is its share of the batch's training wall time (the batch's divided by its
+    members, so the sum over cells is the time spent) and grid_members the batch's size.
+    """
+    first = configs[0]
+    x_train, y_train = load_split(first.dataset, "train", first.train_subset, data_dir)
+    x_test, y_test = load_split(first.dataset, "test", first.test_subset, data_dir)
+    device = torch.device(first.device)
+    grid = train_grid(lambda: build_model(first.model), [c.train for c in configs], x_train.to(device), y_train.to(device))
+    share = grid.seconds / len(configs)
+    return tuple(
+        _cell_output(config, model, result.history, share, len(y_train), x_test, y_test, members=len(configs))
+        for config, model, result in zip(configs, grid.models, grid.results)
+    )
+
+
+def _cell_output(
+    config: CellConfig,
+    model: nn.Module,
+    history: list[dict[str, Any]],
+    train_seconds: float,
+    n_train: int,
+    x_test: Tensor,
+    y_test: Tensor,
+    *,
+    members: int,
+) -> CellOutput:
+    """Score a trained model and package its metrics and its model file."""
     evaluation_started = time.perf_counter()
     scores = score_cell(config, model, x_test, y_test)
     metrics: dict[str, Any] = {
@@ -156,15 +208,16 @@ def run_cell(config: CellConfig, *, data_dir: str | None = None) -> CellOutput:
         "l1": config.train.l1,
         "l2": config.train.l2,
         "seed": config.train.seed,
-        "n_train": len(y_train),
+        "n_train": n_train,
         "n_test": len(y_test),
-        "train_seconds": trained.seconds,
+        "train_seconds": train_seconds,
         "eval_seconds": time.perf_counter() - evaluation_started,
         "torch_threads": torch.get_num_threads(),
-        "history": trained.history,
+        "grid_members": members,
+        "history": history,
         **scores,
     }
-    record = {"cell": config.label, "id": cell_id(config), "config": config_json(config), "history": trained.history}
+    record = {"cell": config.label, "id": cell_id(config), "config": config_json(config), "history": history}
     return CellOutput(metrics=metrics, artefacts=(Artefact("models", ".safetensors", _model_bytes(model, config, record)),))
 
 

@@ -6,6 +6,7 @@ at any moment resumes from its finished cells. Executors: `local` (a process poo
 """
 
 from redblue.sweep.engine import (
+    Batching,
     Cell,
     ProgressCallback,
     Running,
@@ -19,6 +20,6 @@ from redblue.sweep.engine import (
 from redblue.sweep.executors import EXECUTORS, Artefact, CellOutput, Executor, Finished, default_workers, make_executor
 
 __all__ = [
-    "EXECUTORS", "Artefact", "Cell", "CellOutput", "ProgressCallback", "Executor", "Finished", "Running", "SweepProgress",
+    "EXECUTORS", "Artefact", "Batching", "Cell", "CellOutput", "ProgressCallback", "Executor", "Finished", "Running", "SweepProgress",
     "SweepResult", "canonical_json", "cell_id", "config_json", "default_workers", "make_executor", "run_sweep",
 ]

@@ -16,6 +16,12 @@ are returned, so a fresh cell and a reused one read the same.
 Executors (`redblue.sweep.executors`): `local` (a process pool sized to the machine; this process
 alone for one worker; one process per GPU when the cells run on CUDA) and `ray` (Ray core tasks on
 a local Ray instance, or on the cluster `RAY_ADDRESS` names).
+
+Batches (optional, `Batching`): cells that can be computed together faster than one by one (e.g.
+models of one architecture trained as one batched model) name the same batch key; the pending
+cells of one key are split into at most one task per worker, each task one call of the batch
+function on their configs, and each member is then written (artefacts, record) as its own cell.
+Ids, reuse and records stay per cell; a task is the unit of work a kill can lose.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, is_dataclass
 from functools import cached_property
 from typing import Any, Literal
@@ -122,6 +128,57 @@ class SweepResult:
 ProgressCallback = Callable[[SweepProgress], None]
 
 
+@dataclass(frozen=True)
+class Batching:
+    """Which cells may be computed together, and how.
+
+    key(config): cells with equal keys may share a task (None: this cell always runs alone, by the
+    sweep's `fn`); fn(configs): computes a tuple of configs at once and returns one CellOutput per
+    config, in their order (a module-level function or a partial of one, like a cell function).
+    max_size: at most this many cells per task (None: the pending cells of a key are split evenly
+    over the workers, one task each).
+    """
+
+    key: Callable[[Any], Hashable | None]
+    fn: Callable[[tuple[Any, ...]], tuple[CellOutput, ...]]
+    max_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_size is not None and self.max_size < 1:
+            raise ConfigError(f"a batch holds at least one cell, got max_size={self.max_size}")
+
+    def tasks(self, cells: Sequence[Cell], slots: int) -> list[tuple[Cell, ...]]:
+        """The cells as tasks, in the order each key first appears: a key's cells (in their order) in
+        min(n, slots) even, contiguous parts (more when max_size asks); a cell keyed None alone."""
+        order: list[Hashable] = []  # a key, or a lone cell
+        groups: dict[Hashable, list[Cell]] = {}
+        for cell in cells:
+            key = self.key(cell.config)
+            if key is None:
+                order.append(cell)
+            elif key not in groups:
+                groups[key] = [cell]
+                order.append(("key", key))
+            else:
+                groups[key].append(cell)
+        tasks: list[tuple[Cell, ...]] = []
+        for entry in order:
+            if isinstance(entry, Cell):
+                tasks.append((entry,))
+                continue
+            group = groups[entry[1]]  # type: ignore[index]
+            parts = min(len(group), max(1, slots))
+            if self.max_size is not None:
+                parts = max(parts, -(-len(group) // self.max_size))
+            size, extra = divmod(len(group), parts)
+            start = 0
+            for part in range(parts):
+                stop = start + size + (1 if part < extra else 0)
+                tasks.append(tuple(group[start:stop]))
+                start = stop
+        return tasks
+
+
 def run_sweep(
     cells: Sequence[Cell],
     fn: Callable[[Any], CellOutput],
@@ -132,15 +189,18 @@ def run_sweep(
     gpu: bool = False,
     on_progress: ProgressCallback | None = None,
     journal: RunJournal | None = None,
+    batching: Batching | None = None,
 ) -> SweepResult:
     """Compute every cell not already done in `folder` with `fn`, write each as it finishes, return all records.
 
-    executor: "local", "ray", or an `Executor`; workers: cells in flight at once (default: the
+    executor: "local", "ray", or an `Executor`; workers: tasks in flight at once (default: the
     executor's size for this machine or cluster); gpu: the cells run on CUDA (local: one process
-    per GPU; ray: each task requests one GPU). A cell that raises stops the sweep (the cells in
-    flight are cancelled; finished ones stay written) and its exception propagates.
+    per GPU; ray: each task requests one GPU). batching: compute cells of one batch key together
+    (see `Batching`; None: every cell is its own task). A cell that raises stops the sweep (the
+    tasks in flight are cancelled; finished cells stay written) and its exception propagates.
     A record is {"id", "label", "config", "metrics", "artefacts", "host", "pid", "started",
-    "finished", "seconds"}.
+    "finished", "seconds"}, and for a cell computed in a batch of several, "batch": the ids of
+    the batch's cells (its "seconds" are the whole batch's).
     """
     started = time.perf_counter()
     _require_unique(cells)
@@ -165,7 +225,8 @@ def run_sweep(
         log.info("%s: %d of %d cells done before, %d to compute on %s with %d worker(s)",
                  folder.root, len(reused), total, len(todo), pool.name, pool.slots)
         try:
-            _drive(pool, todo, fn, folder, by_id, computed, total, len(reused), on_progress, journal)
+            tasks = batching.tasks(todo, pool.slots) if batching is not None else [(cell,) for cell in todo]
+            _drive(pool, tasks, fn, batching, folder, by_id, computed, total, len(reused), on_progress, journal)
         except BaseException:
             pool.close(cancel=True)
             raise
@@ -182,8 +243,9 @@ def run_sweep(
 
 def _drive(
     pool: Executor,
-    todo: list[Cell],
+    tasks: list[tuple[Cell, ...]],
     fn: Callable[[Any], CellOutput],
+    batching: Batching | None,
     folder: RunFolder,
     by_id: dict[str, dict[str, Any]],
     computed: list[str],
@@ -192,42 +254,62 @@ def _drive(
     on_progress: ProgressCallback | None,
     journal: RunJournal | None,
 ) -> None:
-    """Keep `pool.slots` cells in flight (so "started" means a worker has it), write each as it finishes."""
-    queue = deque(todo)
+    """Keep `pool.slots` tasks in flight (so "started" means a worker has the cell), write each cell as its task finishes."""
+    queue = deque(tasks)
+    in_flight: dict[str, tuple[Cell, ...]] = {}  # task key (its first cell's id) -> its cells
     running: dict[str, tuple[Cell, Running]] = {}
 
     def report(event: Literal["started", "finished"], cell: Cell, record: dict[str, Any] | None) -> None:
         if on_progress is not None:
-            in_flight = tuple(entry for _, entry in running.values())
-            on_progress(SweepProgress(event, cell, record, total, len(queue), in_flight, len(computed), n_reused))
+            in_flight_cells = tuple(entry for _, entry in running.values())
+            queued = sum(len(task) for task in queue)
+            on_progress(SweepProgress(event, cell, record, total, queued, in_flight_cells, len(computed), n_reused))
 
-    while queue or running:
-        while queue and len(running) < pool.slots:
-            cell = queue.popleft()
-            pool.start(cell.id, fn, cell.config)
-            running[cell.id] = (cell, Running(cell.id, cell.label, time.time()))
-            report("started", cell, None)
+    while queue or in_flight:
+        while queue and len(in_flight) < pool.slots:
+            task = queue.popleft()
+            key = task[0].id
+            if len(task) == 1:
+                pool.start(key, fn, task[0].config)
+            else:
+                assert batching is not None
+                pool.start(key, batching.fn, tuple(cell.config for cell in task))
+            in_flight[key] = task
+            since = time.time()
+            running.update((cell.id, (cell, Running(cell.id, cell.label, since))) for cell in task)
+            for cell in task:  # all of the task's cells are in flight from now
+                report("started", cell, None)
         key, finished = pool.next_done()
-        cell, _ = running.pop(key)
-        record = _write_cell(folder, cell, finished)
-        by_id[cell.id] = record
-        computed.append(cell.id)
-        if journal is not None:
-            journal.cell_done(computed=True)
-        report("finished", cell, record)
+        task = in_flight.pop(key)
+        outputs = (finished.output,) if len(task) == 1 else finished.output
+        if not isinstance(outputs, tuple) or len(outputs) != len(task):
+            raise TypeError(f"a batch function must return one CellOutput per config ({len(task)}), got {outputs!r:.200}")
+        batch = [cell.id for cell in task] if len(task) > 1 else None
+        for cell, output in zip(task, outputs):
+            running.pop(cell.id)
+            record = _write_cell(folder, cell, finished, output, batch)
+            by_id[cell.id] = record
+            computed.append(cell.id)
+            if journal is not None:
+                journal.cell_done(computed=True)
+            report("finished", cell, record)
 
 
-def _write_cell(folder: RunFolder, cell: Cell, finished: Finished) -> dict[str, Any]:
+def _write_cell(
+    folder: RunFolder, cell: Cell, finished: Finished, output: CellOutput, batch: list[str] | None
+) -> dict[str, Any]:
     """The cell's artefacts, then its record (the done marker); returns the record as JSON reads it back."""
+    if not isinstance(output, CellOutput):
+        raise TypeError(f"a cell function must return a CellOutput, got {type(output).__name__}")
     paths = [
         folder.write_artefact(folder.artefact_path(artefact.folder, cell.id, artefact.suffix), artefact.data)
-        for artefact in finished.output.artefacts
+        for artefact in output.artefacts
     ]
     record = {
         "id": cell.id,
         "label": cell.label,
         "config": cell.config_json,
-        "metrics": finished.output.metrics,
+        "metrics": output.metrics,
         "artefacts": paths,
         "host": finished.host,
         "pid": finished.pid,
@@ -235,6 +317,8 @@ def _write_cell(folder: RunFolder, cell: Cell, finished: Finished) -> dict[str, 
         "finished": utc_now(),
         "seconds": finished.seconds,
     }
+    if batch is not None:
+        record["batch"] = batch
     record = json.loads(json_bytes(record))
     folder.write_cell(cell.id, record)
     return record

@@ -49,9 +49,9 @@ class CellOutput:
 
 @dataclass(frozen=True)
 class Finished:
-    """A cell's output and where and how long it ran."""
+    """A cell's output (a batch's: one per cell) and where and how long it ran."""
 
-    output: CellOutput
+    output: CellOutput | tuple[CellOutput, ...]
     host: str
     pid: int
     started: str  # ISO-8601 UTC
@@ -69,12 +69,16 @@ class Executor(Protocol):
     def close(self, *, cancel: bool) -> None: ...
 
 
-def execute(fn: Callable[[Any], CellOutput], config: Any) -> Finished:
-    """Run one cell here and time it (in whichever process the executor chose)."""
+def execute(fn: Callable[[Any], Any], config: Any) -> Finished:
+    """Run one cell (or one batch of cells: a tuple of configs) here and time it, in whichever process the executor chose."""
     started, clock = utc_now(), time.perf_counter()
     output = fn(config)
-    if not isinstance(output, CellOutput):
-        raise TypeError(f"a cell function must return a CellOutput, got {type(output).__name__}")
+    if isinstance(output, list):
+        output = tuple(output)
+    if not isinstance(output, CellOutput) and not (
+        isinstance(output, tuple) and all(isinstance(item, CellOutput) for item in output)
+    ):
+        raise TypeError(f"a cell function must return a CellOutput (a batch function a tuple of them), got {type(output).__name__}")
     return Finished(output, socket.gethostname(), os.getpid(), started, time.perf_counter() - clock)
 
 

@@ -39,6 +39,21 @@ def _execute_task(fn: Callable[[Any], CellOutput], config: Any, gpu: bool) -> Fi
     return execute(fn, config)
 
 
+def start_ray(*, workers: int | None) -> bool:
+    """Attach to `RAY_ADDRESS`, or start a local Ray instance of `workers` CPUs, unless Ray is running in this
+    process already; True when this call started it (the caller then shuts it down). Several sweeps in a
+    row (the arena's stages) start it once this way instead of once per sweep."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return False
+    options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], **options)
+    else:
+        ray.init(num_cpus=workers or default_workers(), object_store_memory=LOCAL_OBJECT_STORE_BYTES, **options)
+    return True
+
+
 class RayExecutor:
     """Ray tasks, at most `slots` in flight: `workers`, or every CPU (GPU) of the instance or cluster."""
 
@@ -47,13 +62,7 @@ class RayExecutor:
     def __init__(self, *, workers: int | None, gpu: bool) -> None:
         ray = import_ray()
         self._ray = ray
-        self._owns_instance = not ray.is_initialized()
-        if self._owns_instance:
-            options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
-            if os.environ.get("RAY_ADDRESS"):
-                ray.init(address=os.environ["RAY_ADDRESS"], **options)
-            else:
-                ray.init(num_cpus=workers or default_workers(), object_store_memory=LOCAL_OBJECT_STORE_BYTES, **options)
+        self._owns_instance = start_ray(workers=workers)
         resource = "GPU" if gpu else "CPU"
         capacity = int(ray.cluster_resources().get(resource, 0))
         if capacity < 1:

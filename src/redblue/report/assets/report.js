@@ -67,7 +67,7 @@
       }
       readout.textContent = "";
       const head = document.createElement("b");
-      head.textContent = "eps = " + data.x[index];
+      head.textContent = (data.x_label || "eps") + " = " + data.x[index];
       readout.appendChild(head);
       for (const series of data.series) {
         const item = document.createElement("span");

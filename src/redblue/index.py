@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
@@ -151,10 +152,23 @@ def connect(root: str | os.PathLike[str]) -> sqlite3.Connection:
     if not root.is_dir():
         raise RunIndexError(f"no runs folder at {root}; give the folder that holds the run folders (--root)")
     path = index_path(root)
-    try:
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise _unusable(path, exc) from None
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            return _open(path)
+        except sqlite3.OperationalError as exc:
+            # Two processes creating the index at once: switching a new database to WAL takes an
+            # exclusive lock for which SQLite does not call its busy handler; wait and open again.
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise _unusable(path, exc) from None
+            time.sleep(0.05)
+        except sqlite3.Error as exc:
+            raise _unusable(path, exc) from None
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """One attempt at `connect`; raises sqlite3.Error."""
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
@@ -170,9 +184,9 @@ def connect(root: str | os.PathLike[str]) -> sqlite3.Connection:
                 conn.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
             elif stored[0] != SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(f"schema version {stored[0]}, this redblue reads {SCHEMA_VERSION}")
-    except sqlite3.Error as exc:
+    except BaseException:
         conn.close()
-        raise _unusable(path, exc) from None
+        raise
     return conn
 
 

@@ -40,6 +40,7 @@ from redblue.errors import ConfigError
 from redblue.gridmodel import StackedMLP, layer_plan
 from redblue.gridstep import GridStep, SeedStreams, by_member, shared_inputs
 from redblue.train import TrainConfig, TrainResult, init_model
+from redblue.train_data import check_training_data
 
 log = logging.getLogger(__name__)
 
@@ -137,17 +138,6 @@ def supports(build: Callable[[], nn.Module], configs: Sequence[TrainConfig], *, 
     return grid_refusal(build, configs, n_samples=n_samples) is None
 
 
-def _check_data(x: Tensor, y: Tensor) -> None:
-    if x.dim() < 2 or y.dim() != 1 or len(x) != len(y):
-        raise ConfigError(f"x has shape {tuple(x.shape)} but y has shape {tuple(y.shape)}; pass one label per image")
-    if len(x) == 0:
-        raise ConfigError("the training set is empty; pass at least one image")
-    if y.dtype != torch.long:
-        raise ConfigError(f"labels must be int64 class indices, got {y.dtype}")
-    if y.device != x.device:
-        raise ConfigError(f"the images are on {x.device} but the labels on {y.device}; move both to one device")
-
-
 def train_grid(
     build: Callable[[], nn.Module],
     configs: Sequence[TrainConfig],
@@ -168,7 +158,7 @@ def train_grid(
     update run member by member, in blocks of rows of about this many elements; None: the whole
     stack at once (fewest kernel launches, the per-member lambdas as tensors); "auto": CPU_BLOCK_ELEMENTS on a CPU, None on CUDA.
     """
-    _check_data(x, y)
+    check_training_data(x, y)
     reason = config_refusal(configs, n_samples=len(x))
     if reason is not None:
         raise ConfigError(f"{reason}; train these models one by one (redblue.train.train)")

@@ -26,9 +26,10 @@ from redblue.checkpoint import STATE_FILE
 from redblue.config import to_dict
 from redblue.defenses import TrainStep, make_objective, objective_from_record, objective_record, weight_penalty
 from redblue.defenses.penalties import add_penalty_gradient_, penalized_parameters
-from redblue.errors import ConfigError, ModelError
+from redblue.errors import ConfigError
 from redblue.optim import NewmuRMSprop, WeightAverage, build_optimizer, eps_ramp, lr_factor
 from redblue.train_config import TrainConfig
+from redblue.train_data import check_model_fits, check_training_data
 from redblue.train_state import (
     Generators,
     RunState,
@@ -144,37 +145,6 @@ def init_model(build: Callable[[], nn.Module], *, seed: int) -> nn.Module:
         return build()
 
 
-def _check_data(model: nn.Module, x: Tensor, y: Tensor) -> None:
-    if x.dim() < 2 or y.dim() != 1 or len(x) != len(y):
-        raise ConfigError(f"x has shape {tuple(x.shape)} but y has shape {tuple(y.shape)}; pass one label per image")
-    if len(x) == 0:
-        raise ConfigError("the training set is empty; pass at least one image")
-    if y.dtype != torch.long:
-        raise ConfigError(f"labels must be int64 class indices, got {y.dtype}")
-    param = next(model.parameters(), None)
-    if param is None:
-        raise ModelError("the model has no parameters to train")
-    if param.device != x.device or y.device != x.device:
-        raise ModelError(f"the model is on {param.device} but the data on {x.device}/{y.device}; move both to one device")
-    was_training = model.training
-    model.eval()  # one image, no dropout, no random draw: the run's random streams are untouched
-    try:
-        with torch.no_grad():
-            logits = model(x[:1])
-    except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"the model cannot read images of shape {tuple(x.shape[1:])} ({reason})") from None
-    finally:
-        model.train(was_training)
-    classes = logits.shape[-1]
-    low, high = torch.stack(torch.aminmax(y)).tolist()  # once per run
-    if logits.dim() != 2 or low < 0 or high >= classes:
-        raise ConfigError(
-            f"labels run from {low} to {high} but the model outputs {tuple(logits.shape[1:])} scores per image; "
-            "it needs one score per class (logits of shape (N, classes)) and labels 0..classes-1"
-        )
-
-
 def run_identity(config: TrainConfig, x: Tensor, y: Tensor, extra: dict[str, Any] | None) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed: the resolved config, the data, the device type."""
     identity = {"config": config_record(config), "data": {"n": len(y), "sha256": data_digest(x, y)}, "device": x.device.type}
@@ -258,7 +228,8 @@ def train(
         best = result.history[result.kept_epoch - 1]
         print(result.kept_epoch, best["val_accuracy"], best["val_robust_accuracy"])
     """
-    _check_data(model, x, y)
+    check_training_data(x, y)
+    check_model_fits(model, x, y)
     if progress is not None and progress is not False and not callable(progress):
         raise ConfigError("progress must be a callback taking a TrainProgress (or None); the CLI draws the bar")
     report = progress or None

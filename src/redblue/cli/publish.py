@@ -9,6 +9,8 @@ and `redblue runs --rebuild` redo both from the folder.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,18 @@ def index_run(folder: str | os.PathLike[str]) -> str | None:
     except (RedblueError, OSError) as exc:
         typer.echo(f"warning: {folder} was not added to the run index ({exc}); `redblue runs --rebuild` adds it later", err=True)
         return None
+
+
+@contextmanager
+def indexed_if_it_fails(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """Run the block; if it raises (an error, Ctrl-C), index the run as it stands (failed, or running when
+    killed) once its run.json exists, then let the exception go on."""
+    try:
+        yield
+    except BaseException:
+        if (Path(folder) / "run.json").is_file():
+            index_run(folder)
+        raise
 
 
 def index_cell(folder: str | os.PathLike[str], record: dict[str, Any]) -> None:

@@ -1,20 +1,51 @@
-"""How a verb shows a sweep's progress on stderr: a live table of the cells in flight on a terminal, plain lines otherwise."""
+"""The command-line side of a sweep (reproduce, arena): its options, their checks, and its progress on
+stderr: a live table of the cells in flight on a terminal, plain lines otherwise."""
 
 from __future__ import annotations
 
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any, Optional
 
+import typer
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from redblue.sweep import SweepProgress
+from redblue.errors import ConfigError
+from redblue.sweep import EXECUTORS, SweepProgress
 
 Describe = Callable[[dict[str, Any]], str]  # a finished cell's record -> its summary ("clean accuracy 0.98 ...")
+
+ExecutorOption = Annotated[
+    str,
+    typer.Option("--executor", help="Where cells run: local (processes on this machine) or ray (needs redblue[ray]; "
+                 "attaches to $RAY_ADDRESS if set, else starts a local Ray)."),
+]
+WorkersOption = Annotated[
+    Optional[int],
+    typer.Option("--workers", help="Tasks in flight at once (one torch thread each; reproduce trains a batched grid of "
+                 "models as one task). Default: the cores (local), the cluster's CPUs (ray), the GPUs with --device cuda."),
+]
+ResumeOption = Annotated[
+    bool,
+    typer.Option("--resume", help="Continue the run in --out (refused if it holds none); rerunning the same command "
+                 "resumes too."),
+]
+
+
+def check_sweep_options(executor: str, workers: int | None) -> None:
+    """One error line for a bad --executor or --workers, and for --executor ray without Ray, before any work."""
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown --executor {executor!r}; choose one of: {', '.join(EXECUTORS)}")
+    if executor == "ray":
+        from redblue.sweep.ray_executor import import_ray
+
+        import_ray()
 
 
 def _elapsed(since: float) -> str:

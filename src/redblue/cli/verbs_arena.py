@@ -19,12 +19,19 @@ from redblue.cli.app import (
     resolve_device,
     set_interrupt_message,
 )
-from redblue.cli.publish import index_cell, index_run, publish_run
-from redblue.cli.sweep_progress import PlainProgress, sweep_progress
+from redblue.cli.publish import index_cell, index_run, indexed_if_it_fails, publish_run
+from redblue.cli.sweep_progress import (
+    ExecutorOption,
+    PlainProgress,
+    ResumeOption,
+    WorkersOption,
+    check_sweep_options,
+    sweep_progress,
+)
 from redblue.cli.verbs_data import DownloadOption, require_dataset
 from redblue.errors import ConfigError
 from redblue.report import arena as _arena_page  # noqa: F401  (registers the arena's report page for `redblue report`)
-from redblue.sweep import EXECUTORS, SweepProgress
+from redblue.sweep import SweepProgress
 
 DEFAULT_RUNS = Path("runs")
 
@@ -82,17 +89,9 @@ def arena_command(
     runs_dir: Annotated[
         Path, typer.Option("--runs-dir", help="Where the run folder goes without --out (its index.sqlite indexes it).")
     ] = DEFAULT_RUNS,
-    executor: Annotated[
-        str, typer.Option("--executor", help="Where cells run: local (processes on this machine) or ray (needs redblue[ray]; "
-                          "attaches to $RAY_ADDRESS if set, else starts a local Ray).")
-    ] = "local",
-    workers: Annotated[
-        Optional[int], typer.Option("--workers", help="Cells in flight at once (one torch thread each). Default: the cores "
-                                    "(local), the cluster's CPUs (ray), the GPUs with --device cuda.")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out (refused if it holds none); rerunning the same command resumes too.")
-    ] = False,
+    executor: ExecutorOption = "local",
+    workers: WorkersOption = None,
+    resume: ResumeOption = False,
     force: Annotated[
         bool, typer.Option("--force", help="Reuse a run folder that holds another config, recomputing only the cells that changed.")
     ] = False,
@@ -105,14 +104,7 @@ def arena_command(
     """Play an arena: train the blue roster, score it against every red attack and eps, play the rounds, rank the final models."""
     from redblue.arena import arena, load_arena
 
-    if workers is not None and workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
-    if executor not in EXECUTORS:
-        raise ConfigError(f"unknown --executor {executor!r}; choose one of: {', '.join(EXECUTORS)}")
-    if executor == "ray":
-        from redblue.sweep.ray_executor import import_ray
-
-        import_ray()  # absent: one line before any work
+    check_sweep_options(executor, workers)
     apply_threads(threads)  # this process's own work (the cells run with one thread each)
     config = load_arena(config_path)
     run_device = resolve_device(device)
@@ -123,12 +115,9 @@ def arena_command(
     )
     progress = _StagedProgress(folder, enabled=not as_json)
     try:
-        result = arena(config, folder, executor=executor, workers=workers, data_dir=data_dir, device=run_device,
-                       force=force, resume=resume, on_progress=progress, on_stage=progress.stage)
-    except BaseException:
-        if (folder / "run.json").is_file():  # the index shows the run as it stands (failed, or running when killed)
-            index_run(folder)
-        raise
+        with indexed_if_it_fails(folder):
+            result = arena(config, folder, executor=executor, workers=workers, data_dir=data_dir, device=run_device,
+                           force=force, resume=resume, on_progress=progress, on_stage=progress.stage)
     finally:
         progress.close()
     paths = publish_run(result.folder, data_dir=data_dir)

@@ -8,13 +8,11 @@ from typing import Annotated, Any, Optional
 import typer
 
 from redblue.cli.app import DataDirOption, DeviceOption, JsonOption, app, print_json, resolve_device, set_interrupt_message
-from redblue.cli.publish import index_run, publish_run
-from redblue.cli.sweep_progress import sweep_progress
+from redblue.cli.publish import indexed_if_it_fails, publish_run
+from redblue.cli.sweep_progress import ExecutorOption, ResumeOption, WorkersOption, check_sweep_options, sweep_progress
 from redblue.cli.verbs_data import DownloadOption, require_dataset
 from redblue.errors import ConfigError
 from redblue.reproduce import PAPER_TOML, load_experiment, reproduce
-from redblue.sweep import EXECUTORS
-from redblue.sweep.ray_executor import import_ray
 
 
 def describe_cell(record: dict[str, Any]) -> str:
@@ -43,19 +41,9 @@ def reproduce_command(
     seeds: Annotated[
         Optional[int], typer.Option("--seeds", help="Train every cell with N seeds and report mean ± std. Default: the file's.")
     ] = None,
-    executor: Annotated[
-        str, typer.Option("--executor", help="Where cells run: local (processes on this machine) or ray (needs redblue[ray]; "
-                          "attaches to $RAY_ADDRESS if set, else starts a local Ray).")
-    ] = "local",
-    workers: Annotated[
-        Optional[int], typer.Option("--workers", help="Tasks in flight at once (one torch thread each; a batched grid of "
-                                    "models is one task). Default: the cores (local), the cluster's CPUs (ray), the GPUs "
-                                    "with --device cuda.")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out (refused if it holds none); rerunning the same "
-                           "command resumes too.")
-    ] = False,
+    executor: ExecutorOption = "local",
+    workers: WorkersOption = None,
+    resume: ResumeOption = False,
     config: Annotated[
         Optional[Path], typer.Option("--config", help="Experiment file. Default: the packaged experiments/paper.toml.")
     ] = None,
@@ -76,14 +64,9 @@ def reproduce_command(
 
     if seeds is not None and seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
-    if workers is not None and workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
     if grid_size is not None and grid_size < 1:
         raise ConfigError(f"--grid-size must be >= 1, got {grid_size}")
-    if executor not in EXECUTORS:
-        raise ConfigError(f"unknown --executor {executor!r}; choose one of: {', '.join(EXECUTORS)}")
-    if executor == "ray":
-        import_ray()  # absent: one line before any work
+    check_sweep_options(executor, workers)
     experiment = load_experiment(config or PAPER_TOML, profile=profile, seeds=seeds)
     require_dataset(experiment.dataset, data_dir=data_dir, download=download)
     run_device = resolve_device(device)
@@ -93,22 +76,19 @@ def reproduce_command(
     )
     progress = sweep_progress(describe_cell, title=f"reproduce ({profile})", enabled=not as_json)
     try:
-        result = reproduce(
-            experiment,
-            folder,
-            executor=executor,
-            workers=workers,
-            data_dir=data_dir,
-            device=run_device,
-            force=force,
-            resume=resume,
-            grid_size=grid_size,
-            on_progress=progress,
-        )
-    except BaseException:
-        if (folder / "run.json").is_file():  # the index shows the run as it stands (failed, or running when killed)
-            index_run(folder)
-        raise
+        with indexed_if_it_fails(folder):
+            result = reproduce(
+                experiment,
+                folder,
+                executor=executor,
+                workers=workers,
+                data_dir=data_dir,
+                device=run_device,
+                force=force,
+                resume=resume,
+                grid_size=grid_size,
+                on_progress=progress,
+            )
     finally:
         if progress is not None:
             progress.close()

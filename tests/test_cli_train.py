@@ -73,6 +73,11 @@ def test_same_seed_gives_the_same_weights_and_human_output_names_the_file(tmp_pa
         (("--schedule", "piecewise:milestones=1,gamma=0.1"), "schedule 'piecewise' has no parameter gamma; valid: milestones, factor"),
         (("--objective", "pgd:eps=0.1", "--eps-warmup-epochs", "3"), "--eps-warmup-epochs (3) is longer than the run (2 epochs)"),
         (("--eps-warmup-epochs", "1"), "--eps-warmup-epochs needs an adversarial objective"),
+        (("--objective", "ibp:eps=0.1", "--clean-epochs", "-1"), "--clean-epochs must be >= 0"),
+        (("--objective", "ibp:eps=0.1", "--clean-epochs", "1.5", "--eps-warmup-epochs", "1"),
+         "--clean-epochs (1.5) and --eps-warmup-epochs (1) together are longer than the run (2 epochs)"),
+        (("--objective", "crown-ibp:eps=0.1", "--clean-epochs", "3"), "--clean-epochs (3) is longer than the run (2 epochs)"),
+        (("--clean-epochs", "1"), "--clean-epochs needs an adversarial objective"),
         (("--objective", "pgd:eps=0.1", "--val-size", "600"), "--val-size 600 leaves nothing to train on: the training set has 600 images; lower --val-size"),
         (("--objective", "pgd:eps=0.1", "--momentum", "0.9"), "--momentum applies to sgd, rmsprop, not to adam, the default optimizer"),
         (("--optimizer", "sgd", "--momentum", "0", "--nesterov"), "nesterov needs momentum > 0"),
@@ -136,6 +141,19 @@ def test_json_has_the_history_the_kept_epoch_and_the_validation_settings(tmp_pat
     assert result["n_train"] == 600 and result["torch_threads"] == 1
     assert load_model(out_path).record["history"] == history
     assert not (tmp_path / "m.safetensors.checkpoint").exists()  # removed once the model is saved
+
+
+def test_clean_epochs_train_cleanly_before_the_ramp_and_are_recorded(tmp_path, capsys):
+    out_path = tmp_path / "m.safetensors"
+    code, out, err = run(capsys, "train", *TINY, "--objective", "ibp:eps=0.1", "--val-size", "100", "--clean-epochs", "1",
+                         "--eps-warmup-epochs", "1", "--out", out_path, "--json")  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["train_config"]["clean_epochs"], result["train_config"]["eps_warmup_epochs"]) == (1.0, 1.0)
+    first, second = result["history"]  # 4 batches per epoch: epoch 1 clean, the ramp over epoch 2's 4 batches
+    assert (first["eps"], first["train_eps"], first["kappa"]) == (0.0, 0.0, 1.0)
+    assert (second["eps"], second["train_eps"], second["kappa"]) == pytest.approx((0.1, 0.1 * 4 / 3, 0.5))
+    assert load_model(out_path).record["train_config"] == result["train_config"]
 
 
 def interrupt_after_epoch(monkeypatch, epoch: int) -> None:

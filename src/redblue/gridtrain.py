@@ -58,6 +58,7 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
     "schedule": (None, "constant"),
     "warmup_epochs": (None, 0.0),
     "eps_warmup_epochs": (None, 0.0),
+    "clean_epochs": (None, 0.0),
     "grad_clip": (None,),
     "val_size": (None, 0),
     "keep": (None, "last"),

@@ -176,8 +176,15 @@ class _Plan:
         assert schedule is not None, "a resolved config has a schedule"
         return self.config.lr * lr_factor(schedule, step, total_steps=self.total_steps, steps_per_epoch=self.n_batches, warmup_steps=warmup_steps)
 
+    @property
+    def clean_steps(self) -> int:
+        return round((self.config.clean_epochs or 0.0) * self.n_batches)
+
     def ramp(self, step: int) -> float:
-        return eps_ramp(step, ramp_steps=self.ramp_steps)
+        """0 over the clean stretch (`TrainConfig.clean_epochs`), then the eps ramp."""
+        if step < self.clean_steps:
+            return 0.0
+        return eps_ramp(step - self.clean_steps, ramp_steps=self.ramp_steps)
 
 
 def train(
@@ -277,7 +284,7 @@ def train(
                 validation_started = time.perf_counter()
                 row.update(validate(model, x_val, y_val, settings, seed=cfg.seed))
                 row["val_seconds"] = time.perf_counter() - validation_started
-                judged = last_good is not None and (epoch - 1) * plan.n_batches >= plan.ramp_steps
+                judged = last_good is not None and (epoch - 1) * plan.n_batches >= plan.clean_steps + plan.ramp_steps
                 _judge(row, run, model, optimizer, last_good if judged else None, keep_best=cfg.keep == "best", select_by=settings.select_by)
             if on_epoch is not None:
                 row.update(on_epoch(epoch, model) or {})

@@ -8,6 +8,7 @@ is resolved against a training set (`TrainConfig.resolved`):
 | optimizer | rmsprop-newmu (the paper's) | adam |
 | schedule | constant | one-cycle (peak at 40% of the run) |
 | eps_warmup_epochs | - | EPS_WARMUP_FRACTION of the run (certified: CERTIFIED_EPS_WARMUP_FRACTION) |
+| clean_epochs | - | 0 (certified: CERTIFIED_CLEAN_FRACTION of the run, before the ramp) |
 | val_size | 0 | min(5000, n // 10) |
 | keep | last | best (by PGD validation accuracy; certified objectives: by certified accuracy) |
 | overfit_guard | - | on for single-step objectives (fgsm, fast-fgsm) |
@@ -22,6 +23,18 @@ Certified training ramps eps (and IBP's kappa, CROWN-IBP's beta) over a long str
 200 epochs; deepmind/interval-bound-propagation, `examples/train.py`). Half the run is the
 default here. `certified_ramp_warning` says when a ramp is shorter than the shortest measured to
 work (CERTIFIED_MIN_RAMP_EPOCHS).
+
+Both papers also train cleanly before the ramp starts (`clean_epochs`): Gowal et al. for 2k steps
+(about 7 epochs), Zhang et al. for 10 epochs (`schedule_start`). A deep network needs it: at
+PyTorch's default init the interval bounds of `cnn-large` are 10^5 times wider than its logits
+(CROWN-IBP margin bound -456 at eps 0.01 against clean margins of 0.004), so from the ramp's
+first batches the bound term's gradient outweighs the clean term's (50 times by batch 30, at
+eps 0.004 and kappa 0.995), before the network has learnt anything; the only way it has to narrow
+the bounds is to switch its ReLUs off, and a network whose ReLUs are all off is constant and gets
+no gradient: measured on an H200, `crown-ibp:eps=0.3` for 15 epochs stayed at chance (0.1135)
+from the first epoch on. A network that has learnt to classify first has margins the bound term
+can keep while it narrows them. CERTIFIED_CLEAN_FRACTION of the run is the default; the ramp keeps
+its length and starts after it.
 """
 
 from __future__ import annotations
@@ -53,6 +66,7 @@ CERTIFIED_EPS_WARMUP_FRACTION = 0.5  # certified objectives over the first half 
 # the shortest certified ramp measured to work on MNIST: 5 epochs (the paper's MLP, ibp:eps=0.1, 10
 # epochs of Adam: certified 0.796 on 1000 test images); shorter ones are warned about
 CERTIFIED_MIN_RAMP_EPOCHS = 5.0
+CERTIFIED_CLEAN_FRACTION = 0.1  # certified objectives train cleanly over the first tenth, then ramp
 DEFAULT_VAL_SIZE = 5000
 VAL_FRACTION_CAP = 10  # the default split holds out at most a tenth of a small training set
 
@@ -67,9 +81,12 @@ class TrainConfig:
       the optimizers that have them (None: torch's default; sgd's momentum 0.9, adamw's decay 1e-2).
     lr: the peak learning rate; schedule: its shape over the run, stepped per batch; warmup_epochs:
       a linear lr warm-up over the first epochs (fractions allowed), multiplying the schedule.
-    eps_warmup_epochs: the attack radius grows linearly per batch over these first epochs, from
-      eps / R at the first batch to eps at batch R (adversarial objectives only; the objective
-      attacks at eps * `TrainStep.ramp`).
+    eps_warmup_epochs: the attack radius grows linearly per batch over these epochs, from
+      eps / R at the ramp's first batch to eps at its batch R (adversarial objectives only; the
+      objective attacks at eps * `TrainStep.ramp`).
+    clean_epochs: epochs of clean training before the eps ramp starts (`TrainStep.ramp` = 0: an
+      attack objective attacks at eps 0, a certified one weighs its bound term by 1 - kappa_start,
+      0 by default); adversarial objectives only, clean_epochs + eps_warmup_epochs <= epochs.
     grad_clip: clip the gradient's global L2 norm (after the penalties) to this value.
     val_size: images held out of the training set for per-epoch validation; keep: "best" keeps the
       epoch with the best robust (else clean) validation accuracy, "last" the final weights.
@@ -98,6 +115,7 @@ class TrainConfig:
     schedule: ScheduleParams | None = None
     warmup_epochs: float | None = None
     eps_warmup_epochs: float | None = None
+    clean_epochs: float | None = None
     grad_clip: float | None = None
     val_size: int | None = None
     keep: str | None = None
@@ -124,7 +142,7 @@ class TrainConfig:
         )
         if self.schedule is not None and not isinstance(self.schedule, ScheduleParams):
             raise ConfigError(f"schedule must be schedule params (see redblue.optim), got {type(self.schedule).__name__}")
-        for name in ("warmup_epochs", "eps_warmup_epochs"):
+        for name in ("warmup_epochs", "eps_warmup_epochs", "clean_epochs"):
             value = getattr(self, name)
             if value is not None:
                 require_non_negative(name, value)
@@ -132,8 +150,11 @@ class TrainConfig:
                     raise ConfigError(
                         f"{name} ({value:g}) is longer than the run ({self.epochs} epochs); lower it or raise epochs"
                     )
-        if self.eps_warmup_epochs and not self.adversarial:
-            raise ConfigError(f"eps_warmup_epochs needs an adversarial objective; {self.objective.name!r} has no eps to ramp")
+        for name in ("eps_warmup_epochs", "clean_epochs"):
+            if getattr(self, name) and not self.adversarial:
+                raise ConfigError(f"{name} needs an adversarial objective; {self.objective.name!r} has no eps to ramp")
+        if self.clean_epochs is not None and self.eps_warmup_epochs is not None:
+            _require_fits(self.clean_epochs, self.eps_warmup_epochs, self.epochs)
         if self.grad_clip is not None:
             require_positive("grad_clip", self.grad_clip)
         if self.val_size is not None:
@@ -188,6 +209,13 @@ class TrainConfig:
             eps_warmup = (CERTIFIED_EPS_WARMUP_FRACTION if is_certified(self.objective) else EPS_WARMUP_FRACTION) * self.epochs
         else:
             eps_warmup = 0.0
+        if self.clean_epochs is not None:
+            clean = self.clean_epochs
+        elif is_certified(self.objective):  # the default stretch shrinks to what the ramp leaves
+            clean = float(min(CERTIFIED_CLEAN_FRACTION * self.epochs, self.epochs - eps_warmup))
+        else:
+            clean = 0.0
+        _require_fits(clean, eps_warmup, self.epochs)
         guard = self.overfit_guard
         if guard is None:
             guard = is_single_step(self.objective) and val_size > 0
@@ -199,6 +227,7 @@ class TrainConfig:
             schedule=self.schedule or (OneCycleSchedule() if adversarial else ConstantSchedule()),
             warmup_epochs=self.warmup_epochs or 0.0,
             eps_warmup_epochs=eps_warmup,
+            clean_epochs=clean,
             val_size=val_size,
             keep=self.keep or ("best" if val_size > 0 else "last"),
             overfit_guard=guard,
@@ -228,6 +257,14 @@ class TrainConfig:
             if value is not None:
                 values[knob] = value
         return OptimizerSettings(name=name, lr=self.lr, **values)
+
+
+def _require_fits(clean_epochs: float, eps_warmup_epochs: float, epochs: int) -> None:
+    if clean_epochs + eps_warmup_epochs > epochs:
+        raise ConfigError(
+            f"clean_epochs ({clean_epochs:g}) and eps_warmup_epochs ({eps_warmup_epochs:g}) together are longer than "
+            f"the run ({epochs} epochs); lower them or raise epochs"
+        )
 
 
 def require_int(name: str, value: Any, *, minimum: int) -> None:

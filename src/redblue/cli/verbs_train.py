@@ -53,7 +53,7 @@ OPTION_OF_FIELD = {
     name: "--" + name.replace("_", "-")
     for name in (
         "epochs", "batch_size", "lr", "l1", "l2", "penalize_bias", "objective", "seed", "optimizer", "momentum",
-        "nesterov", "weight_decay", "schedule", "warmup_epochs", "eps_warmup_epochs", "grad_clip", "val_size",
+        "nesterov", "weight_decay", "schedule", "warmup_epochs", "eps_warmup_epochs", "clean_epochs", "grad_clip", "val_size",
         "keep", "overfit_guard", "weight_average",
     )
 }  # fmt: skip
@@ -208,6 +208,11 @@ def train_command(
         typer.Option("--eps-warmup-epochs", help="Ramp the attack eps up linearly over the first epochs (default: 30% of the run for "
                      "attack objectives, 50% for certified ones)."),
     ] = None,
+    clean_epochs: Annotated[
+        Optional[float],
+        typer.Option("--clean-epochs", help="Train cleanly over the first epochs, then start the eps ramp (default: 10% of the run for "
+                     "certified objectives, 0 for attack objectives)."),
+    ] = None,
     grad_clip: Annotated[Optional[float], typer.Option("--grad-clip", help="Clip the gradient's global L2 norm.")] = None,
     val_size: Annotated[
         Optional[int], typer.Option("--val-size", help="Images held out for validation (default: 5000 or a tenth of the set for adversarial objectives, 0 for clean).")
@@ -263,6 +268,7 @@ def train_command(
             schedule=parse_schedule(schedule) if schedule is not None else None,
             warmup_epochs=warmup_epochs,
             eps_warmup_epochs=eps_warmup_epochs,
+            clean_epochs=clean_epochs,
             grad_clip=grad_clip,
             val_size=val_size,
             keep=keep,

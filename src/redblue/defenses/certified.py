@@ -27,7 +27,10 @@ trains cleanly for 2k steps, then ramps over 10k (about 7 and 33 of its 200 epoc
 ramp over 50 epochs from epoch 10 of 200 (`config/mnist_dm-large_0.4.json`), or 60 of 100
 (`config/mnist_crown.json`).
 The loop's `--eps-warmup-epochs` is that ramp; without one (r = 1 throughout) the objective
-trains at the full radius with kappa_end and beta_end from the first batch.
+trains at the full radius with kappa_end and beta_end from the first batch. The loop's
+`--clean-epochs` (by default a tenth of the run for these objectives) hold r = 0 before the
+ramp: train eps 0 and kappa_start (1: the clean loss alone), the papers' clean start, without
+which a deep network (`cnn-large`) collapses to a constant (see `redblue.train_config`).
 
 The train radius: Gowal et al. train MNIST at 0.4 for a test eps of 0.2-0.4 and at 0.2 for 0.1
 (their Section 5; the same in CROWN-IBP's reproductions of their large model,

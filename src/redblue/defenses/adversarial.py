@@ -191,19 +191,17 @@ class _WithGradients(torch.autograd.Function):
 
 
 def _mix(adversarial: Sequence[Tensor | None], clean: Sequence[Tensor | None], alpha: float) -> list[Tensor | None]:
-    """(1 - alpha) * adversarial[i] + alpha * clean[i] per parameter, by one foreach lerp in place in
-    `adversarial`'s tensors (a parameter that one pass did not reach has a zero gradient there)."""
+    """(1 - alpha) * adversarial[i] + alpha * clean[i] per parameter, by one foreach lerp (a parameter
+    that one pass did not reach has a zero gradient there). Out of place: autograd may hand two
+    tensors the same gradient object (the input and a learnable shift added to it; w = base + delta)."""
     mixed = list(adversarial)
-    pairs = []
+    both = [i for i, (a, c) in enumerate(zip(adversarial, clean)) if a is not None and c is not None]
+    lerped = torch._foreach_lerp([adversarial[i] for i in both], [clean[i] for i in both], alpha) if both else []
+    for i, g in zip(both, lerped):
+        mixed[i] = g
     for i, (a, c) in enumerate(zip(adversarial, clean)):
-        if a is not None and c is not None:
-            pairs.append((a, c))
-        elif a is not None:
-            mixed[i] = (1.0 - alpha) * a
-        elif c is not None:
-            mixed[i] = alpha * c
-    if pairs:
-        torch._foreach_lerp_([a for a, _ in pairs], [c for _, c in pairs], alpha)
+        if (a is None) != (c is None):
+            mixed[i] = (1.0 - alpha) * a if c is None else alpha * c  # type: ignore[operator]
     return mixed
 
 
@@ -218,12 +216,13 @@ def _fgsm_objective(params: FGSMObjective) -> Objective:
     size, to autograd (see `_WithGradients`): the loop's `loss.backward()` only delivers it. Its
     value is the whole mix. The clean logits are returned.
 
-    Matrix FLOPs (multiply-adds per image; a clean epoch's are forward, weight gradients and the
-    input gradients of every layer but the first): FGSM-AT adds a second such pass and the first
-    layer's input gradient, the crafting gradient. The paper's MLP (784-625-10): clean 998,750,
-    FGSM-AT 2,487,500 (2.49x); cnn-small: clean 1,778,392, FGSM-AT 3,606,960 (2.03x). An epoch
-    comes in under that ratio only by the per-batch work both share (optimiser, dropout's random
-    masks, data slicing, kernel launches): see benchmarks/train_epoch.py.
+    Matrix multiply-adds per image (a clean step's are the forward, the weight gradients and the
+    input gradients of every layer but the first): FGSM-AT is two such passes plus the first
+    layer's input gradient, the crafting gradient, and nothing else (a test counts them). The
+    paper's MLP (784-625-10, no bias): clean 998,750, FGSM-AT 2,487,500 (2.49x); cnn-small: clean
+    1,777,976, FGSM-AT 3,606,128 (2.03x); cnn 2.02x, cnn-large 2.01x. An epoch comes in under 2x
+    only by the per-batch work both share (the optimiser step, dropout's random masks, slicing,
+    kernel launches): see benchmarks/train_epoch.py.
 
     With dropout, the crafting gradient is the training-mode pass's (as in Goodfellow et al.): it
     sees that step's dropout masks, and a pixel that input dropout zeroes gets a zero gradient, so
@@ -243,7 +242,7 @@ def _fgsm_objective(params: FGSMObjective) -> Objective:
         # the sum, as the attack `fgsm` differentiates: the same input gradient bit for bit
         clean_sum = F.cross_entropy(logits, y, reduction="sum")
         grad_x, *clean_grads = torch.autograd.grad(clean_sum, [x_var, *weights], allow_unused=True)
-        x_adv = torch.add(x.detach(), grad_x.sign_(), alpha=eps * step.ramp)  # eps * sign is exact
+        x_adv = torch.add(x.detach(), grad_x.sign(), alpha=eps * step.ramp)  # eps * sign is exact
         logits_adv = model(x_adv.clamp_(0.0, 1.0) if clip else x_adv)
         if alpha == 0.0:
             return F.cross_entropy(logits_adv, y), logits_adv

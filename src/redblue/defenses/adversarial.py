@@ -171,38 +171,49 @@ def _split(logits_both: Tensor, n: int) -> tuple[Tensor, Tensor]:
 
 
 class _WithGradients(torch.autograd.Function):
-    """Passes on the value `torch.lerp(adversarial, clean, alpha) / n` (two detached loss sums) and,
-    in backward, hands `grads[i] * grad_output / n` (gradients already computed) to `params[i]`, so a
-    loss scale (as AMP's) multiplies them like any other gradient. Two kernels in backward, one
-    scalar and one foreach multiplication, whatever the number of parameters."""
+    """Passes on the value `torch.lerp(adversarial, clean, alpha)` (two detached mean losses) and, in
+    backward, hands `grads[i] * grad_output` (gradients already computed) to `params[i]`, so a loss
+    scale (as AMP's) multiplies them like any other gradient: one foreach multiplication."""
 
     @staticmethod
-    def forward(
-        ctx: Any, adversarial: Tensor, clean: Tensor, alpha: float, n: int, grads: Sequence[Tensor | None], *params: Tensor
-    ) -> Tensor:
-        ctx.n, ctx.grads = n, grads
-        return torch.lerp(adversarial, clean, alpha).div_(n)
+    def forward(ctx: Any, adversarial: Tensor, clean: Tensor, alpha: float, grads: Sequence[Tensor | None], *params: Tensor) -> Tensor:
+        ctx.grads = grads
+        return torch.lerp(adversarial, clean, alpha)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         present = [g for g in ctx.grads if g is not None]
-        scaled = iter(torch._foreach_mul(present, grad_output / ctx.n)) if present else iter(())
-        return (None, None, None, None, None, *(None if g is None else next(scaled) for g in ctx.grads))
+        scaled = iter(torch._foreach_mul(present, grad_output) if present else ())
+        return (None, None, None, None, *(None if g is None else next(scaled) for g in ctx.grads))
 
 
-def _mix(adversarial: Sequence[Tensor | None], clean: Sequence[Tensor | None], alpha: float) -> list[Tensor | None]:
-    """(1 - alpha) * adversarial[i] + alpha * clean[i] per parameter, by one foreach lerp (a parameter
-    that one pass did not reach has a zero gradient there). Out of place: autograd may hand two
-    tensors the same gradient object (the input and a learnable shift added to it; w = base + delta)."""
+def _mix(adversarial: Sequence[Tensor | None], clean: Sequence[Tensor | None], weight: float) -> list[Tensor | None]:
+    """adversarial[i] + weight * clean[i] per parameter, by one foreach add (a parameter that one pass
+    did not reach has a zero gradient there). Out of place: autograd may hand two tensors the same
+    gradient object (the input and a learnable shift added to it; w = base + delta)."""
     mixed = list(adversarial)
     both = [i for i, (a, c) in enumerate(zip(adversarial, clean)) if a is not None and c is not None]
-    lerped = torch._foreach_lerp([adversarial[i] for i in both], [clean[i] for i in both], alpha) if both else []
-    for i, g in zip(both, lerped):
+    added = torch._foreach_add([adversarial[i] for i in both], [clean[i] for i in both], alpha=weight) if both else []
+    for i, g in zip(both, added):
         mixed[i] = g
     for i, (a, c) in enumerate(zip(adversarial, clean)):
-        if (a is None) != (c is None):
-            mixed[i] = (1.0 - alpha) * a if c is None else alpha * c  # type: ignore[operator]
+        if a is None and c is not None:
+            mixed[i] = weight * c
     return mixed
+
+
+class _Constants:
+    """0-d tensors made once per value, device and dtype: gradients to start a backward from (a
+    tensor made per batch is a host-to-device copy per batch on a GPU)."""
+
+    def __init__(self) -> None:
+        self._made: dict[tuple[float, torch.device, torch.dtype], Tensor] = {}
+
+    def __call__(self, value: float, like: Tensor) -> Tensor:
+        key = (value, like.device, like.dtype)
+        if key not in self._made:
+            self._made[key] = torch.full((), value, device=like.device, dtype=like.dtype)
+        return self._made[key]
 
 
 @register_objective("fgsm", FGSMObjective, kind="single-step")
@@ -211,10 +222,14 @@ def _fgsm_objective(params: FGSMObjective) -> Objective:
 
     The pass over x runs in the model's current (training) mode with x.requires_grad, and one
     backward yields both the input gradient that crafts x_adv and the weight gradient of CE(x); the
-    pass over x_adv yields the weight gradient of CE(x_adv) (no input gradient). Both are of loss
-    sums; one foreach lerp mixes them, and the returned loss hands the mix, divided by the batch
-    size, to autograd (see `_WithGradients`): the loop's `loss.backward()` only delivers it. Its
-    value is the whole mix. The clean logits are returned.
+    pass over x_adv yields the weight gradient of CE(x_adv) (no input gradient). The backwards
+    start from constant tensors instead of ones: n for the clean mean (the gradient of the loss sum,
+    which the attack `fgsm` differentiates; nll's backward divides n by n, so the input gradient is
+    the same bit for bit) and 1 - alpha for the adversarial mean (the gradient arrives scaled). One
+    foreach add mixes them, and the returned loss hands the mix to autograd (see `_WithGradients`):
+    the loop's `loss.backward()` only delivers it. Its value is the whole mix; the clean logits are
+    returned. Beyond the two passes a step dispatches six ops: sign, add and clamp to craft, the
+    mix, the value, and backward's foreach multiplication.
 
     Matrix multiply-adds per image (a clean step's are the forward, the weight gradients and the
     input gradients of every layer but the first): FGSM-AT is two such passes plus the first
@@ -231,6 +246,7 @@ def _fgsm_objective(params: FGSMObjective) -> Objective:
     and leaves the adversarial pass's backward to the loop.
     """
     alpha, eps, clip = params.alpha, params.eps, params.clip
+    constant = _Constants()
 
     def objective(model: nn.Module, x: Tensor, y: Tensor, step: TrainStep = TrainStep()) -> tuple[Tensor, Tensor]:
         if alpha == 1.0:
@@ -239,18 +255,17 @@ def _fgsm_objective(params: FGSMObjective) -> Objective:
         weights = [p for p in model.parameters() if p.requires_grad] if alpha > 0.0 else []
         x_var = x.detach().requires_grad_(True)
         logits = model(x_var)
-        # the sum, as the attack `fgsm` differentiates: the same input gradient bit for bit
-        clean_sum = F.cross_entropy(logits, y, reduction="sum")
-        grad_x, *clean_grads = torch.autograd.grad(clean_sum, [x_var, *weights], allow_unused=True)
+        clean = F.cross_entropy(logits, y)
+        n = constant(float(len(y)), clean)  # d(n * mean): the loss sum's gradient, as the attack `fgsm`'s
+        grad_x, *clean_grads = torch.autograd.grad(clean, [x_var, *weights], grad_outputs=n, allow_unused=True)
         x_adv = torch.add(x.detach(), grad_x.sign(), alpha=eps * step.ramp)  # eps * sign is exact
         logits_adv = model(x_adv.clamp_(0.0, 1.0) if clip else x_adv)
+        adversarial = F.cross_entropy(logits_adv, y)
         if alpha == 0.0:
-            return F.cross_entropy(logits_adv, y), logits_adv
-        adversarial_sum = F.cross_entropy(logits_adv, y, reduction="sum")
-        adversarial_grads = torch.autograd.grad(adversarial_sum, weights, allow_unused=True)
-        grads = _mix(adversarial_grads, clean_grads, alpha)
-        loss = _WithGradients.apply(adversarial_sum.detach(), clean_sum.detach(), alpha, len(y), grads, *weights)
-        return loss, logits.detach()
+            return adversarial, logits_adv
+        adversarial_grads = torch.autograd.grad(adversarial, weights, grad_outputs=constant(1.0 - alpha, adversarial), allow_unused=True)
+        grads = _mix(adversarial_grads, clean_grads, alpha / len(y))  # (1 - alpha) dCE(x_adv) + alpha dCE(x)
+        return _WithGradients.apply(adversarial.detach(), clean.detach(), alpha, grads, *weights), logits.detach()
 
     return objective
 

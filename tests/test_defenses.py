@@ -196,6 +196,31 @@ def test_pgd_and_fast_fgsm_reach_the_fgsm_corner_of_a_linear_model(config):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
 
 
+def test_fast_fgsm_takes_its_gradient_at_an_unclipped_start_as_wong_et_al_do():
+    """Wong et al.'s fast FGSM (their MNIST/train_mnist.py): delta ~ U(-eps, eps), the gradient at
+    x + delta unclipped, delta + step * sign(grad) clipped to the ball and to [0, 1]. Recomputed
+    here from the same uniform draws, on pixels at 0 and 1 where clipping the start would change it."""
+    model = small_mlp()
+    x = torch.tensor([[0.0, 1.0, 0.0, 0.5], [1.0, 0.0, 0.02, 0.97]], dtype=D)
+    y = torch.tensor([0, 2])
+    eps, step_size = 0.3, 0.375
+    seen = []
+    model[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    loss = loss_of(FastFGSMObjective(eps=eps, step_size=step_size), model, x, y, torch.Generator().manual_seed(3))
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(3), dtype=D)
+    start = x + eps * (2 * noise - 1)
+    assert len(seen) == 2  # the gradient's forward at the start, then the loss's at x_adv
+    assert torch.equal(seen[0], start) and (start < 0).any() and (start > 1).any()
+    trained_on = seen[1]
+    x_var = start.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(x_var), y, reduction="sum"), x_var)
+    delta = (start - x + step_size * grad.sign()).clamp(-eps, eps)
+    x_adv = torch.max(torch.min(x + delta, torch.ones_like(x)), torch.zeros_like(x))
+    assert torch.allclose(trained_on, x_adv, rtol=0, atol=1e-15)
+    with torch.no_grad():
+        assert loss.item() == pytest.approx(F.cross_entropy(model(x_adv), y).item(), rel=1e-12)
+
+
 def test_random_starts_come_from_the_generator():
     model, (x, y) = small_mlp(), batch()
     params = FastFGSMObjective(eps=0.2)

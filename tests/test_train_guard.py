@@ -96,9 +96,15 @@ def test_the_collapse_rule_on_hand_made_rows():
     assert collapse_reason({"val_robust_accuracy": 0.5, "val_fgsm_accuracy": 0.6}, 0.6) is None
     drop = collapse_reason({"val_robust_accuracy": 0.39, "val_fgsm_accuracy": 0.45}, 0.6)
     assert drop is not None and "fell more than 0.20 below the best 0.600" in drop
-    gap = collapse_reason({"val_robust_accuracy": 0.05, "val_fgsm_accuracy": 0.4}, None)
-    assert gap is not None and "exceeds PGD's 0.050 by more than 0.30" in gap
-    assert collapse_reason({"val_robust_accuracy": 0.1, "val_fgsm_accuracy": 0.35}, None) is None
+    gap = collapse_reason({"val_robust_accuracy": 0.05, "val_fgsm_accuracy": 0.4}, None, 0.113)
+    assert gap is not None and "exceeds PGD's 0.050 by more than 0.30" in gap and "previous epoch 0.113" in gap
+    assert collapse_reason({"val_robust_accuracy": 0.05, "val_fgsm_accuracy": 0.4}, None, 0.05) is not None  # flat is not rising
+    assert collapse_reason({"val_robust_accuracy": 0.1, "val_fgsm_accuracy": 0.35}, None, 0.2) is None
+    # a wide gap while PGD accuracy climbs (or with nothing to compare with) is a model still learning
+    assert collapse_reason({"val_robust_accuracy": 0.222, "val_fgsm_accuracy": 0.587}, None, None) is None
+    assert collapse_reason({"val_robust_accuracy": 0.222, "val_fgsm_accuracy": 0.587}, None, 0.1) is None
+    # the drop from the best judges with or without a previous epoch
+    assert collapse_reason({"val_robust_accuracy": 0.39, "val_fgsm_accuracy": 0.45}, 0.6, 0.38) is not None
     assert (COLLAPSE_DROP, COLLAPSE_GAP) == (0.20, 0.30)
 
 

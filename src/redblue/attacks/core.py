@@ -211,10 +211,12 @@ def ascent_step(x_adv: Tensor, grad: Tensor, *, step_size: float, norm: str) -> 
     return x_adv + step_size * l2_normalize(grad)
 
 
-def linf_random_start(x: Tensor, eps: float, generator: Generator | None = None) -> Tensor:
-    """A uniform random point of the L-inf ball around x, clipped to [0, 1]."""
+def linf_random_start(x: Tensor, eps: float, generator: Generator | None = None, *, clip: bool = True) -> Tensor:
+    """A uniform random point of the L-inf ball around x, clipped to [0, 1] (clip=False: not, as
+    Wong et al.'s fast FGSM starts; the step after it projects into [0, 1] all the same)."""
     noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return (x + eps * (2.0 * noise - 1.0)).clamp(0.0, 1.0)
+    start = x + eps * (2.0 * noise - 1.0)
+    return start.clamp(0.0, 1.0) if clip else start
 
 
 def l2_random_start(x: Tensor, eps: float, generator: Generator | None = None) -> Tensor:

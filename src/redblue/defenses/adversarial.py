@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from redblue.attacks.core import LossFn, ce_loss, check_eps, eval_mode
+from redblue.attacks.core import LossFn, ce_loss, check_eps, eval_mode, linf_random_start
 from redblue.attacks.pgd import MADRY_STEP, pgd_last_iterate
 from redblue.defenses.objectives import Objective, ObjectiveParams, TrainStep, register_objective, require_steps
 from redblue.errors import require_in_range, require_non_negative, require_positive
@@ -58,7 +58,8 @@ class FGSMObjective(ObjectiveParams):
 @dataclass(frozen=True)
 class FastFGSMObjective(ObjectiveParams):
     """CE(x_adv), one FGSM step of step_size (default 1.25 * eps) from a uniform random start in the
-    eps-ball, projected back (Wong et al., 2020)."""
+    eps-ball (not clipped to [0, 1]: Wong et al.'s start), projected back into the ball and [0, 1]
+    (Wong et al., 2020)."""
 
     name: str = field(default="fast-fgsm", init=False)
     eps: float = 0.1  # type: ignore[assignment]
@@ -276,8 +277,13 @@ def _fast_fgsm_objective(params: FastFGSMObjective) -> Objective:
     assert step_size is not None
 
     def objective(model: nn.Module, x: Tensor, y: Tensor, step: TrainStep = TrainStep()) -> tuple[Tensor, Tensor]:
-        # one PGD step from a uniform random start: the warm-up scales the radius and the step alike
-        x_adv = _pgd_in_eval_mode(model, x, y, eps=eps, step_size=step_size, steps=1, step=step)
+        # one PGD step from a uniform random start: the warm-up scales the radius and the step alike.
+        # The start is not clipped to [0, 1] before the gradient is taken (the step's result is), as
+        # in Wong et al.'s code (`MNIST/train_mnist.py`): clipped, the start is one-sided on MNIST's
+        # saturated pixels, and cnn-small at eps 0.3 overfitted catastrophically in its first epochs
+        # (PGD validation accuracy 0.034 after 4 epochs, where the unclipped start gave 0.804)
+        x_start = linf_random_start(x, eps * step.ramp, step.generator, clip=False)
+        x_adv = _pgd_in_eval_mode(model, x, y, eps=eps, step_size=step_size, steps=1, step=step, x_start=x_start)
         logits_adv = model(x_adv)
         return F.cross_entropy(logits_adv, y), logits_adv
 

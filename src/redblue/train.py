@@ -3,7 +3,7 @@ best-epoch selection, a catastrophic-overfitting guard and exact resume from per
 
 The loop does not know which objective it runs (DESIGN.md): it shuffles with a seeded permutation
 per epoch, slices batches out of one tensor (no DataLoader), and keeps the running loss and
-accuracy as device tensors (`_RunningTotals`), synchronising once per epoch (and every
+accuracy as device tensors (`RunningTotals`), synchronising once per epoch (and every
 PROGRESS_EVERY batches when a progress callback listens). It reports progress through that callback
 and never prints.
 
@@ -36,6 +36,7 @@ from redblue.errors import ConfigError
 from redblue.optim import NewmuRMSprop, WeightAverage, build_optimizer, eps_ramp, lr_factor
 from redblue.train_config import TrainConfig
 from redblue.train_data import check_model_fits, check_training_data
+from redblue.train_totals import RunningTotals
 from redblue.train_state import (
     Generators,
     RunState,
@@ -345,7 +346,7 @@ def _train_epoch(
     penalized = [p for p in penalized_parameters(model, include_bias=cfg.penalize_bias) if p.requires_grad]
     trainable = [p for p in model.parameters() if p.requires_grad]
     model.train()
-    totals = _RunningTotals(device, batch_size=cfg.batch_size)
+    totals = RunningTotals(device, batch_size=cfg.batch_size)
     lr = ramp = progress = 0.0
     lr_set = None  # the lr last written into the optimiser's groups
     for batch in range(plan.n_batches):
@@ -396,43 +397,6 @@ def _train_epoch(
     if not all(map(_finite, (row["loss"], row["penalty"]))):
         raise ConfigError(f"the training loss became {row['loss']} in epoch {epoch}; lower lr or the penalties and retry")
     return row
-
-
-class _RunningTotals:
-    """An epoch's running loss sum (float64) and correct count, on the device, at no kernel per batch.
-
-    `add` holds each batch's (detached) mean loss, logits and labels; `fold` adds what is held to
-    `loss_sum` and `n_correct` in a handful of ops (a stack and a sum for the losses, a cat, an
-    argmax, a comparison and a sum for the correct count), whatever the number of batches held.
-    Summed per batch these were six kernels a batch, a sixth of a plain loop's on a small model (a
-    GPU runs such a model at launch speed, so the ops, not the FLOPs, set the time). A batch of
-    another size than `batch_size` (an epoch's last) goes into `loss_sum` at once, by its own size.
-    """
-
-    def __init__(self, device: torch.device, *, batch_size: int) -> None:
-        self.batch_size = batch_size
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        self.n_correct = torch.zeros((), dtype=torch.long, device=device)
-        self._losses: list[Tensor] = []  # means of full batches: their sum times batch_size
-        self._logits: list[Tensor] = []  # (batch, classes) each
-        self._labels: list[Tensor] = []
-
-    def add(self, loss: Tensor, logits: Tensor, y: Tensor) -> None:
-        if len(y) == self.batch_size:
-            self._losses.append(loss.detach())
-        else:
-            self.loss_sum.add_(loss.detach(), alpha=len(y))
-        self._logits.append(logits.detach())
-        self._labels.append(y)
-
-    @torch.no_grad()
-    def fold(self) -> None:
-        if self._losses:
-            self.loss_sum.add_(torch.stack(self._losses).sum(dtype=torch.float64), alpha=self.batch_size)
-        if self._logits:
-            predicted = torch.cat(self._logits).argmax(dim=1)
-            self.n_correct += (predicted == torch.cat(self._labels)).sum()
-        self._losses, self._logits, self._labels = [], [], []
 
 
 def _judge(

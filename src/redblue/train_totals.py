@@ -13,9 +13,10 @@ class RunningTotals:
     `add` holds each batch's (detached) mean loss, logits and labels; `fold` adds what is held to
     `loss_sum` and `n_correct` in a handful of ops (a stack and a sum for the losses, a cat, an
     argmax, a comparison and a sum for the correct count), whatever the number of batches held.
-    Summed per batch these were six kernels a batch, a sixth of a plain loop's on a small model (a
-    GPU runs such a model at launch speed, so the ops, not the FLOPs, set the time). A batch of
-    another size than `batch_size` (an epoch's last) goes into `loss_sum` at once, by its own size.
+    Summed per batch these were six kernels a batch, a fifth of the 28 a plain loop launches for
+    the paper's MLP (a GPU runs such a model at launch speed: the ops, not the FLOPs, set the time).
+    A batch of another size than `batch_size` (an epoch's last) goes into `loss_sum` at once. The
+    logits held are views of the objective's outputs, which nothing writes to afterwards.
     """
 
     def __init__(self, device: torch.device, *, batch_size: int) -> None:

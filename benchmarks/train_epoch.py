@@ -17,21 +17,26 @@ parameter counts one gradient per batch over a whole PGD-7 epoch.
 
 Beside each ratio it prints the ops one batch dispatches (counted, not timed, so the same on every
 machine): every aten op, and in brackets those that compute (no view such as detach or t, no
-profiler marker); on a GPU each of those is a kernel launch, and a small model at batch 128 runs at
-launch speed there, so these counts, not FLOPs, set the GPU ratios. A batch's count is the
-difference between epochs of 40 and 20 batches, over 20 (the loop folds its running totals every
-20 batches). Before and after the loop stopped summing its running loss and accuracy per batch and
-the FGSM mix lost its per-parameter ops (the paper's MLP without bias, and cnn-small):
+profiler marker); on a GPU each of those is a kernel launch. A small model at batch 128 runs at
+host speed there (the GPU waits for launches), so the computing-op ratio predicted the H200's time
+ratios (before: clean 1.214 against 1.206 measured, fgsm-at 1.951 against 1.959); what it leaves
+out is host work without a kernel (an autograd run, Python). A batch's count is the difference
+between epochs of 40 and 20 batches, over 20 (the loop folds its running totals every 20 batches).
+Before (a586bf4) and after the loop stopped summing its running loss and accuracy per batch and the
+FGSM mix lost its per-parameter multiplications (the paper's MLP without bias, and cnn-small):
 
   ops per batch, all [computing]   mlp before   mlp after        cnn-small before   after
   clean, ours (rmsprop-newmu)      57 [34]      51.45 [28.45]    73 [36]            67.45 [30.45]
   clean, plain loop                49 [28]      49 [28]          65 [30]            65 [30]
   clean, ours (adam)               65 [41]      59.45 [35.45]    93 [55]            87.45 [49.45]
-  fgsm-at (adam)                   125 [80]     108.45 [63.45]   171 [106]          142.45 [77.45]
+  fgsm-at (adam)                   125 [80]     110.45 [66.45]   171 [106]          150.45 [86.45]
 
 Computing-op ratios: clean ours / plain 1.214 -> 1.016 (mlp), 1.200 -> 1.015 (cnn-small); fgsm-at /
-clean 1.951 -> 1.790 (mlp), 1.927 -> 1.566 (cnn-small). The H200's time ratios before tracked these
-(clean 1.206 and 1.158, fgsm-at 1.959 and 1.975).
+clean 1.951 -> 1.874 (mlp), 1.927 -> 1.748 (cnn-small). The host time of a step at toy size (the
+same structures at 4-16-3 and batch 8 on a CPU, all overhead; medians of 3, microseconds), MLP:
+clean 333 -> 312, fgsm-at 666 -> 611 (2.00 -> 1.96 of clean); the FGSM variant that takes both
+terms' gradients in the call launches 3 ops fewer (1.790) but ran 647 us (2.07), one autograd run
+more. Neither proxy puts the MLP's fgsm-at under 1.8 on a GPU; measure it there.
 
 Why fgsm-at cannot reach 1.8 by FLOPs (matrix multiply-adds per image, counted by a test in
 tests/test_defenses_adversarial.py): a clean step is the forward F, the weight gradients (F again)
@@ -45,8 +50,20 @@ the first layer's input gradient, the crafting gradient:
 An FGSM-AT epoch comes in under 2x a clean one only through the per-batch work both share: the
 optimiser step (Adam: seven foreach passes over every weight), dropout's random masks (the MLP draws
 two a pass; on a CPU they cost about as much as its matrix products), slicing, and on a GPU the
-launches of ops that move little data. Measured (1 thread, loaded 2-core machine, CPU seconds):
-see the README's benchmark section and the commit that last touched this docstring.
+launches of ops that move little data. On a CPU these are small next to the matrix products, and
+for cnn-small oneDNN's input gradient of the first convolution (1 channel in, stride 2) takes 2.6
+ms a batch for its 50,176 multiply-adds an image, ten times that convolution's forward; so there
+fgsm-at stays near or above the FLOP ratio. Measured here (1 thread, CPU seconds, the 2-core
+machine shared, 1-minute load 4-8; before = a586bf4, two runs each):
+
+  model       clean ours/plain    fgsm-at / clean     pgd7 ours/plain    ibp / clean
+  mlp before  1.017 1.031 1.043   1.730 1.927 1.888   0.976 0.953 1.030  2.248 2.277 2.239
+  mlp after   1.069 1.022         1.930 1.978         0.974 0.995        2.400 2.419
+  cnn before  0.970 1.027         2.231 2.428         0.961 0.970        3.320 3.819
+  cnn after   1.000 1.030         2.476 2.373         1.037 0.983        3.992 3.741
+
+(the "after" rows ran the variant that takes both gradients in the call; on a CPU the two differ
+by a few ops of 128 x 10 values and 2 MB, below this machine's noise).
 
     python benchmarks/train_epoch.py [--model mlp|cnn-small|cnn|cnn-large] [--n-train 12000] [--repeats 5] [--threads 1] [--device cpu|cuda]
 """

@@ -383,9 +383,8 @@ def test_the_papers_protocol_gives_the_same_weights_as_the_plain_loop_bit_for_bi
     [
         ("clean", 1),
         # the FGSM mix has two loss terms: the clean term's weight gradient comes from the very pass
-        # that gives the crafting gradient (reused, not recomputed), the adversarial term's from its
-        # own pass; the loop's backward then delivers their mix: three hook calls, two computations
-        ("fgsm:eps=0.1", 3),
+        # that gives the crafting gradient (reused, not recomputed), the adversarial term's from backward
+        ("fgsm:eps=0.1", 2),
         ("fgsm:eps=0.1,alpha=0", 1),
         ("fast-fgsm:eps=0.1", 1),
         ("pgd:eps=0.1,steps=3", 1),

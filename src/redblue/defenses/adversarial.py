@@ -172,40 +172,30 @@ def _split(logits_both: Tensor, n: int) -> tuple[Tensor, Tensor]:
 
 
 class _WithGradients(torch.autograd.Function):
-    """Passes on the value `torch.lerp(adversarial, clean, alpha)` (two detached mean losses) and, in
-    backward, hands `grads[i] * grad_output` (gradients already computed) to `params[i]`, so a loss
-    scale (as AMP's) multiplies them like any other gradient: one foreach multiplication."""
+    """Passes on `torch.lerp(adversarial, clean, alpha)` (`clean` detached). Its backward sends
+    (1 - alpha) * grad_output into the adversarial loss's graph and hands `grads[i] * grad_output *
+    weight` (gradients already computed) to `params[i]`, by one foreach multiplication, so a loss
+    scale (as AMP's) multiplies them like any other gradient; autograd adds them to the adversarial
+    pass's gradients in the same backward."""
 
     @staticmethod
-    def forward(ctx: Any, adversarial: Tensor, clean: Tensor, alpha: float, grads: Sequence[Tensor | None], *params: Tensor) -> Tensor:
-        ctx.grads = grads
+    def forward(
+        ctx: Any, adversarial: Tensor, clean: Tensor, alpha: float, weight: float, grads: Sequence[Tensor | None], *params: Tensor
+    ) -> Tensor:
+        ctx.alpha, ctx.weight, ctx.grads = alpha, weight, grads
         return torch.lerp(adversarial, clean, alpha)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         present = [g for g in ctx.grads if g is not None]
-        scaled = iter(torch._foreach_mul(present, grad_output) if present else ())
-        return (None, None, None, None, *(None if g is None else next(scaled) for g in ctx.grads))
-
-
-def _mix(adversarial: Sequence[Tensor | None], clean: Sequence[Tensor | None], weight: float) -> list[Tensor | None]:
-    """adversarial[i] + weight * clean[i] per parameter, by one foreach add (a parameter that one pass
-    did not reach has a zero gradient there). Out of place: autograd may hand two tensors the same
-    gradient object (the input and a learnable shift added to it; w = base + delta)."""
-    mixed = list(adversarial)
-    both = [i for i, (a, c) in enumerate(zip(adversarial, clean)) if a is not None and c is not None]
-    added = torch._foreach_add([adversarial[i] for i in both], [clean[i] for i in both], alpha=weight) if both else []
-    for i, g in zip(both, added):
-        mixed[i] = g
-    for i, (a, c) in enumerate(zip(adversarial, clean)):
-        if a is None and c is not None:
-            mixed[i] = weight * c
-    return mixed
+        scaled = iter(torch._foreach_mul(present, grad_output * ctx.weight) if present else ())
+        clean_grads = [None if g is None else next(scaled) for g in ctx.grads]
+        return (grad_output * (1.0 - ctx.alpha), None, None, None, None, *clean_grads)
 
 
 class _Constants:
-    """0-d tensors made once per value, device and dtype: gradients to start a backward from (a
-    tensor made per batch is a host-to-device copy per batch on a GPU)."""
+    """0-d tensors made once per value, device and dtype: gradients to start a backward from (one
+    made per batch would be a kernel, or a host-to-device copy, per batch on a GPU)."""
 
     def __init__(self) -> None:
         self._made: dict[tuple[float, torch.device, torch.dtype], Tensor] = {}
@@ -222,15 +212,18 @@ def _fgsm_objective(params: FGSMObjective) -> Objective:
     """Goodfellow et al.'s mix with one forward-backward pass over x and one over x_adv.
 
     The pass over x runs in the model's current (training) mode with x.requires_grad, and one
-    backward yields both the input gradient that crafts x_adv and the weight gradient of CE(x); the
-    pass over x_adv yields the weight gradient of CE(x_adv) (no input gradient). The backwards
-    start from constant tensors instead of ones: n for the clean mean (the gradient of the loss sum,
-    which the attack `fgsm` differentiates; nll's backward divides n by n, so the input gradient is
-    the same bit for bit) and 1 - alpha for the adversarial mean (the gradient arrives scaled). One
-    foreach add mixes them, and the returned loss hands the mix to autograd (see `_WithGradients`):
-    the loop's `loss.backward()` only delivers it. Its value is the whole mix; the clean logits are
-    returned. Beyond the two passes a step dispatches six ops: sign, add and clamp to craft, the
-    mix, the value, and backward's foreach multiplication.
+    backward yields both the input gradient that crafts x_adv and the weight gradient of CE(x). It
+    starts from a constant n instead of ones: the gradient of the loss sum, which the attack `fgsm`
+    differentiates (nll's backward divides n by n, so the input gradient is the same bit for bit).
+    The returned loss carries that weight gradient (see `_WithGradients`), so the loop's
+    `loss.backward()` computes (1 - alpha) dCE(x_adv)/dw and adds alpha dCE(x)/dw to it: two
+    autograd runs a step, nothing computed twice. Its value is the whole mix; the clean logits are
+    returned. Beyond its two passes a step dispatches 7 + P ops (P trainable tensors): sign, add and
+    clamp to craft, the value (a lerp), two scalar and one foreach product in backward, and the
+    engine's sum of the two terms per tensor. A third autograd run (the adversarial term's gradient
+    taken in the call and mixed by one foreach op) saves P + 1 ops but cost more host time than it
+    saved: 647 against 611 us a batch (CPU, medians of 3) for the paper's MLP's structure at toy
+    size (4-16-3, batch 8: a step that is all host overhead, as a small model's step is on a GPU).
 
     Matrix multiply-adds per image (a clean step's are the forward, the weight gradients and the
     input gradients of every layer but the first): FGSM-AT is two such passes plus the first
@@ -264,9 +257,9 @@ def _fgsm_objective(params: FGSMObjective) -> Objective:
         adversarial = F.cross_entropy(logits_adv, y)
         if alpha == 0.0:
             return adversarial, logits_adv
-        adversarial_grads = torch.autograd.grad(adversarial, weights, grad_outputs=constant(1.0 - alpha, adversarial), allow_unused=True)
-        grads = _mix(adversarial_grads, clean_grads, alpha / len(y))  # (1 - alpha) dCE(x_adv) + alpha dCE(x)
-        return _WithGradients.apply(adversarial.detach(), clean.detach(), alpha, grads, *weights), logits.detach()
+        # alpha dCE(x)/dw = (alpha / n) d(n CE(x))/dw, handed to the loop's backward with dCE(x_adv)
+        loss = _WithGradients.apply(adversarial, clean.detach(), alpha, alpha / len(y), clean_grads, *weights)
+        return loss, logits.detach()
 
     return objective
 

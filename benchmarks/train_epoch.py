@@ -54,16 +54,14 @@ launches of ops that move little data. On a CPU these are small next to the matr
 for cnn-small oneDNN's input gradient of the first convolution (1 channel in, stride 2) takes 2.6
 ms a batch for its 50,176 multiply-adds an image, ten times that convolution's forward; so there
 fgsm-at stays near or above the FLOP ratio. Measured here (1 thread, CPU seconds, the 2-core
-machine shared, 1-minute load 4-8; before = a586bf4, two runs each):
+machine shared, 1-minute load 2.6-8; before = a586bf4, three and two runs; after = this version,
+and in brackets two runs of the variant with a third autograd run):
 
-  model       clean ours/plain    fgsm-at / clean     pgd7 ours/plain    ibp / clean
-  mlp before  1.017 1.031 1.043   1.730 1.927 1.888   0.976 0.953 1.030  2.248 2.277 2.239
-  mlp after   1.069 1.022         1.930 1.978         0.974 0.995        2.400 2.419
-  cnn before  0.970 1.027         2.231 2.428         0.961 0.970        3.320 3.819
-  cnn after   1.000 1.030         2.476 2.373         1.037 0.983        3.992 3.741
-
-(the "after" rows ran the variant that takes both gradients in the call; on a CPU the two differ
-by a few ops of 128 x 10 values and 2 MB, below this machine's noise).
+  model       clean ours/plain    fgsm-at / clean            pgd7 ours/plain    ibp / clean
+  mlp before  1.017 1.031 1.043   1.730 1.927 1.888          0.976 0.953 1.030  2.248 2.277 2.239
+  mlp after   1.043 (1.069 1.022) 1.825 (1.930 1.978)        0.993              2.315
+  cnn before  0.970 1.027         2.231 2.428                0.961 0.970        3.320 3.819
+  cnn after   1.001 (1.000 1.030) 2.421 (2.476 2.373)        1.016              3.791
 
     python benchmarks/train_epoch.py [--model mlp|cnn-small|cnn|cnn-large] [--n-train 12000] [--repeats 5] [--threads 1] [--device cpu|cuda]
 """

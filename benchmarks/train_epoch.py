@@ -15,6 +15,54 @@ seconds are CPU time on a CPU, wall time on a GPU):
 It also asserts that the attack steps inside training compute no weight gradients: a hook on every
 parameter counts one gradient per batch over a whole PGD-7 epoch.
 
+Beside each ratio it prints the ops one batch dispatches (counted, not timed, so the same on every
+machine): every aten op, and in brackets those that compute (no view such as detach or t, no
+profiler marker); on a GPU each of those is a kernel launch. A small model at batch 128 runs at
+host speed there (the GPU waits for launches), so the computing-op ratio predicted the H200's time
+ratios (before: clean 1.214 against 1.206 measured, fgsm-at 1.951 against 1.959); what it leaves
+out is host work without a kernel (an autograd run, Python). A batch's count is the difference
+between epochs of 40 and 20 batches, over 20 (the loop folds its running totals every 20 batches).
+Before (a586bf4) and after the loop stopped summing its running loss and accuracy per batch and the
+FGSM mix lost its per-parameter multiplications (the paper's MLP without bias, and cnn-small):
+
+  ops per batch, all [computing]   mlp before   mlp after        cnn-small before   after
+  clean, ours (rmsprop-newmu)      57 [34]      51.45 [28.45]    73 [36]            67.45 [30.45]
+  clean, plain loop                49 [28]      49 [28]          65 [30]            65 [30]
+  clean, ours (adam)               65 [41]      59.45 [35.45]    93 [55]            87.45 [49.45]
+  fgsm-at (adam)                   125 [80]     110.45 [66.45]   171 [106]          150.45 [86.45]
+
+Computing-op ratios: clean ours / plain 1.214 -> 1.016 (mlp), 1.200 -> 1.015 (cnn-small); fgsm-at /
+clean 1.951 -> 1.874 (mlp), 1.927 -> 1.748 (cnn-small). The host time of a step at toy size (the
+same structures at 4-16-3 and batch 8 on a CPU, all overhead; medians of 3, microseconds), MLP:
+clean 333 -> 312, fgsm-at 666 -> 611 (2.00 -> 1.96 of clean); the FGSM variant that takes both
+terms' gradients in the call launches 3 ops fewer (1.790) but ran 647 us (2.07), one autograd run
+more. Neither proxy puts the MLP's fgsm-at under 1.8 on a GPU; measure it there.
+
+Why fgsm-at cannot reach 1.8 by FLOPs (matrix multiply-adds per image, counted by a test in
+tests/test_defenses_adversarial.py): a clean step is the forward F, the weight gradients (F again)
+and the input gradients of every layer but the first (F - first); FGSM-AT is two clean steps plus
+the first layer's input gradient, the crafting gradient:
+
+  model       F          first layer   clean (3F - first)   FGSM-AT (2 clean + first)   ratio
+  mlp         496,250    490,000       998,750              2,487,500                  2.49
+  cnn-small   609,384     50,176       1,777,976            3,606,128                  2.03
+
+An FGSM-AT epoch comes in under 2x a clean one only through the per-batch work both share: the
+optimiser step (Adam: seven foreach passes over every weight), dropout's random masks (the MLP draws
+two a pass; on a CPU they cost about as much as its matrix products), slicing, and on a GPU the
+launches of ops that move little data. On a CPU these are small next to the matrix products, and
+for cnn-small oneDNN's input gradient of the first convolution (1 channel in, stride 2) takes 2.6
+ms a batch for its 50,176 multiply-adds an image, ten times that convolution's forward; so there
+fgsm-at stays near or above the FLOP ratio. Measured here (1 thread, CPU seconds, the 2-core
+machine shared, 1-minute load 2.6-8; before = a586bf4, three and two runs; after = this version,
+and in brackets two runs of the variant with a third autograd run):
+
+  model       clean ours/plain    fgsm-at / clean            pgd7 ours/plain    ibp / clean
+  mlp before  1.017 1.031 1.043   1.730 1.927 1.888          0.976 0.953 1.030  2.248 2.277 2.239
+  mlp after   1.043 (1.069 1.022) 1.825 (1.930 1.978)        0.993              2.315
+  cnn before  0.970 1.027         2.231 2.428                0.961 0.970        3.320 3.819
+  cnn after   1.001 (1.000 1.030) 2.421 (2.476 2.373)        1.016              3.791
+
     python benchmarks/train_epoch.py [--model mlp|cnn-small|cnn|cnn-large] [--n-train 12000] [--repeats 5] [--threads 1] [--device cpu|cuda]
 """
 
@@ -30,6 +78,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from redblue.data import load_dataset
 from redblue.defenses import OBJECTIVES, is_adversarial, parse_objective
@@ -97,6 +146,35 @@ def plain_pgd7(model: nn.Module, x: Tensor, y: Tensor, seed: int) -> None:
         optimizer.step()
 
 
+class OpCount(TorchDispatchMode):
+    """Counts the aten ops dispatched inside the block: all of them, and those that compute (neither
+    a view, such as detach, t or a slice, nor a profiler marker); a foreach op counts once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = self.computing = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.ops += 1
+        if not func.is_view and not func.overloadpacket.__name__.startswith("_record_function"):
+            self.computing += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_batch(epoch: Epoch, build: Callable[[], nn.Module], x: Tensor, y: Tensor) -> tuple[float, float]:
+    """(ops, computing ops) one batch of `epoch` dispatches: epochs of 2k and k batches of 128
+    (k = 20, fewer when x is short), the difference over k; the epochs' fixed costs cancel."""
+    k = min(20, len(x) // 256)
+    counts = []
+    for n_batches in (k, 2 * k):
+        model = init_model(build, seed=0).to(x.device)
+        with OpCount() as count:
+            epoch(model, x[: 128 * n_batches], y[: 128 * n_batches], 0)
+        counts.append((count.ops, count.computing))
+    (ops_k, computing_k), (ops_2k, computing_2k) = counts
+    return (ops_2k - ops_k) / k, (computing_2k - computing_k) / k
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -139,10 +217,13 @@ def check_no_weight_gradients_in_attack_steps(build: Callable[[], nn.Module], x:
     return batches
 
 
-def row(name: str, numerator: float, denominator: float, target: float, what: str) -> None:
+def row(name: str, numerator: float, denominator: float, target: float, what: str, ops: tuple[tuple[float, float], ...]) -> None:
     ratio = numerator / denominator
     verdict = "ok" if ratio <= target else "OVER TARGET"
-    print(f"{name:9s} {what}: {numerator:.2f} s / {denominator:.2f} s = {ratio:.3f} (target <= {target}) {verdict}")
+    (top, top_computing), (bottom, bottom_computing) = ops
+    counts = f"ops per batch {top:g} [{top_computing:g}] / {bottom:g} [{bottom_computing:g}]"
+    counts += f" = {top / bottom:.3f} [{top_computing / bottom_computing:.3f}]"
+    print(f"{name:9s} {what}: {numerator:.2f} s / {denominator:.2f} s = {ratio:.3f} (target <= {target}) {verdict}; {counts}")
 
 
 def main() -> None:
@@ -169,8 +250,10 @@ def main() -> None:
     print(f"attack steps compute no weight gradients: one per parameter per batch over {batches} PGD-7 batches")
 
     for l1, l2 in ((0.0, 0.0), (1e-4, 1e-4)):
-        t = measure({"ours": ours("clean", optimizer="rmsprop-newmu", l1=l1, l2=l2), "plain": plain_clean(l1, l2)}, build, x, y, args.repeats)
-        row("clean", t["ours"], t["plain"], 1.10, f"ours / plain loop, l1={l1:g} l2={l2:g}")
+        pair = {"ours": ours("clean", optimizer="rmsprop-newmu", l1=l1, l2=l2), "plain": plain_clean(l1, l2)}
+        ops = {name: ops_per_batch(epoch, build, x, y) for name, epoch in pair.items()}
+        t = measure(pair, build, x, y, args.repeats)
+        row("clean", t["ours"], t["plain"], 1.10, f"ours / plain loop, l1={l1:g} l2={l2:g}", (ops["ours"], ops["plain"]))
 
     variants = {
         "clean": ours("clean", optimizer="adam"),
@@ -180,11 +263,12 @@ def main() -> None:
     }
     if "ibp" in OBJECTIVES:  # certified training (issue 8): its row appears once the objective is registered
         variants["ibp"] = ours(f"ibp:eps={PGD_EPS}")
+    ops = {name: ops_per_batch(epoch, build, x, y) for name, epoch in variants.items()}
     t = measure(variants, build, x, y, args.repeats)
-    row("fgsm-at", t["fgsm"], t["clean"], 1.8, "Goodfellow FGSM-AT epoch / clean epoch")
-    row("pgd7-at", t["pgd7"], t["plain-pgd7"], 1.05, "PGD-7 AT epoch / hand-written PGD-7 loop")
+    row("fgsm-at", t["fgsm"], t["clean"], 1.8, "Goodfellow FGSM-AT epoch / clean epoch", (ops["fgsm"], ops["clean"]))
+    row("pgd7-at", t["pgd7"], t["plain-pgd7"], 1.05, "PGD-7 AT epoch / hand-written PGD-7 loop", (ops["pgd7"], ops["plain-pgd7"]))
     if "ibp" in t:
-        row("ibp", t["ibp"], t["clean"], 2.5, "IBP epoch / clean epoch")
+        row("ibp", t["ibp"], t["clean"], 2.5, "IBP epoch / clean epoch", (ops["ibp"], ops["clean"]))
     else:
         print("ibp       IBP epoch / clean epoch: no `ibp` objective registered yet (target <= 2.5)")
 

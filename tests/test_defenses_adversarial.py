@@ -4,12 +4,15 @@ training runs that must beat clean training under PGD."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from redblue.attacks import fgsm
 from redblue.attacks.pgd import pgd, pgd_last_iterate
@@ -145,6 +148,122 @@ def test_crafting_computes_no_weight_gradients(spec, during_call):
     assert all(p.grad is None for p in model.parameters())
     loss.backward()
     assert count[0] == during_call + 4  # then one gradient per parameter (2 weights, 2 biases)
+
+
+class MatmulCount(TorchDispatchMode):
+    """Multiply-adds of the matrix ops (mm, addmm, convolutions and their backwards) dispatched
+    inside the block, by torch's own FLOP formulas (2 FLOPs per multiply-add)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.multiply_adds = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in flop_registry:
+            self.multiply_adds += flop_registry[func.overloadpacket](*args, **(kwargs or {}), out_val=out) // 2
+        return out
+
+
+def multiply_adds_of_one_step(model: nn.Module, spec: str, x: torch.Tensor, y: torch.Tensor) -> int:
+    with MatmulCount() as count:
+        loss, _ = make_objective(parse_objective(spec))(model, x, y, TrainStep())
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return count.multiply_adds
+
+
+def conv_net(seed: int = 0) -> nn.Sequential:
+    """cnn-small's shape in float32: conv 16 4x4 s2 -> conv 32 4x4 s2 -> 100 -> 10, with biases."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 4, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(32 * 7 * 7, 100), nn.ReLU(), nn.Linear(100, 10),
+    )  # fmt: skip
+
+
+def papers_mlp(seed: int = 0) -> nn.Sequential:
+    """The paper's MLP without biases, input dropout included."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(784, 625, bias=False), nn.ReLU(), nn.Linear(625, 10, bias=False))
+
+
+# (model, per-image multiply-adds by hand of its forward (= of its weight gradients), and of its
+# first layer, whose input gradient a clean step never needs)
+MATMUL_CASES = [
+    (papers_mlp, 784 * 625 + 625 * 10, 784 * 625),
+    # 14 * 14 outputs of 16 taps by 16 channels; 7 * 7 of 16 * 16 taps by 32; 1568 * 100; 100 * 10
+    (conv_net, 14 * 14 * 16 * 16 + 7 * 7 * 32 * 16 * 16 + 1568 * 100 + 100 * 10, 14 * 14 * 16 * 16),
+]
+
+
+@pytest.mark.parametrize("build, forward, first_layer", MATMUL_CASES)
+def test_an_fgsm_step_is_two_clean_steps_plus_the_crafting_gradient_in_matmul_flops(build, forward, first_layer):
+    """Nothing computed twice: a clean step costs forward + weight gradients + the input gradients of
+    all layers but the first (3 forward - first layer); the FGSM mix costs two of those plus the
+    first layer's input gradient (the crafting gradient), exactly: MLP 2,487,500 = 2.49 x 998,750
+    multiply-adds an image, cnn-small 3,606,128 = 2.03 x 1,777,976 (the ratio the benchmark cites).
+    With alpha 0 the clean pass computes the input gradients only: 2 forward + a clean step."""
+    model, x, y = build().train(), torch.rand(3, 1, 28, 28), torch.tensor([0, 4, 9])
+    clean = 3 * forward - first_layer
+    assert multiply_adds_of_one_step(model, "clean", x, y) == 3 * clean
+    assert multiply_adds_of_one_step(model, "fgsm:eps=0.1", x, y) == 3 * (2 * clean + first_layer)
+    assert multiply_adds_of_one_step(model, "fgsm:eps=0.1,alpha=0", x, y) == 3 * (2 * forward + clean)
+
+
+def test_fgsm_mix_gradient_of_a_float32_conv_net_is_the_float64_formula():
+    """The float32 gradient the loop receives equals d/dw [alpha CE(x) + (1 - alpha) CE(x_adv)],
+    x_adv = clip(x + eps sign grad_x CE(x)), recomputed in float64 from the same weights and the
+    objective's own x_adv (a sign can flip between precisions where a pixel's gradient is ~0), on
+    conv, linear and bias parameters, a batch of 37 (the mean over an odd count), alpha 0.3."""
+    model = conv_net(3)
+    g = torch.Generator().manual_seed(8)
+    x, y = torch.rand(37, 1, 28, 28, generator=g), torch.randint(0, 10, (37,), generator=g)
+    seen = record_inputs(model)
+    loss, _ = make_objective(FGSMObjective(eps=0.1, alpha=0.3))(model, x, y, TrainStep())
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    reference = copy.deepcopy(model).double()
+    x64, x_adv64 = x.double(), seen[1].double()
+    expected_loss = 0.3 * F.cross_entropy(reference(x64), y) + 0.7 * F.cross_entropy(reference(x_adv64), y)
+    expected = torch.autograd.grad(expected_loss, list(reference.parameters()))
+    assert loss.item() == pytest.approx(expected_loss.item(), rel=1e-6)
+    for p, g64 in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.grad.double(), g64, rtol=1e-4, atol=1e-6)
+    # and the crafting sign is float64's wherever float64's gradient is not within rounding of 0
+    x_var = x64.clone().requires_grad_(True)
+    (grad64,) = torch.autograd.grad(F.cross_entropy(reference(x_var), y, reduction="sum"), x_var)
+    clear = grad64.abs() > 1e-6
+    expected_adv = (x64 + 0.1 * grad64.sign()).clamp(0, 1)
+    assert clear.float().mean() > 0.5
+    torch.testing.assert_close(x_adv64[clear], expected_adv[clear], rtol=0, atol=1e-7)
+
+
+class SharedGradients(nn.Module):
+    """A learnable input shift and a weight written as base + delta: autograd hands the input and the
+    shift one gradient tensor, and base and delta another (the same objects), so an objective that
+    edits gradients in place corrupts its neighbours'."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.shift = nn.Parameter(0.1 * torch.randn(6, 4, dtype=D))
+        self.base, self.delta = nn.Parameter(torch.randn(3, 4, dtype=D)), nn.Parameter(0.1 * torch.randn(3, 4, dtype=D))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x + self.shift).relu() @ (self.base + self.delta).T
+
+
+@pytest.mark.parametrize("alpha", [0.3, 0.5, 0.8])
+def test_fgsm_mix_is_right_where_autograd_hands_two_tensors_one_gradient(alpha):
+    model, (x, y) = SharedGradients(), batch()
+    x_adv = independent_fgsm(model, x, y, 0.1)
+    expected_loss = alpha * F.cross_entropy(model(x), y) + (1 - alpha) * F.cross_entropy(model(x_adv), y)
+    expected = torch.autograd.grad(expected_loss, list(model.parameters()))
+    loss, _ = make_objective(FGSMObjective(eps=0.1, alpha=alpha))(model, x, y, TrainStep())
+    loss.backward()
+    for p, g in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.grad, g, rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("spec", ["pgd:eps=0.2,steps=4", "fast-fgsm:eps=0.2", "mart:eps=0.2,steps=4", "trades:eps=0.2,steps=4"])

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from redblue.data import load_dataset
 from redblue.defenses import CleanObjective, FastFGSMObjective, parse_objective
@@ -261,6 +262,78 @@ def test_progress_must_be_a_callback():
     x, y = separable_data(16)
     with pytest.raises(ConfigError, match="progress must be a callback"):
         train(tiny_mlp(0), x, y, TrainConfig(epochs=1), progress=True)  # type: ignore[arg-type]
+
+
+def test_the_history_sums_every_batch_as_trained_including_a_short_last_one(monkeypatch):
+    """The running totals folded every 20 batches (and at the end) equal the per-batch values summed
+    in float64 by hand: 203 samples in batches of 8 are 25 full batches and one of 3."""
+    import redblue.train as train_module
+
+    batches: list[tuple[float, int, int]] = []  # (mean loss, correct, size) of each batch as trained
+    real = train_module.make_objective
+
+    def spy(params):
+        objective = real(params)
+
+        def wrapped(model, x, y, step):
+            loss, logits = objective(model, x, y, step)
+            batches.append((loss.item(), (logits.argmax(dim=1) == y).sum().item(), len(y)))
+            return loss, logits
+
+        return wrapped
+
+    monkeypatch.setattr(train_module, "make_objective", spy)
+    x, y = separable_data(203)
+    row = train(tiny_mlp(0), x, y, TrainConfig(epochs=1, batch_size=8), progress=False).history[0]
+    assert [n for _, _, n in batches] == [8] * 25 + [3]
+    assert row["loss"] == pytest.approx(math.fsum(loss * n for loss, _, n in batches) / 203, rel=1e-12, abs=0)
+    assert row["accuracy"] == sum(correct for _, correct, _ in batches) / 203
+
+
+class ComputingOps(TorchDispatchMode):
+    """Counts the aten ops dispatched inside the block that are not views (detach, t, slices) or
+    profiler markers: on a GPU, each is a kernel launch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view and not func.overloadpacket.__name__.startswith("_record_function"):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def plain_newmu_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> None:
+    optimizer = NewmuRMSprop(model.parameters(), lr=1e-3, rho=0.9, eps=1e-6)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    model.train()
+    for start in range(0, len(x), 8):
+        index = order[start : start + 8]
+        loss = F.cross_entropy(model(x[index]), y[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def test_a_clean_batch_dispatches_a_plain_loops_ops_and_half_an_op_more():
+    """The loop's own per-batch work (running loss and accuracy, lr) costs no op a batch: the totals
+    are folded every 20 batches in 9 ops (0.45 a batch); summed per batch they were 6 ops a batch.
+    Per batch: the difference between epochs of 40 and 20 batches of 8, over 20."""
+    x, y = separable_data(320)
+    counts = {}
+    for name, epoch in {
+        "ours": lambda model, xs, ys: train(model, xs, ys, TrainConfig(epochs=1, batch_size=8, optimizer="rmsprop-newmu"), progress=False),
+        "plain": lambda model, xs, ys: plain_newmu_epoch(model, xs, ys, 0),
+    }.items():  # fmt: skip
+        per_epoch = []
+        for n in (160, 320):
+            with ComputingOps() as ops:
+                epoch(tiny_mlp(0), x[:n], y[:n])
+            per_epoch.append(ops.count)
+        counts[name] = (per_epoch[1] - per_epoch[0]) / 20
+    assert counts["plain"] > 20  # forward, backward, dropout, the optimiser's step
+    assert counts["ours"] - counts["plain"] == pytest.approx(9 / 20, abs=1e-12)
 
 
 # ---- the paper's protocol, bit for bit --------------------------------------------------------------

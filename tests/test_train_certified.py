@@ -78,7 +78,8 @@ def test_certified_objectives_train_cleanly_over_the_first_tenth_before_the_ramp
     assert TrainConfig(epochs=10, objective=parse_objective("ibp"), eps_warmup_epochs=9.5).resolved(1000).clean_epochs == 0.5
     with pytest.raises(ConfigError, match=r"clean_epochs \(2\) and eps_warmup_epochs \(9.5\) together are longer than the run \(10"):
         TrainConfig(epochs=10, objective=parse_objective("ibp"), eps_warmup_epochs=9.5, clean_epochs=2)
-    with pytest.raises(ConfigError, match=r"clean_epochs \(9\) and eps_warmup_epochs \(5\) together"):  # the default ramp: half
+    # the default ramp (half the run) is said to be the default, not blamed on the user
+    with pytest.raises(ConfigError, match=r"clean_epochs \(9\) and eps_warmup_epochs \(5\) \(eps_warmup_epochs: this objective's default\) together"):
         TrainConfig(epochs=10, objective=parse_objective("ibp"), clean_epochs=9).resolved(1000)
     with pytest.raises(ConfigError, match="clean_epochs must be >= 0"):
         TrainConfig(epochs=10, objective=parse_objective("ibp"), clean_epochs=-0.5)

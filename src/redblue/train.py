@@ -47,9 +47,8 @@ from redblue.train_state import (
     save_state,
 )
 from redblue.validation import (
-    MAX_REDUCTIONS,
-    STEP_REDUCTION,
     ValidationSettings,
+    after_collapse,
     collapse_reason,
     guard_rule,
     selection_score,
@@ -422,7 +421,7 @@ def _judge(
         previous = [r["val_robust_accuracy"] for r in run.history if "collapsed" not in r and "val_robust_accuracy" in r]
         reason = collapse_reason(row, run.best_robust, previous[-1] if previous else None)
         if reason is not None:
-            action = _after_collapse(run)
+            action = after_collapse(run)
             model.load_state_dict(last_good[0])
             optimizer.load_state_dict(last_good[1])
             row["collapsed"] = reason
@@ -436,19 +435,6 @@ def _judge(
         run.best_epoch, run.best_score = row["epoch"], score
         if keep_best:
             run.best_weights = clone_weights(model)
-
-
-def _after_collapse(run: RunState) -> str:
-    """Continue with a smaller step_size when the objective has one and fewer than MAX_REDUCTIONS were
-    made (the run's objective record changes), else stop; returns what was done."""
-    params = objective_from_record(run.objective)
-    step_size = getattr(params, "step_size", None)
-    if step_size is None or run.reductions >= MAX_REDUCTIONS:
-        run.stopped = True
-        return "stopped training"
-    run.reductions += 1
-    run.objective = objective_record(dataclasses.replace(params, step_size=step_size * STEP_REDUCTION))
-    return f"step_size {step_size:g} -> {step_size * STEP_REDUCTION:g}"
 
 
 def _finite(value: float) -> bool:

@@ -222,7 +222,8 @@ class TrainConfig:
             clean = float(min(CERTIFIED_CLEAN_FRACTION * self.epochs, self.epochs - eps_warmup))
         else:
             clean = 0.0
-        _require_fits(clean, eps_warmup, self.epochs)
+        defaulted = tuple(name for name, value in (("clean_epochs", self.clean_epochs), ("eps_warmup_epochs", self.eps_warmup_epochs)) if value is None)
+        _require_fits(clean, eps_warmup, self.epochs, defaulted=defaulted)
         guard = self.overfit_guard
         if guard is None:
             guard = is_single_step(self.objective) and val_size > 0
@@ -266,11 +267,14 @@ class TrainConfig:
         return OptimizerSettings(name=name, lr=self.lr, **values)
 
 
-def _require_fits(clean_epochs: float, eps_warmup_epochs: float, epochs: int) -> None:
+def _require_fits(clean_epochs: float, eps_warmup_epochs: float, epochs: int, *, defaulted: tuple[str, ...] = ()) -> None:
+    """clean_epochs + eps_warmup_epochs must fit in the run; `defaulted` names those the user left to the
+    objective's default, so the message does not blame a knob nobody set."""
     if clean_epochs + eps_warmup_epochs > epochs:
+        note = f" ({' and '.join(defaulted)}: this objective's default)" if defaulted else ""
         raise ConfigError(
-            f"clean_epochs ({clean_epochs:g}) and eps_warmup_epochs ({eps_warmup_epochs:g}) together are longer than "
-            f"the run ({epochs} epochs); lower them or raise epochs"
+            f"clean_epochs ({clean_epochs:g}) and eps_warmup_epochs ({eps_warmup_epochs:g}){note} together are longer "
+            f"than the run ({epochs} epochs); lower them or raise epochs"
         )
 
 

@@ -15,6 +15,7 @@ and their best epoch is the one with the best certified accuracy: what they are 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +26,9 @@ from torch import Tensor, nn
 from redblue.attacks.fgsm import fgsm
 from redblue.attacks.pgd import pgd
 from redblue.certify import certify, choose_method
-from redblue.defenses import ObjectiveParams, is_adversarial, objective_kind
+from redblue.defenses import ObjectiveParams, is_adversarial, objective_from_record, objective_kind, objective_record
 from redblue.metrics import batches, predict_logits
+from redblue.train_state import RunState
 
 VAL_ROBUST_SIZE = 1000  # robust accuracy is measured on the first 1000 validation images (a random subset)
 VAL_PGD_STEPS = 10  # PGD-10, step 2.5 * eps / 10, one random start: ~2% of a PGD-7 epoch on 55k images
@@ -172,6 +174,19 @@ def collapse_reason(row: dict[str, Any], best_robust: float | None, previous_rob
             f"and PGD's did not rise (previous epoch {previous_robust:.3f})"
         )
     return None
+
+
+def after_collapse(run: RunState) -> str:
+    """Continue with a smaller step_size when the objective has one and fewer than MAX_REDUCTIONS were
+    made (the run's objective record changes), else stop; returns what was done."""
+    params = objective_from_record(run.objective)
+    step_size = getattr(params, "step_size", None)
+    if step_size is None or run.reductions >= MAX_REDUCTIONS:
+        run.stopped = True
+        return "stopped training"
+    run.reductions += 1
+    run.objective = objective_record(dataclasses.replace(params, step_size=step_size * STEP_REDUCTION))
+    return f"step_size {step_size:g} -> {step_size * STEP_REDUCTION:g}"
 
 
 def guard_rule() -> dict[str, Any]:

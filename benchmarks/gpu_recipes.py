@@ -5,7 +5,7 @@ A device session is short (about 15 minutes of GPU time, start-up included), so 
 side by side on the one GPU (each is bound by kernel launches at batch 128, not by the GPU's
 arithmetic), and each one's epoch count is chosen from a calibration run first: every recipe
 trains for 12 s beside the others, and gets as many whole epochs (rounded down to a
-multiple of 5) as fit its share of the time budget. The command each row of the README gives is
+multiple of 5) as fit the training part of the time budget. The command each row of the README gives is
 the one that ran, with that epoch count; `summary.json` records it, the calibration, the training
 and evaluation times, and the evaluator's numbers.
 
@@ -45,7 +45,6 @@ class Recipe:
     args: tuple[str, ...] = ()
     min_epochs: int = 10
     max_epochs: int = 60
-    share: float = 1.0  # this recipe's share of the training time, relative to the others
 
     def train_command(self, epochs: int, out: str, device: str) -> list[str]:
         return ["redblue", "train", "--model", self.model, "--objective", self.objective, "--epochs", str(epochs),
@@ -138,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     train_end = args.budget * (1 - args.eval_share)
     for job in jobs:
         epoch_s = job.seconds_per_batch * -(-n_train // BATCH) * VALIDATION_SHARE
-        fit = int((train_end - calibration_s - 15) * job.recipe.share / epoch_s)
+        fit = int((train_end - calibration_s - 15) / epoch_s)
         job.epochs = 1 if args.cpu_dry_run else min(job.recipe.max_epochs, fit // 5 * 5)
         log(f"{job.name}: {epoch_s:.1f} s per epoch -> {job.epochs} epochs (fit {fit})")
     skipped = [job for job in jobs if job.epochs < (1 if args.cpu_dry_run else job.recipe.min_epochs)]

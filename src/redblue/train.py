@@ -418,8 +418,8 @@ def _judge(
     """After validation: roll back a collapsed epoch (`last_good`: the guard judges this epoch), else
     update the best epoch. Writes `row["collapsed"]` and the run's events, best and objective."""
     if last_good is not None:
-        previous = [r["val_robust_accuracy"] for r in run.history if "collapsed" not in r and "val_robust_accuracy" in r]
-        reason = collapse_reason(row, run.best_robust, previous[-1] if previous else None)
+        good = (r["val_robust_accuracy"] for r in reversed(run.history) if "collapsed" not in r and "val_robust_accuracy" in r)
+        reason = collapse_reason(row, run.best_robust, next(good, None))
         if reason is not None:
             action = after_collapse(run)
             model.load_state_dict(last_good[0])

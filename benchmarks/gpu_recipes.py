@@ -75,8 +75,8 @@ def calibrate(name: str, device: str, start_at: float, seconds: float) -> None:
     from redblue.data import load_dataset
     from redblue.defenses import parse_objective
     from redblue.models import build_model, parse_model
-    from redblue.optim import ConstantSchedule
     from redblue.train import TrainConfig, init_model, train
+    from redblue.train.optim import ConstantSchedule
 
     recipe = RECIPES[name]
     data = load_dataset("mnist", "train")

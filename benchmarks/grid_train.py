@@ -1,4 +1,4 @@
-"""The paper's 3x3 grid trained as one batched model (`redblue.gridtrain`) against one model at a time.
+"""The paper's 3x3 grid trained as one batched model (`redblue.train.grid.loop`) against one model at a time.
 
 Nine members (lambda1, lambda2 in {0, 1e-5, 1e-4}, seed 0), the paper's MLP and protocol, one
 or more epochs on N MNIST training images. Modes, each in fresh processes, rotated within every
@@ -38,10 +38,10 @@ import torch
 
 from redblue.data import load_dataset
 from redblue.errors import RedblueError
-from redblue.gridscore import fgsm_grid_scores
-from redblue.gridtrain import train_grid
 from redblue.models import MLPSpec, build_model
 from redblue.train import TrainConfig, init_model, train
+from redblue.train.grid.loop import train_grid
+from redblue.train.grid.score import fgsm_grid_scores
 
 SPEC = MLPSpec(hidden=625, bias=False, init="normal-0.01")
 LAMBDAS = (0.0, 1e-5, 1e-4)

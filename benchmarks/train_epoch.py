@@ -84,8 +84,8 @@ from redblue.data import load_dataset
 from redblue.defenses import OBJECTIVES, is_adversarial, parse_objective
 from redblue.errors import RedblueError
 from redblue.models import MODELS, MLPSpec, build_model, parse_model
-from redblue.optim import ConstantSchedule
 from redblue.train import NewmuRMSprop, TrainConfig, init_model, train
+from redblue.train.optim import ConstantSchedule
 
 Epoch = Callable[[nn.Module, Tensor, Tensor, int], None]
 PGD_EPS, PGD_STEPS = 0.1, 7

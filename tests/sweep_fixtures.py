@@ -19,7 +19,6 @@ import torch
 from redblue.errors import ConfigError
 from redblue.sweep import Artefact, Cell, CellOutput
 
-
 CALLS_ENV = "REDBLUE_TEST_CELL_CALLS"  # a folder where every call of toy_cell leaves a file (inherited by workers)
 
 
@@ -75,7 +74,7 @@ def calls_made(calls: str | os.PathLike[str]) -> list[str]:
 
 def main(argv: list[str]) -> None:
     """The kill -9 test's child process: OUT N SLEEP WORKERS -> one toy sweep into OUT."""
-    from redblue.store import RunFolder
+    from redblue.runs.store import RunFolder
     from redblue.sweep import run_sweep
 
     out, n, sleep, workers = argv[0], int(argv[1]), float(argv[2]), int(argv[3])

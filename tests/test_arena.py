@@ -17,7 +17,7 @@ from redblue.attacks.transfer import transfer
 from redblue.certify import certified_accuracy
 from redblue.models import load_model
 from redblue.report.pages import write_reports
-from redblue.runfolders import EvaluationRow, summarize_run
+from redblue.runs.folders import EvaluationRow, summarize_run
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def test_kill_9_mid_run_then_the_same_command_reuses_every_finished_cell(played,
     resumed = json.loads((out / "results.json").read_text())
     assert without_timing(resumed) == without_timing(json.loads(json.dumps(uninterrupted.results)))
     assert (out / "report.html").is_file() and (out / "report.md").is_file()
-    from redblue.index import list_runs  # the verb fed the run index beside the folder as it ran
+    from redblue.runs.index import list_runs  # the verb fed the run index beside the folder as it ran
 
     (indexed,) = list_runs(tmp_path, kind="arena")
     assert (indexed.status, indexed.n_cells, indexed.metrics["winner"]) == ("done", uninterrupted.computed, resumed["summary"]["winner"])
@@ -207,10 +207,10 @@ def test_arena_report_opens_offline_in_chromium_with_its_heatmap_drawn(played):
     import io
 
     import numpy as np
-    import redblue.report.arena  # noqa: F401
     from chromium_driver import Chromium, find_chromium
     from PIL import Image as PILImage
 
+    import redblue.report.arena  # noqa: F401
     from redblue.report.html import heat_color
 
     _, result = played

@@ -23,8 +23,8 @@ from redblue.bounds import crown_ibp_margins
 from redblue.certify import certified_accuracy
 from redblue.defenses import parse_objective
 from redblue.models import build_model, parse_model
-from redblue.optim import parse_schedule
 from redblue.train import TrainConfig, init_model, train
+from redblue.train.optim import parse_schedule
 
 DEEP = "cnn-large:channels1=16,channels2=32,hidden=256,image_size=14"
 

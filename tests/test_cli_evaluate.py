@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import redblue.cli.verbs_evaluate as verbs_evaluate
-import redblue.models
+import redblue.models.files
 from redblue.cli import main
 from redblue.data import load_dataset
 from redblue.models import LoadedModel, MLPSpec, build_model, save_model
@@ -83,7 +83,7 @@ def test_attack_leaves_nothing_behind_when_writing_fails(saved_model, tmp_path, 
         Path(filename).write_bytes(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(redblue.models, "save_file", failing_save)
+    monkeypatch.setattr(redblue.models.files, "save_file", failing_save)
     out = tmp_path / "run"
     with pytest.raises(OSError, match="disk full"):
         main(["attack", str(saved_model), "--attack", "fgsm:eps=0.1", "--limit", "20", "--out", str(out), "--device", "cpu", "--threads", "1"])

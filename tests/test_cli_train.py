@@ -7,12 +7,11 @@ import sys
 
 import pytest
 import torch
+from cli_helpers import one_error_line, run
 
-from cli_helpers import run, one_error_line
 from redblue.data import load_dataset
 from redblue.metrics import score
 from redblue.models import MLPSpec, load_model
-
 
 # --threads 1: the in-process CLI sets torch's thread count for the whole test worker
 TINY = ("--model", "mlp:hidden=16,init=normal-0.01", "--train-subset", "600", "--epochs", "2", "--device", "cpu", "--threads", "1")
@@ -158,7 +157,7 @@ def test_clean_epochs_train_cleanly_before_the_ramp_and_are_recorded(tmp_path, c
 
 def interrupt_after_epoch(monkeypatch, epoch: int) -> None:
     """Ctrl-C the moment `epoch`'s checkpoint is written (before the loop reports the epoch)."""
-    import redblue.train_state as train_state
+    import redblue.train.state as train_state
 
     real = train_state.write_checkpoint
 

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from redblue.attacks import fgsm
 from redblue.defenses import (
     OBJECTIVES,
     CleanObjective,

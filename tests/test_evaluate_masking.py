@@ -14,15 +14,15 @@ import re
 
 import pytest
 import torch
+from cli_helpers import run
 from mlp_fixtures import accuracy, sign_pgd, trained_mlp
 from torch import nn
 
-from cli_helpers import run
 from redblue.data import load_dataset
 from redblue.defenses import parse_objective
 from redblue.models import MLPSpec, build_model, save_model
-from redblue.optim import parse_schedule
 from redblue.train import TrainConfig, init_model, train
+from redblue.train.optim import parse_schedule
 
 EPS = 0.3
 N_EVAL = 500  # the CLI's --limit: the first 500 test images, disjoint from the training images

@@ -25,12 +25,12 @@ from redblue.attacks import fgsm
 from redblue.data import load_dataset
 from redblue.defenses import parse_objective
 from redblue.errors import ConfigError
-from redblue.gridscore import fgsm_grid_scores
-from redblue.gridtrain import grid_refusal, supports, train_grid
 from redblue.metrics import score
 from redblue.models import CNNSpec, MLPSpec, build_model
-from redblue.optim import parse_schedule
 from redblue.train import TrainConfig, init_model, train
+from redblue.train.grid.loop import grid_refusal, supports, train_grid
+from redblue.train.grid.score import fgsm_grid_scores
+from redblue.train.optim import parse_schedule
 
 N_TRAIN, N_TEST = 3000, 2000
 ACCURACY_TOLERANCE = 0.005  # 10 of 2,000 test images; two seeds differ by 0.0075-0.018 (medians)

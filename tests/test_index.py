@@ -13,11 +13,11 @@ import textwrap
 import time
 
 import pytest
+from redblue.runfolders import normalize_time
 from run_fixtures import EVAL_EPS, copy_runs, real_runs  # noqa: F401 (fixture)
 
-from redblue import index, ranking
 from redblue.config import tomllib
-from redblue.runfolders import normalize_time, utc_iso
+from redblue.runs import index, ranking
 
 REAL_KINDS = {"reproduce-tiny": "reproduce", "evaluate-a": "evaluate", "evaluate-a-fgsm": "evaluate",
               "evaluate-b": "evaluate", "attack-a": "attack"}

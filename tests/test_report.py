@@ -9,12 +9,12 @@ import pytest
 import torch
 from matplotlib.image import imread
 
+from redblue.errors import ConfigError
 from redblue.report.figures import curves_figure, save_curves_png, save_figure_one_png
 from redblue.report.markdown import render_markdown
-from redblue.errors import ConfigError
-from redblue.paper import PAPER_VALUES, paper_models, paper_value
 from redblue.reproduce import Expectations
 from redblue.reproduce.compare import clip_comparison, comparison_tables, shape_checks
+from redblue.reproduce.paper import PAPER_VALUES, paper_models, paper_value
 
 PAPER_TXT = Path(__file__).resolve().parents[1].parent / "shared" / "paper.txt"
 GRID = (0.0, 1e-5, 1e-4)

@@ -17,7 +17,7 @@ from redblue.data import load_dataset
 from redblue.report.html import HEAT_HIGH, HEAT_LOW, HEAT_MID, heat_color, image_pixels, png_bytes, render_html
 from redblue.report.page import Curves, Heatmap, Image, ImageGrid, Page, Section, Series, Table, format_value, page_markdown
 from redblue.report.pages import PageOptions, build_page, write_reports
-from redblue.runfolders import RunFolderError
+from redblue.runs.folders import RunFolderError
 
 
 def _decode(png: bytes) -> np.ndarray:

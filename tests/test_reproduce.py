@@ -407,24 +407,3 @@ def test_full_profile_has_the_papers_shape(tmp_path):
     assert len(checks) == 43
     assert [c["check"] for c in checks if c["passed"] is not True] == []
     assert result.results["clip_comparison"]["mean_abs_difference"]["unclipped"] < 0.06
-
-
-ENGINE = ("train", "evaluate", "certify", "sweep", "arena", "reproduce", "store", "paper")
-
-
-def test_the_engine_never_imports_report_or_cli():
-    """No arrow from the engine to the surface (issue 9): every import in every engine module, at any depth."""
-    import ast
-
-    import redblue
-
-    root = Path(redblue.__file__).parent
-    files = [p for name in ENGINE for p in [root / f"{name}.py", *sorted((root / name).glob("*.py"))] if p.is_file()]
-    assert {"sweep", "reproduce", "store"} <= {p.stem if p.parent == root else p.parent.name for p in files}
-    arrows = []
-    for path in files:
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            arrows += [f"{path.relative_to(root)} -> {n}" for n in names if n.startswith(("redblue.report", "redblue.cli"))]
-    assert arrows == []

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from redblue.errors import ConfigError
-from redblue.store import RunFolder, RunJournal, differing_keys, environment, normalized
+from redblue.runs.store import RunFolder, RunJournal, differing_keys, environment, normalized
 
 
 def test_prepare_records_the_config_and_recognises_it_again(tmp_path):
@@ -117,7 +117,7 @@ def test_a_read_only_folder_fails_in_one_line(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("redblue.store.tempfile.mkstemp", denied)
+    monkeypatch.setattr("redblue.runs.store.tempfile.mkstemp", denied)
     with pytest.raises(ConfigError, match="cannot write to"):
         RunFolder(tmp_path).prepare({"a": 1})
 

@@ -15,7 +15,7 @@ import pytest
 from sweep_fixtures import CALLS_ENV, ToyConfig, calls_made, toy_cell, toy_cells
 
 from redblue.errors import ConfigError
-from redblue.store import RunFolder
+from redblue.runs.store import RunFolder
 from redblue.sweep import Cell, SweepProgress, cell_id, make_executor, run_sweep
 from redblue.sweep.executors import InProcessExecutor, ProcessPoolCellExecutor
 

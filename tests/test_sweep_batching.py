@@ -13,7 +13,7 @@ import pytest
 from sweep_fixtures import BATCHES_ENV, CALLS_ENV, ToyConfig, calls_made, toy_batch, toy_cell, toy_cells, toy_key
 
 from redblue.errors import ConfigError
-from redblue.store import RunFolder
+from redblue.runs.store import RunFolder
 from redblue.sweep import Batching, Cell, SweepProgress, run_sweep
 
 HOW_KEYS = ("host", "pid", "started", "finished", "seconds", "batch")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sweep_fixtures import CALLS_ENV, calls_made, toy_cell, toy_cells
 
-from redblue.store import RunFolder
+from redblue.runs.store import RunFolder
 from redblue.sweep import run_sweep
 
 TESTS = Path(__file__).resolve().parent

@@ -267,7 +267,7 @@ def test_progress_must_be_a_callback():
 def test_the_history_sums_every_batch_as_trained_including_a_short_last_one(monkeypatch):
     """The running totals folded every 20 batches (and at the end) equal the per-batch values summed
     in float64 by hand: 203 samples in batches of 8 are 25 full batches and one of 3."""
-    import redblue.train as train_module
+    import redblue.train.loop as train_module
 
     batches: list[tuple[float, int, int]] = []  # (mean loss, correct, size) of each batch as trained
     real = train_module.make_objective

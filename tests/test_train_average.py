@@ -1,4 +1,4 @@
-"""Weight averaging (`TrainConfig.weight_average`, `redblue.optim.WeightAverage`): the average
+"""Weight averaging (`TrainConfig.weight_average`, `redblue.train.optim.WeightAverage`): the average
 against a float64 recomputation from the trained weights of every step, the trajectory unchanged,
 the average validated and kept, and rolled back with the weights by the guard."""
 
@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import redblue.train as train_module
+import redblue.train.loop as train_module
 from redblue.defenses import parse_objective
 from redblue.errors import ConfigError
 from redblue.models import MLPSpec, build_model
-from redblue.optim import WeightAverage
 from redblue.train import TrainConfig, init_model, train
+from redblue.train.optim import WeightAverage
 
 
 def blobs(n: int = 300, seed: int = 5) -> tuple[torch.Tensor, torch.Tensor]:

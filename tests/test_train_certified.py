@@ -10,13 +10,18 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import redblue.train as train_module
+import redblue.train.loop as train_module
 from redblue.certify import certified_accuracy, certify
-from redblue.defenses import KINDS, OBJECTIVES, TrainStep, objective_kind, parse_objective, register_objective
+from redblue.defenses import KINDS, OBJECTIVES, objective_kind, parse_objective, register_objective
 from redblue.errors import ConfigError
 from redblue.train import TrainConfig, train
-from redblue.train_config import CERTIFIED_CLEAN_FRACTION, CERTIFIED_EPS_WARMUP_FRACTION, CERTIFIED_MIN_RAMP_EPOCHS, EPS_WARMUP_FRACTION
-from redblue.validation import is_certified, is_single_step, validation_split
+from redblue.train.config import (
+    CERTIFIED_CLEAN_FRACTION,
+    CERTIFIED_EPS_WARMUP_FRACTION,
+    CERTIFIED_MIN_RAMP_EPOCHS,
+    EPS_WARMUP_FRACTION,
+)
+from redblue.train.validation import is_certified, is_single_step, validation_split
 
 
 def mnist_subset() -> tuple[Tensor, Tensor, Tensor, Tensor]:

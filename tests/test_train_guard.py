@@ -7,15 +7,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-import redblue.train as train_module
-from redblue.checkpoint import read_checkpoint
+import redblue.train.loop as train_module
 from redblue.data import load_dataset
 from redblue.defenses import parse_objective
 from redblue.metrics import score
 from redblue.models import CNNSmallSpec, MLPSpec, build_model
-from redblue.optim import parse_schedule
 from redblue.train import TrainConfig, init_model, train
-from redblue.validation import COLLAPSE_DROP, COLLAPSE_GAP, collapse_reason, validation_split
+from redblue.train.checkpoint import read_checkpoint
+from redblue.train.optim import parse_schedule
+from redblue.train.validation import COLLAPSE_DROP, COLLAPSE_GAP, collapse_reason, validation_split
 
 
 def blobs(n: int = 400, seed: int = 11) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from redblue.config import from_dict, tomllib, to_dict
+from redblue.config import from_dict, to_dict, tomllib
 from redblue.defenses import PGDObjective, TrainStep, parse_objective
 from redblue.errors import ConfigError
-from redblue.optim import (
+from redblue.train import TrainConfig, make_optimizer, train
+from redblue.train.optim import (
     ConstantSchedule,
     CosineSchedule,
     OneCycleSchedule,
@@ -26,7 +27,6 @@ from redblue.optim import (
     lr_factor,
     parse_schedule,
 )
-from redblue.train import TrainConfig, make_optimizer, train
 
 D = torch.float64
 
@@ -169,7 +169,7 @@ def test_the_loop_steps_the_lr_per_batch_with_its_warm_up():
 
 
 def test_eps_ramps_per_batch_and_the_objective_sees_it(monkeypatch):
-    import redblue.train as train_module
+    import redblue.train.loop as train_module
 
     seen: list[TrainStep] = []
     real = train_module.make_objective

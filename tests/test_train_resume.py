@@ -10,12 +10,12 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from redblue.checkpoint import STATE_FILE, load_optimizer_state, optimizer_state, read_checkpoint
 from redblue.defenses import parse_objective
 from redblue.errors import ConfigError
 from redblue.models import MLPSpec, build_model
-from redblue.optim import parse_schedule
 from redblue.train import TrainConfig, TrainProgress, init_model, make_optimizer, train
+from redblue.train.checkpoint import STATE_FILE, load_optimizer_state, optimizer_state, read_checkpoint
+from redblue.train.optim import parse_schedule
 
 
 class ConvBN(nn.Module):

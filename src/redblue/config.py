@@ -7,6 +7,7 @@ each run writes beside its results, so there is exactly one description of every
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import tempfile
@@ -234,3 +235,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 def write_toml(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
     atomic_write_bytes(path, tomli_w.dumps(data).encode())
+
+
+def same(a: float | None, b: float | None) -> bool:
+    """Equal as configuration values (lambdas, eps): both None, or equal up to float rounding."""
+    if a is None or b is None:
+        return a is None and b is None
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)

@@ -66,7 +66,7 @@ from redblue.defenses import ObjectiveParams, PGDObjective, parse_objective
 from redblue.errors import ConfigError, require_in_range, require_non_negative
 from redblue.evaluate.plan import PRESETS, attack_label
 from redblue.models import parse_model, spec_text
-from redblue.train_config import TrainConfig
+from redblue.train.config import TrainConfig
 
 ARENA_QUICK = Path(__file__).resolve().parent.parent / "experiments" / "arena-quick.toml"
 KNOWLEDGE = ("white-box", "black-box", "transfer")

@@ -12,7 +12,7 @@ from typing import Any
 
 from redblue.arena.config import ArenaConfig, red_label
 from redblue.arena.game import Pick, scoreboard
-from redblue.paper import same
+from redblue.config import same
 
 
 def _by_kind(records: Mapping[str, dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -91,7 +91,7 @@ def leaderboard(config: ArenaConfig, records: Mapping[str, dict[str, Any]]) -> l
 
 
 def evaluation_rows(config: ArenaConfig, board: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The leaderboard as `redblue.runfolders.EvaluationRow` dicts, for the run index and `redblue leaderboard`."""
+    """The leaderboard as `redblue.runs.folders.EvaluationRow` dicts, for the run index and `redblue leaderboard`."""
     return [
         {
             "model": f"{config.name}/{row['defense']}" + (f" (round {row['round']})" if row["round"] else ""),

@@ -31,11 +31,11 @@ from redblue.arena.cells import CleanCell, LeaderboardCell, MatrixCell, TrainCel
 from redblue.arena.config import ArenaConfig, attack_eps, file_digest, model_text
 from redblue.arena.game import Pick, fine_tune_objective, round_entry, strongest
 from redblue.arena.results import build_results
+from redblue.config import same
 from redblue.defenses import parse_objective
 from redblue.errors import ConfigError
 from redblue.models import load_model, spec_text
-from redblue.paper import same
-from redblue.store import CONFIG_FILE, RunFolder, RunJournal, environment
+from redblue.runs.store import CONFIG_FILE, RunFolder, RunJournal, environment
 from redblue.sweep import Cell, ProgressCallback, SweepResult, run_sweep
 from redblue.sweep.ray_executor import import_ray, start_ray
 

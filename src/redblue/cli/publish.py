@@ -17,7 +17,7 @@ from typing import Any
 import typer
 
 from redblue.errors import RedblueError
-from redblue.index import upsert_cell, upsert_run
+from redblue.runs.index import upsert_cell, upsert_run
 
 
 def index_run(folder: str | os.PathLike[str]) -> str | None:

@@ -29,7 +29,6 @@ from redblue.cli.sweep_progress import (
     sweep_progress,
 )
 from redblue.cli.verbs_data import DownloadOption, require_dataset
-from redblue.errors import ConfigError
 from redblue.report import arena as _arena_page  # noqa: F401  (registers the arena's report page for `redblue report`)
 from redblue.sweep import SweepProgress
 

@@ -45,8 +45,8 @@ from redblue.cli.verbs_data import DownloadOption, require_dataset
 from redblue.config import atomic_write_bytes
 from redblue.errors import ConfigError, require_choice, require_positive
 from redblue.evaluate import (
-    CERTIFY_METHODS,
     AUTO,
+    CERTIFY_METHODS,
     MODES,
     evaluate,
     parse_attack_list,
@@ -56,7 +56,7 @@ from redblue.evaluate import (
 from redblue.evaluate.folder import EvaluationFolder, file_sha256
 from redblue.evaluate.single import attack_every_sample
 from redblue.models import load_model, save_tensors
-from redblue.store import environment, json_bytes
+from redblue.runs.store import environment, json_bytes
 
 DatasetOption = Annotated[
     Optional[str],

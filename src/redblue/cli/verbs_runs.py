@@ -14,8 +14,6 @@ from rich.table import Table
 
 from redblue.cli.app import DataDirOption, JsonOption, app, print_json, set_interrupt_message
 from redblue.errors import ConfigError, require_choice
-from redblue.index import SyncReport, find_run, index_path, list_runs, parse_since, rebuild, sync
-from redblue.ranking import leaderboard
 from redblue.report.leaderboard import (
     LEADERBOARD_HEADER,
     RUN_HEADER,
@@ -27,7 +25,9 @@ from redblue.report.leaderboard import (
     leaderboard_title,
     run_row,
 )
-from redblue.runfolders import KINDS, STATUSES
+from redblue.runs.folders import KINDS, STATUSES
+from redblue.runs.index import SyncReport, find_run, index_path, list_runs, parse_since, rebuild, sync
+from redblue.runs.ranking import leaderboard
 
 RootOption = Annotated[
     Path, typer.Option("--root", help="The runs folder; its index is ROOT/index.sqlite, rebuilt from the run folders in it.")

@@ -23,7 +23,6 @@ import torch
 import typer
 
 import redblue
-from redblue.checkpoint import STATE_FILE, checkpoint_folder, remove_checkpoint
 from redblue.cli.app import (
     DataDirOption,
     DeviceOption,
@@ -41,8 +40,9 @@ from redblue.defenses import KINDS, OBJECTIVES, parse_objective
 from redblue.errors import ConfigError
 from redblue.metrics import score
 from redblue.models import MODELS, arch_of, build_model, parse_model, save_model
-from redblue.optim import parse_schedule
 from redblue.train import TrainConfig, TrainProgress, init_model, train
+from redblue.train.checkpoint import STATE_FILE, checkpoint_folder, remove_checkpoint
+from redblue.train.optim import parse_schedule
 
 # The paper's network as calibrated for experiments/paper.toml: Newmu's Theano tutorial MLP with
 # one hidden layer of 625, no biases, N(0, 0.01^2) weights, dropout 0.2 on the input and 0.5 hidden.

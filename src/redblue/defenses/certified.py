@@ -30,7 +30,7 @@ The loop's `--eps-warmup-epochs` is that ramp; without one (r = 1 throughout) th
 trains at the full radius with kappa_end and beta_end from the first batch. The loop's
 `--clean-epochs` (by default a tenth of the run for these objectives) hold r = 0 before the
 ramp: train eps 0 and kappa_start (1: the clean loss alone), the papers' clean start, without
-which a deep network (`cnn-large`) collapses to a constant (see `redblue.train_config`).
+which a deep network (`cnn-large`) collapses to a constant (see `redblue.train.config`).
 
 The train radius: Gowal et al. train MNIST at 0.4 for a test eps of 0.2-0.4 and at 0.2 for 0.1
 (their Section 5; the same in CROWN-IBP's reproductions of their large model,

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from redblue.report.builders import PageOptions, environment_section, register_page, run_header
 from redblue.report.page import Block, Curves, Heatmap, KeyValues, Page, Section, Series, Table, Text
-from redblue.report.pages import PageOptions, environment_section, register_page, run_header
 
 
 def _state_name(defense: str, round_: int) -> str:

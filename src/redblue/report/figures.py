@@ -14,8 +14,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from redblue.config import atomic_write_bytes
-from redblue.paper import paper_value, same
+from redblue.config import atomic_write_bytes, same
+from redblue.reproduce.paper import paper_value
 
 if TYPE_CHECKING:
     from redblue.reproduce.results import FigureOne

@@ -1,4 +1,4 @@
-"""The leaderboard and the run list as text: Markdown and CSV tables of what `redblue.index` returns."""
+"""The leaderboard and the run list as text: Markdown and CSV tables of what `redblue.runs.index` returns."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import csv
 import io
 from typing import Any
 
-from redblue.index import IndexedRun
-from redblue.ranking import Leaderboard
+from redblue.runs.index import IndexedRun
+from redblue.runs.ranking import Leaderboard
 
 CSV_COLUMNS = ("rank", "model", "dataset", "split", "n", "worst_case_accuracy", "certified_accuracy", "certified_method",
                "clean_accuracy", "attacks", "runs")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from redblue.paper import same
+from redblue.config import same
 
 PAPER_TITLE = "Adversarial Machine Learning: The Attacks and the Defenses"
 TABLE1_LABELS = {

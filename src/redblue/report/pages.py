@@ -1,28 +1,36 @@
 """The report Page of each kind of run, built from its folder alone (results.json and saved images), and
 `write_reports`, which writes report.md and report.html beside them without recomputing anything.
 
-A kind of run plugs in with `@register_page("arena")` on a function (results, folder, options) ->
-Page; kinds without a builder get `generic_page` (summary scalars, evaluations, findings, environment).
+A kind of run plugs in with `@register_page` (`redblue.report.builders`); this module imports every
+kind's builder (the arena's is `redblue.report.arena`), so `write_reports` works for every kind from
+library code too, not only through the CLI. Kinds without a builder get `generic_page` (summary
+scalars, evaluations, findings, environment).
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from redblue.config import atomic_write_bytes
+from redblue.report import arena as _arena  # noqa: F401  (registers the "arena" page)
+from redblue.report.builders import (
+    BUILDERS,
+    PageOptions,
+    environment_section,
+    findings_block,
+    lambda_text,
+    register_page,
+    run_header,
+)
 from redblue.report.html import render_html
 from redblue.report.page import (
     Block,
     Curves,
-    Finding,
-    Findings,
     Heatmap,
     Image,
     ImageGrid,
@@ -36,63 +44,10 @@ from redblue.report.page import (
     Text,
     page_markdown,
 )
-from redblue.runfolders import ENVIRONMENT_FILE, RUN_FILE, RunFolderError, infer_kind, read_json, results_file
+from redblue.runs.folders import RUN_FILE, RunFolderError, infer_kind, read_json, results_file
 
 FIGURE1_TENSORS = "figure1.safetensors"  # images (len(eps), 28, 28) of Figure 1, when the run saved them
 ADVERSARIAL_TENSORS = "adversarial.safetensors"  # `redblue attack --out`: x_adv, y, predicted, indices, valid
-DEFAULT_SAMPLES = 8
-
-
-@dataclass(frozen=True)
-class PageOptions:
-    """Choices a reader makes: which saved samples the image grid shows (positions in the saved arrays)."""
-
-    samples: tuple[int, ...] | None = None
-    max_samples: int = DEFAULT_SAMPLES
-    data_dir: str | None = None
-
-
-PageBuilder = Callable[[dict[str, Any], Path, PageOptions], Page]
-BUILDERS: dict[str, PageBuilder] = {}
-
-
-def register_page(kind: str) -> Callable[[PageBuilder], PageBuilder]:
-    def register(builder: PageBuilder) -> PageBuilder:
-        BUILDERS[kind] = builder
-        return builder
-
-    return register
-
-
-# --- shared sections ----------------------------------------------------------------------------
-
-
-def _lam(value: float) -> str:
-    return "0" if value == 0 else f"{value:g}"
-
-
-def _findings(items: Sequence[dict[str, Any]]) -> Findings:
-    return Findings(tuple(Finding(str(f.get("severity", "warning")), str(f.get("check", "")), str(f.get("message", ""))) for f in items))
-
-
-def environment_section(folder: Path, *, fallback: dict[str, Any] | None = None, extra: Sequence[tuple[str, Any]] = ()) -> Section:
-    """Versions, device, seeds and platform from environment.json (else what the results recorded), and run.json."""
-    env_path = folder / ENVIRONMENT_FILE
-    env = read_json(env_path) if env_path.is_file() else dict(fallback or {})
-    items: list[tuple[str, Any]] = list(extra)
-    run_path = folder / RUN_FILE
-    if run_path.is_file():
-        run = read_json(run_path)
-        items += [(key, run.get(key)) for key in ("status", "started", "finished", "host", "device") if run.get(key) is not None]
-    versions = env.get("versions", {}) if isinstance(env.get("versions"), dict) else {}
-    items += [(name, version) for name, version in versions.items()]
-    items += [(key, json.dumps(value) if isinstance(value, (list, dict)) else value)
-              for key, value in env.items() if key != "versions"]
-    return Section("environment", "Environment", (KeyValues(tuple(items)),))
-
-
-def run_header(folder: Path) -> str:
-    return f"Run folder {folder.name}"
 
 
 # --- reproduce ----------------------------------------------------------------------------------
@@ -134,7 +89,7 @@ def _figure_one(results: dict[str, Any], folder: Path) -> list[Block]:
 
 def _comparison_table(rows: Sequence[dict[str, Any]], title: str) -> Table:
     body = tuple(
-        (_lam(r["l1"]), _lam(r["l2"]), r["metric"], "clean" if r["eps"] is None else r["eps"], r["paper"], r["ours"],
+        (lambda_text(r["l1"]), lambda_text(r["l2"]), r["metric"], "clean" if r["eps"] is None else r["eps"], r["paper"], r["ours"],
          r["ours_std"], r["difference"])
         for r in rows
     )
@@ -160,8 +115,8 @@ def reproduce_page(results: dict[str, Any], folder: Path, options: PageOptions) 
          None if results.get("compute_wall_seconds") is None else round(results["compute_wall_seconds"], 1)),
         ("cells trained in this run", len(results.get("cells_trained", []))),
         ("cells reused", len(results.get("cells_reused", []))),
-        ("paper's choice", f"λ1 = {_lam(experiment['chosen_l1'])}, λ2 = {_lam(experiment['chosen_l2'])}"),
-        ("the paper's rule on our numbers", f"λ1 = {_lam(ours['l1'])}, λ2 = {_lam(ours['l2'])}" if ours else None),
+        ("paper's choice", f"λ1 = {lambda_text(experiment['chosen_l1'])}, λ2 = {lambda_text(experiment['chosen_l2'])}"),
+        ("the paper's rule on our numbers", f"λ1 = {lambda_text(ours['l1'])}, λ2 = {lambda_text(ours['l2'])}" if ours else None),
     ))
     notes = [text.strip() for text in experiment.get("notes", {}).values() if text]
     sections = [Section("summary", "Summary", (summary, Text(tuple(notes))) if notes else (summary,))]
@@ -171,7 +126,7 @@ def reproduce_page(results: dict[str, Any], folder: Path, options: PageOptions) 
         if tables.get(key)
     )))
     eps = tuple(point["eps"] for point in models[0]["curve"]) if models else ()
-    names = [f"λ1={_lam(m['l1'])}, λ2={_lam(m['l2'])}" for m in models]
+    names = [f"λ1={lambda_text(m['l1'])}, λ2={lambda_text(m['l2'])}" for m in models]
     curve_blocks: list[Block] = []
     for metric in ("accuracy", "confidence"):
         series = []
@@ -204,7 +159,7 @@ def reproduce_page(results: dict[str, Any], folder: Path, options: PageOptions) 
     if clip and clip.get("rows"):
         sections.append(Section("clip", "FGSM clipped to [0, 1] or not", (Table(
             ("table", "λ1", "λ2", "eps", "paper", "clipped", "unclipped"),
-            tuple((r["source"], _lam(r["l1"]), _lam(r["l2"]), r["eps"], r["paper"], r["clipped"], r["unclipped"]) for r in clip["rows"]),
+            tuple((r["source"], lambda_text(r["l1"]), lambda_text(r["l2"]), r["eps"], r["paper"], r["clipped"], r["unclipped"]) for r in clip["rows"]),
             ("", "", "", "g", ".4f", ".4f", ".4f"), caption=f"The tables use {clip['tables_use']} FGSM.",
         ),)))
     trained = set(results.get("cells_trained", []))
@@ -288,7 +243,7 @@ def evaluate_page(results: dict[str, Any], folder: Path, options: PageOptions) -
     sections.append(Section("stages", "Attack stages", (Table(
         ("norm", "eps", "attack", "threat", "robust accuracy", "confidence", "attacked", "fooled", "invalid", "seconds"),
         stages, ("", "g", "", "", "%", ".3f", "", "", "", ".2f")),)))
-    sections.append(Section("findings", "Sanity findings", (_findings(results.get("findings", [])),)))
+    sections.append(Section("findings", "Sanity findings", (findings_block(results.get("findings", [])),)))
     versions = results.get("versions", {})
     sections.append(environment_section(folder, fallback={"versions": versions, "device": results.get("device"),
                                                           "seed": results.get("seed"), **results.get("settings", {})}))
@@ -360,7 +315,7 @@ def attack_page(results: dict[str, Any], folder: Path, options: PageOptions) -> 
             f"The clean images were not found ({results['dataset']} is not available here); only the adversarial ones are shown.")
         sections.append(Section("images", "Adversarial images", (ImageGrid(
             f"{results['attack']['label']} at eps {results['eps']:g}", columns, tuple(rows), caption=note),)))
-    sections.append(Section("findings", "Sanity findings", (_findings(results.get("findings", [])),)))
+    sections.append(Section("findings", "Sanity findings", (findings_block(results.get("findings", [])),)))
     sections.append(environment_section(folder, fallback={"versions": results.get("versions", {}), "device": results.get("device"),
                                                           "seed": results.get("seed")}))
     return Page(f"Attack: {results['attack']['label']} at eps {results['eps']:g}", "attack", tuple(sections),
@@ -381,7 +336,7 @@ def generic_page(results: dict[str, Any], folder: Path, options: PageOptions, *,
         sections.append(Section("evaluations", "Evaluated models", (Table(
             columns, tuple(tuple(e.get(c) for c in columns) for e in evaluations), ("", "", "g", "%", "%", "%")),)))
     if isinstance(results.get("findings"), list):
-        sections.append(Section("findings", "Sanity findings", (_findings(results["findings"]),)))
+        sections.append(Section("findings", "Sanity findings", (findings_block(results["findings"]),)))
     sections.append(environment_section(folder, fallback=results.get("environment")))
     return Page(f"{kind.capitalize()} run {folder.name}", kind, tuple(sections), subtitle=run_header(folder))
 
@@ -438,7 +393,3 @@ def write_reports(folder: str | os.PathLike[str], *, options: PageOptions = Page
     atomic_write_bytes(paths["html"], html.encode())
     return paths
 
-
-# The page builders of other kinds register themselves on import; importing them here makes
-# `write_reports` work for every kind from library code too, not only through the CLI.
-from redblue.report import arena as _arena  # noqa: E402,F401  (registers the "arena" page)

@@ -3,7 +3,7 @@
 `run_cell(config)` is the cell function the sweep engine runs: a pure function of its
 `CellConfig` (the data it loads is named by the config; where the files lie changes no number).
 `run_cells(configs)` computes several cells that differ only in l1, l2 and seed at once: their
-models are trained as one batched model (`redblue.gridtrain`, issue 11), which gives each model
+models are trained as one batched model (`redblue.train.grid.loop`, issue 11), which gives each model
 the weights one-by-one training gives it (bit for bit on the CPU, tested), then each is scored as
 `run_cell` scores it; `batch_key` tells the sweep engine which cells may share such a batch.
 """
@@ -25,11 +25,11 @@ from torch import Tensor, nn
 from redblue.attacks.core import check_eps, eval_mode, loss_and_input_gradient
 from redblue.data import get_spec, load_dataset
 from redblue.errors import AttackError
-from redblue.gridtrain import grid_refusal, train_grid
 from redblue.metrics import DEFAULT_BATCH, batches, correct_and_confidence
 from redblue.models import MLPSpec, build_model, save_model
 from redblue.sweep import Artefact, CellOutput, cell_id, config_json
 from redblue.train import TrainConfig, TrainResult, init_model, train
+from redblue.train.grid.loop import grid_refusal, train_grid
 
 
 @dataclass(frozen=True)

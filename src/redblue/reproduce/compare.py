@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from redblue.paper import PAPER_VALUES, PaperValue, same
+from redblue.config import same
 from redblue.reproduce.experiment import Expectations
+from redblue.reproduce.paper import PAPER_VALUES, PaperValue
 
 TABLE_SOURCES = {"table1": "Table 1", "table2": "Table 2", "table3": "Table 3"}
 

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from redblue.attacks.core import check_eps
-from redblue.config import from_dict, read_toml, to_dict
+from redblue.config import from_dict, read_toml, same, to_dict
 from redblue.data import get_spec
 from redblue.defenses import parse_objective
 from redblue.errors import ConfigError, require_non_negative
 from redblue.models import MLPSpec
-from redblue.paper import PAPER_FIGURE_EPS, PAPER_GRID, PAPER_TABLE3_EPS, PAPER_TABLE_EPS, same
+from redblue.reproduce.paper import PAPER_FIGURE_EPS, PAPER_GRID, PAPER_TABLE3_EPS, PAPER_TABLE_EPS
 from redblue.train import TrainConfig
 
 PAPER_TOML = Path(__file__).resolve().parent.parent / "experiments" / "paper.toml"

@@ -15,9 +15,8 @@ from torch import Tensor, nn
 
 from redblue.attacks import fgsm
 from redblue.attacks.core import eval_mode
-from redblue.config import to_dict
+from redblue.config import same, to_dict
 from redblue.errors import ConfigError
-from redblue.paper import same
 from redblue.reproduce.compare import clip_comparison, comparison_tables, shape_checks
 from redblue.reproduce.experiment import Experiment
 

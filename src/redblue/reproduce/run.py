@@ -22,15 +22,14 @@ from typing import Any
 
 import torch
 
+from redblue.config import same
 from redblue.errors import ConfigError
 from redblue.models import load_model
-from redblue.paper import same
 from redblue.reproduce.cell import CellConfig, batch_key, load_split, run_cell, run_cells
 from redblue.reproduce.experiment import Experiment
 from redblue.reproduce.results import FigureOne, build_results, figure_one
-from redblue.store import CONFIG_FILE, RunFolder, RunJournal, environment
+from redblue.runs.store import CONFIG_FILE, RunFolder, RunJournal, environment
 from redblue.sweep import Batching, Cell, ProgressCallback, run_sweep
-
 
 FILES = {
     "report": "report.md",

@@ -2,9 +2,10 @@
 
 A finished cell is found again by its id (a hash of its config) and never recomputed; a run killed
 at any moment resumes from its finished cells. Executors: `local` (a process pool) and `ray`.
-`engine` holds the loop, `executors` the local executors, `ray_executor` the Ray one.
+`engine` holds the loop, `executors` the local executors, `ray_executor` the Ray one, `choose` picks one by name.
 """
 
+from redblue.sweep.choose import make_executor
 from redblue.sweep.engine import (
     Batching,
     Cell,
@@ -17,7 +18,7 @@ from redblue.sweep.engine import (
     config_json,
     run_sweep,
 )
-from redblue.sweep.executors import EXECUTORS, Artefact, CellOutput, Executor, Finished, default_workers, make_executor
+from redblue.sweep.executors import EXECUTORS, Artefact, CellOutput, Executor, Finished, default_workers
 
 __all__ = [
     "EXECUTORS", "Artefact", "Batching", "Cell", "CellOutput", "ProgressCallback", "Executor", "Finished", "Running", "SweepProgress",

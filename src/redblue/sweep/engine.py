@@ -38,8 +38,9 @@ from typing import Any, Literal
 
 from redblue.config import to_dict
 from redblue.errors import ConfigError
-from redblue.store import RunFolder, RunJournal, json_bytes, utc_now
-from redblue.sweep.executors import CellOutput, Executor, Finished, make_executor
+from redblue.runs.store import RunFolder, RunJournal, json_bytes, utc_now
+from redblue.sweep.choose import make_executor
+from redblue.sweep.executors import CellOutput, Executor, Finished
 
 log = logging.getLogger(__name__)
 ID_HEX_DIGITS = 16  # 64 bits: a collision among a sweep's cells is out of reach (and the stored config is compared too)

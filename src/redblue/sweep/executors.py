@@ -23,8 +23,8 @@ from typing import Any, Protocol
 
 import torch
 
-from redblue.errors import ConfigError, RedblueError
-from redblue.store import utc_now
+from redblue.errors import RedblueError
+from redblue.runs.store import utc_now
 
 EXECUTORS = ("local", "ray")
 PARENT_POLL_S = 1.0  # how often a pool worker checks that the process that started it is alive
@@ -187,26 +187,3 @@ class ProcessPoolCellExecutor:
         for process in processes:
             process.join(timeout=10)
         self._futures.clear()
-
-
-def make_executor(name: str, *, workers: int | None, gpu: bool, cells: int) -> Executor:
-    """The executor `name` ("local" or "ray") sized for `cells` cells: at most `workers` in flight.
-
-    local: `workers` processes (default: the cores this process may use; with `gpu`, the GPUs),
-    and this process alone when that comes to one. ray: see `redblue.sweep.ray_executor`.
-    """
-    if name not in EXECUTORS:
-        raise ConfigError(f"unknown executor {name!r}; choose one of: {', '.join(EXECUTORS)}")
-    if workers is not None and workers < 1:
-        raise ConfigError(f"workers must be >= 1, got {workers}")
-    if name == "ray":
-        from redblue.sweep.ray_executor import RayExecutor
-
-        return RayExecutor(workers=workers, gpu=gpu)
-    gpus = torch.cuda.device_count() if gpu else 0
-    if gpu and gpus == 0:
-        raise ConfigError("the cells run on CUDA but no GPU is visible; use --device cpu")
-    size = max(1, min(workers or gpus or default_workers(), cells))
-    if size == 1:
-        return InProcessExecutor()
-    return ProcessPoolCellExecutor(workers=size, gpus=gpus)

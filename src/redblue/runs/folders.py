@@ -1,7 +1,7 @@
 """A run folder read back: its kind, status, times, config hash, key metrics, cells and evaluated models.
 
-Run folders are the source of truth; the run index (`redblue.index`) and the reports only read
-them. The layout every verb writes (see store.py): `run.json` ({"kind", "name", "status",
+Run folders are the source of truth; the run index (`redblue.runs.index`) and the reports only read
+them. The layout every verb writes (see `redblue.runs.store`): `run.json` ({"kind", "name", "status",
 "started", "finished", "host", "device", "redblue"}), `config.toml`, `environment.json`,
 `cells/<cell-id>.json` (at least {"id", "config", "metrics"}), `results.json`.
 

@@ -52,7 +52,7 @@ from typing import Any
 
 from redblue.defenses import CleanObjective, ObjectiveParams, is_adversarial, objective_kind
 from redblue.errors import ConfigError, require_in_range, require_non_negative, require_positive
-from redblue.optim import (
+from redblue.train.optim import (
     OPTIMIZER_DEFAULTS,
     OPTIMIZER_KNOBS,
     OPTIMIZERS,
@@ -62,7 +62,7 @@ from redblue.optim import (
     ScheduleParams,
     check_optimizer_knobs,
 )
-from redblue.validation import is_certified, is_single_step
+from redblue.train.validation import is_certified, is_single_step
 
 AUTO = "auto"
 KEEP = ("best", "last")
@@ -98,9 +98,9 @@ class TrainConfig:
     val_size: images held out of the training set for per-epoch validation; keep: "best" keeps the
       epoch with the best robust (else clean) validation accuracy, "last" the final weights.
     overfit_guard: roll back and shrink the step when single-step training overfits
-      catastrophically (see redblue.validation).
+      catastrophically (see redblue.train.validation).
     weight_average: the decay of an exponential moving average of the weights, updated every batch
-      (`redblue.optim.WeightAverage`; e.g. 0.999); the averaged weights are validated, selected and
+      (`redblue.train.optim.WeightAverage`; e.g. 0.999); the averaged weights are validated, selected and
       saved. None or 0: off.
     l1, l2: the paper's penalties lambda1 * sum|w| + lambda2 * sum w^2; penalize_bias: also on biases.
     """
@@ -148,7 +148,7 @@ class TrainConfig:
             chosen_for_you=self.optimizer == AUTO,
         )
         if self.schedule is not None and not isinstance(self.schedule, ScheduleParams):
-            raise ConfigError(f"schedule must be schedule params (see redblue.optim), got {type(self.schedule).__name__}")
+            raise ConfigError(f"schedule must be schedule params (see redblue.train.optim), got {type(self.schedule).__name__}")
         for name in ("warmup_epochs", "eps_warmup_epochs", "clean_epochs"):
             value = getattr(self, name)
             if value is not None:

@@ -1,7 +1,7 @@
 """Score a grid of same-architecture models at once: clean and FGSM accuracy and confidence at every eps.
 
 `fgsm_grid_scores` is `redblue.reproduce`'s per-model `fgsm_scores` for M models in one batched
-pass (`redblue.gridmodel`): each model's own FGSM direction sign(grad_x CE) is taken at the clean
+pass (`redblue.train.grid.model`): each model's own FGSM direction sign(grad_x CE) is taken at the clean
 x once per batch and reused for every (eps, clip) setting, and each model is scored on its own
 images. The operations are those autograd runs for one model (the same images and logits).
 """
@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 from redblue.attacks.core import check_eps
 from redblue.errors import AttackError, ModelError
-from redblue.gridmodel import StackedMLP, ce_backward, linear_forward, relu_backward
 from redblue.metrics import DEFAULT_BATCH, batches
+from redblue.train.grid.model import StackedMLP, ce_backward, linear_forward, relu_backward
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def fgsm_grid_scores(
 ) -> list[list[GridScore]]:
     """Per model, accuracy and confidence on FGSM images `x + eps * sign(grad_x CE)` for each (eps, clip).
 
-    models: M models of one architecture (`redblue.gridmodel.layer_plan`: an nn.Sequential of
+    models: M models of one architecture (`redblue.train.grid.model.layer_plan`: an nn.Sequential of
     Linear, ReLU, Dropout, Flatten), scored in eval mode; x: (N, ...) pixels in [0, 1] on the
     models' device; y: (N,) labels. eps 0 scores the clean images. Returns scores[m][s] for model m
     and settings[s]. The gradient is checked once at the end: a NaN or infinite one raises AttackError.

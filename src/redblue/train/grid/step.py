@@ -2,7 +2,7 @@
 
 `GridStep` runs the operations `redblue.train.train` runs for one model (forward, cross-entropy,
 backward, the penalty gradient, the RMSProp update), for all members at once on a
-`redblue.gridmodel.StackedMLP`. Each weight is updated as soon as its gradient is known and the
+`redblue.train.grid.model.StackedMLP`. Each weight is updated as soon as its gradient is known and the
 gradient flowing through it has been taken; on the CPU the weight gradient and its update run
 member by member (in blocks of rows for large layers), with the single-model loop's exact
 operations and scalars. `SeedStreams` holds the random streams of the
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Generator, Tensor
 
-from redblue.gridmodel import Layer, StackedMLP, ce_backward, linear_forward, relu_backward
-from redblue.train import TrainConfig
+from redblue.train.config import TrainConfig
+from redblue.train.grid.model import Layer, StackedMLP, ce_backward, linear_forward, relu_backward
 
 
 class SeedStreams:

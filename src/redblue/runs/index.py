@@ -1,11 +1,11 @@
 """The run index: one SQLite database at the root of a runs folder, a row per run, per cell, per evaluated model.
 
-The run folders are the source of truth (`redblue.runfolders` reads them); the index is a cache
+The run folders are the source of truth (`redblue.runs.folders` reads them); the index is a cache
 for listing, filtering and ranking, rebuilt from them at any time (`rebuild`). It lives at
 `<root>/index.sqlite` in WAL mode: readers never block the writer, and writers wait for each
 other (busy timeout) inside `BEGIN IMMEDIATE` transactions, so concurrent runs lose no rows.
 
-`redblue.ranking` ranks the evaluated models it holds. The engines feed it while they run (the
+`redblue.runs.ranking` ranks the evaluated models it holds. The engines feed it while they run (the
 CLI passes these as callbacks):
     upsert_run(folder)          # when a run starts (after run.json/config.toml) and when it ends
     upsert_cell(folder, record) # after each cells/<id>.json is written
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from redblue.errors import ConfigError, RedblueError
-from redblue.runfolders import (
+from redblue.runs.folders import (
     CellSummary,
     RunFolderError,
     RunSummary,

@@ -28,16 +28,15 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from redblue.checkpoint import STATE_FILE
 from redblue.config import to_dict
 from redblue.defenses import TrainStep, make_objective, objective_from_record, objective_record, weight_penalty
 from redblue.defenses.penalties import add_penalty_gradient_, penalized_parameters
 from redblue.errors import ConfigError
-from redblue.optim import NewmuRMSprop, WeightAverage, build_optimizer, eps_ramp, lr_factor
-from redblue.train_config import TrainConfig
-from redblue.train_data import check_model_fits, check_training_data
-from redblue.train_totals import RunningTotals
-from redblue.train_state import (
+from redblue.train.checkpoint import STATE_FILE
+from redblue.train.config import TrainConfig
+from redblue.train.data import check_model_fits, check_training_data
+from redblue.train.optim import NewmuRMSprop, WeightAverage, build_optimizer, eps_ramp, lr_factor
+from redblue.train.state import (
     Generators,
     RunState,
     clone_weights,
@@ -46,7 +45,8 @@ from redblue.train_state import (
     restore_state,
     save_state,
 )
-from redblue.validation import (
+from redblue.train.totals import RunningTotals
+from redblue.train.validation import (
     ValidationSettings,
     after_collapse,
     collapse_reason,
@@ -215,7 +215,7 @@ def train(
     it too, so the same seed, initial weights and device give the same weights (torch's global
     random state is saved and restored). The model ends in eval mode, holding the kept epoch's
     weights (`config.keep`). With `config.weight_average`, an exponential moving average of the
-    weights follows training (`redblue.optim.WeightAverage`); after each epoch the average is what is
+    weights follows training (`redblue.train.optim.WeightAverage`); after each epoch the average is what is
     validated, selected, passed to on_epoch and kept, while training goes on from the trained
     weights (a guard rollback rolls both back; on_epoch then sees the rolled-back trained weights).
 

@@ -1,6 +1,6 @@
 """Rank every evaluated model in the run index by worst-case robust accuracy, certified and clean beside it.
 
-Reads the `evaluations` table of `redblue.index` (one row per evaluated model, norm and eps: an
+Reads the `evaluations` table of `redblue.runs.index` (one row per evaluated model, norm and eps: an
 `evaluate` run's results, or the rows an arena lists under "evaluations" in its results.json).
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from redblue.index import RunIndexError, index_path, reader
+from redblue.runs.index import RunIndexError, index_path, reader
 
 TIE_EPS = 0.1  # the default eps among equally common ones: the nearest to this (the paper's and the arena's budget)
 

@@ -1,7 +1,7 @@
 """Train a grid of models that differ only in l1, l2 and seed as one batched model (issue 11, item 3).
 
 The paper's 3x3 (lambda1, lambda2) grid is nine copies of one MLP. `train_grid` trains them as
-one stacked model (`redblue.gridmodel`): each Linear layer of all members is one batched matmul.
+one stacked model (`redblue.train.grid.model`): each Linear layer of all members is one batched matmul.
 Member m is trained exactly as `redblue.train.train` trains it alone:
 
 - initial weights: `init_model(build, seed=seed_m)`;
@@ -37,10 +37,10 @@ from torch import Tensor, nn
 
 from redblue.defenses import weight_penalty
 from redblue.errors import ConfigError
-from redblue.gridmodel import StackedMLP, layer_plan
-from redblue.gridstep import GridStep, SeedStreams, by_member, shared_inputs
-from redblue.train import TrainConfig, TrainResult, init_model
-from redblue.train_data import check_training_data
+from redblue.train.data import check_training_data
+from redblue.train.grid.model import StackedMLP, layer_plan
+from redblue.train.grid.step import GridStep, SeedStreams, by_member, shared_inputs
+from redblue.train.loop import TrainConfig, TrainResult, init_model
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ stacked, (M, out, in), so every layer of every member runs as one batched matmul
 are (M, B, features): member m's batch is row m. The backward pass is written out by hand (the
 layers are four), so the training loop can update each weight as soon as its gradient exists
 and reuse its buffers; every operation is the one autograd runs for a single model, member by
-member, which makes member m's numbers those of training it alone (see `redblue.gridtrain`).
+member, which makes member m's numbers those of training it alone (see `redblue.train.grid.loop`).
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ regularization") and (0, 0) ("without").
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from redblue.config import same
 
 METRICS = ("accuracy", "confidence")
 
@@ -72,13 +73,6 @@ PAPER_VALUES: tuple[PaperValue, ...] = tuple(
         PaperValue(0.0, 0.0, "confidence", 0.075, 0.8054, "Table 3"),
     ]
 )
-
-
-def same(a: float | None, b: float | None) -> bool:
-    """Equal as configuration values (lambdas, eps): both None, or equal up to float rounding."""
-    if a is None or b is None:
-        return a is None and b is None
-    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
 
 
 def paper_value(l1: float, l2: float, metric: str, eps: float | None = None) -> PaperValue | None:

@@ -2,7 +2,7 @@
 best epoch, the guard's doings), its random generators, and how both go to and come back from disk.
 
 A resumed run restores the weights, the optimiser state, every random generator and this state,
-so it continues exactly where the checkpoint was taken (`redblue.checkpoint` does the files).
+so it continues exactly where the checkpoint was taken (`redblue.train.checkpoint` does the files).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from redblue.checkpoint import load_optimizer_state, optimizer_state, read_checkpoint, write_checkpoint
 from redblue.errors import ConfigError
-from redblue.store import differing_keys
+from redblue.runs.store import differing_keys
+from redblue.train.checkpoint import load_optimizer_state, optimizer_state, read_checkpoint, write_checkpoint
 
 
 @dataclass

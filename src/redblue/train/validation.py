@@ -28,7 +28,7 @@ from redblue.attacks.pgd import pgd
 from redblue.certify import certify, choose_method
 from redblue.defenses import ObjectiveParams, is_adversarial, objective_from_record, objective_kind, objective_record
 from redblue.metrics import batches, predict_logits
-from redblue.train_state import RunState
+from redblue.train.state import RunState
 
 VAL_ROBUST_SIZE = 1000  # robust accuracy is measured on the first 1000 validation images (a random subset)
 VAL_PGD_STEPS = 10  # PGD-10, step 2.5 * eps / 10, one random start: ~2% of a PGD-7 epoch on 55k images

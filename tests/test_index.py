@@ -13,11 +13,11 @@ import textwrap
 import time
 
 import pytest
-from redblue.runfolders import normalize_time
 from run_fixtures import EVAL_EPS, copy_runs, real_runs  # noqa: F401 (fixture)
 
 from redblue.config import tomllib
 from redblue.runs import index, ranking
+from redblue.runs.folders import normalize_time
 
 REAL_KINDS = {"reproduce-tiny": "reproduce", "evaluate-a": "evaluate", "evaluate-a-fgsm": "evaluate",
               "evaluate-b": "evaluate", "attack-a": "attack"}
@@ -213,9 +213,9 @@ def test_leaderboard_ranks_models_by_their_lowest_worst_case_with_the_highest_ce
 
 
 WRITER = textwrap.dedent("""
-    import json, sys, time
+    import json, os, sys, time
     from pathlib import Path
-    from redblue.index import upsert_cell, upsert_run
+    from redblue.runs.index import upsert_cell, upsert_run
     root, name, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     mine, shared = root / name, root / "shared"
     for folder in (mine, shared):
@@ -228,7 +228,9 @@ WRITER = textwrap.dedent("""
     for i in range(n):
         for folder in (mine, shared):
             record = {"id": f"{name}-{i:03d}", "config": {"i": i}, "metrics": {"accuracy": i / n}}
-            (folder / "cells" / f"{name}-{i:03d}.json").write_text(json.dumps(record))
+            part = folder / "cells" / f".{name}-{i:03d}.json.part"  # atomically, as redblue.runs.store writes: the
+            part.write_text(json.dumps(record))                        # other writer may read the shared folder now
+            os.replace(part, folder / "cells" / f"{name}-{i:03d}.json")
             upsert_cell(folder, record, root=root)
     upsert_run(mine, root=root)
 """)

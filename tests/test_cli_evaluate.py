@@ -60,7 +60,7 @@ def test_attack_writes_images_and_metrics_and_json(saved_model, tmp_path, capsys
                             "--out", out, "--json", "--device", "cpu", "--threads", "1")
     assert code == 0, err
     result = json.loads(stdout)
-    assert stdout.count("\n") == 1
+    assert stdout.count("\n") == 1 and result["threads"] == 1 and result["seed"] == 0
     assert sorted(p.name for p in out.iterdir()) == ["adversarial.safetensors", "metrics.json"]  # no .part left
     assert json.loads((out / "metrics.json").read_text())["adversarial"] == result["adversarial"]
     clean_pred, y, adv_pred = plain_fgsm(saved_model, 0.1)

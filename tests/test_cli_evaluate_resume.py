@@ -6,6 +6,7 @@ attack row starts (the first is stored by then), which is where a real SIGINT la
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 
@@ -92,6 +93,27 @@ def test_ctrl_c_keeps_finished_rows_and_the_same_command_resumes(model_path, tmp
     # another seed draws other random starts: nothing of the earlier rows may be reused
     code, stdout, err = run(capsys, "evaluate", model_path, *ARGS, "--out", out, "--json", "--seed", 1)
     assert json.loads(stdout)["rows"] == {"total": 4, "reused": 0}
+
+
+def test_a_rerun_under_another_load_keeps_the_recorded_thread_count_and_its_rows(model_path, tmp_path, capsys, monkeypatch):
+    """--threads auto takes the idle cores; a rerun into a folder takes the count its config.toml
+    recorded instead, so its rows are reused and its numbers are those of one uninterrupted run."""
+    app = importlib.import_module("redblue.cli.app")  # the module (redblue.cli.app is also the Typer app's name)
+    auto = [*ARGS[:-4], "--certify", "none", "--threads", "auto"]
+    out = tmp_path / "eval"
+    monkeypatch.setattr(app, "idle_cores", lambda: 1)  # a busy machine: auto is one thread
+    with monkeypatch.context() as patch:
+        _interrupt_at_second_row(patch)
+        assert run(capsys, "evaluate", model_path, *auto, "--out", out, "--json")[0] == 130
+    monkeypatch.setattr(app, "idle_cores", lambda: 2)  # quiet now: a fresh auto run would take two
+    code, stdout, err = run(capsys, "evaluate", model_path, *auto, "--out", out, "--json")
+    assert code == 0, err
+    resumed = json.loads(stdout)
+    assert resumed["threads"] == 1 and resumed["rows"] == {"total": 4, "reused": 1}
+    code, stdout, err = run(capsys, "evaluate", model_path, *ARGS, "--out", tmp_path / "fresh", "--json")
+    assert _numbers(resumed) == _numbers(json.loads(stdout))
+    code, stdout, err = run(capsys, "evaluate", model_path, *auto, "--out", tmp_path / "new", "--json")
+    assert json.loads(stdout)["threads"] == 2  # a new folder: auto takes the idle cores
 
 
 def test_ctrl_c_without_out_says_nothing_was_kept(model_path, capsys, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 
@@ -195,6 +196,42 @@ def test_ctrl_c_after_epoch_2_then_resume_gives_the_uninterrupted_model(tmp_path
     assert first.record["kept_epoch"] == second.record["kept_epoch"]
     code, out, err = run(capsys, "train", *ADVERSARIAL, "--out", parts, "--resume")
     assert code == 2 and "--resume: there is no checkpoint in" in one_error_line(err)
+
+
+def test_a_resume_under_another_load_keeps_the_recorded_thread_count_and_ends_as_the_uninterrupted_run(tmp_path, capsys, monkeypatch):
+    """--threads auto takes the idle cores; a run resumed after the machine's load changed takes the
+    count its checkpoint recorded instead, so it ends bit for bit where the uninterrupted run ends."""
+    import redblue.cli.verbs_train as verbs
+
+    app = importlib.import_module("redblue.cli.app")  # the module (redblue.cli.app is also the Typer app's name)
+    auto = [a if a != "1" or TINY[i - 1] != "--threads" else "auto" for i, a in enumerate(TINY)]
+    whole, parts, other = (tmp_path / f"{name}.safetensors" for name in ("whole", "parts", "other"))
+    monkeypatch.setattr(app, "idle_cores", lambda: 1)  # a busy machine: auto is one thread
+    code, out, err = run(capsys, "train", *auto, "--out", whole, "--json")
+    assert code == 0, err
+    assert json.loads(out)["torch_threads"] == 1
+    for path in (parts, other):
+        with monkeypatch.context() as patch:
+            interrupt_after_epoch(patch, 1)
+            assert run(capsys, "train", *auto, "--out", path)[0] == 130
+    monkeypatch.setattr(app, "idle_cores", lambda: 2)  # quiet now: a fresh auto run would take two
+    threads_seen = []
+    real_train = verbs.train
+
+    def counting_train(*args, **kwargs):
+        threads_seen.append(torch.get_num_threads())
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(verbs, "train", counting_train)
+    code, out, err = run(capsys, "train", *auto, "--out", parts, "--resume", "--json")
+    assert code == 0, err
+    assert json.loads(out)["torch_threads"] == 1 and threads_seen == [1] and json.loads(out)["resumed_from"] == 1
+    first, second = load_model(whole).model.state_dict(), load_model(parts).model.state_dict()
+    assert all(torch.equal(first[k], v) for k, v in second.items())
+    # an explicit count other than the recorded one is refused, in one line, and the checkpoint kept
+    code, _, err = run(capsys, "train", *TINY[:-1], "2", "--out", other, "--resume")
+    assert code == 2 and "was made with 1 torch threads and this run has 2; resume with the same thread count" in one_error_line(err)
+    assert (tmp_path / "other.safetensors.checkpoint").is_dir() and not other.exists()
 
 
 def test_ctrl_c_before_the_first_epoch_says_nothing_was_saved(tmp_path, capsys, monkeypatch):

@@ -270,6 +270,37 @@ def test_a_rerun_with_another_config_is_refused_and_force_retrains_only_changed_
     assert sorted(result.trained) == ["l1-0.0001_l2-1e-05_seed-0", "l1-0_l2-1e-05_seed-0"]
 
 
+def test_cells_compute_with_the_runs_thread_count_which_is_part_of_its_config(tiny_toml, tmp_path, capsys, monkeypatch):
+    """threads: torch threads per cell, in workers and in process; recorded in the folder's config and
+    every cell's id, so another count is another config; the CLI's auto shares the idle cores among
+    the workers, and a rerun with auto keeps the recorded count."""
+    experiment = load_experiment(tiny_toml, profile="tiny")
+    pooled = reproduce(experiment, tmp_path / "pool", workers=2, threads=2)
+    assert {c["torch_threads"] for c in pooled.results["cells"]} == {2} and pooled.results["torch_threads_per_cell"] == 2
+    assert torch.get_num_threads() == 1  # this process's own count is put back
+    one = grid_cells(experiment, torch.device("cpu"))
+    two = grid_cells(experiment, torch.device("cpu"), threads=2)
+    assert [c.threads for c in one] == [1, 1] and {cell_id(a) for a in one}.isdisjoint(cell_id(b) for b in two)
+    with pytest.raises(ConfigError, match=r"different config.*threads"):
+        reproduce(experiment, tmp_path / "pool", workers=1)
+    with pytest.raises(ConfigError, match="threads must be an integer >= 1"):
+        reproduce(experiment, tmp_path / "bad", threads=0)
+
+    import redblue.cli.verbs_reproduce as verbs
+
+    out = tmp_path / "cli"
+    args = ["reproduce", "--config", str(tiny_toml), "--profile", "tiny", "--out", str(out), "--threads", "auto", "--json"]
+    monkeypatch.setattr(verbs, "idle_cores", lambda: 4)
+    assert main([*args, "--workers", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["torch_threads_per_cell"] == 2  # 4 idle cores, 2 workers
+    monkeypatch.setattr(verbs, "idle_cores", lambda: 1)
+    assert main([*args, "--workers", "1"]) == 0  # busier now, but the folder's record holds
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["torch_threads_per_cell"] == 2 and printed["cells_trained"] == []
+    assert main([*args[:-3], "--json", "--workers", "1"]) == 2  # the default, 1 thread: another config
+    assert "threads" in capsys.readouterr().err
+
+
 def test_cli_refuses_a_mixed_run_in_one_line_with_exit_code_2(tiny_toml, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["reproduce", "--config", str(tiny_toml), "--out", str(out), "--workers", "1"]

@@ -131,6 +131,21 @@ def test_resuming_with_a_different_config_is_refused_in_one_line(tmp_path, chang
         train(init_model(ConvBN, seed=1), x.flip(0), y, config, checkpoint=tmp_path / "c", resume=True)
 
 
+def test_resuming_on_a_cpu_with_another_thread_count_is_refused_in_one_line(tmp_path):
+    """Sums split across threads round differently: a resume with another count would not end where
+    the uninterrupted run ends, so the checkpoint records the count and a resume must match it."""
+    x, y = images()
+    config = config_of("pgd-adam-one-cycle")
+    with pytest.raises(KeyboardInterrupt):
+        train(init_model(ConvBN, seed=1), x, y, config, progress=Interrupt("epoch", 2), checkpoint=tmp_path / "c")
+    torch.set_num_threads(2)  # conftest puts it back to 1 after the test
+    with pytest.raises(ConfigError, match="was made with 1 torch threads and this run has 2; resume with the same thread count") as info:
+        train(init_model(ConvBN, seed=1), x, y, config, checkpoint=tmp_path / "c", resume=True)
+    assert "\n" not in str(info.value)
+    torch.set_num_threads(1)
+    assert train(init_model(ConvBN, seed=1), x, y, config, checkpoint=tmp_path / "c", resume=True).resumed_from == 2
+
+
 def test_an_existing_checkpoint_needs_resume_and_resume_needs_one(tmp_path):
     x, y = images()
     config = config_of("clean-newmu-penalties")

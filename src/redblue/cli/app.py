@@ -36,7 +36,7 @@ ThreadsOption = Annotated[
     typer.Option(
         "--threads",
         help="CPU threads for torch: auto (one per idle core this process may use, at most 4; 1 on a busy "
-        "machine) or a number.",
+        "machine; a resumed or rerun run keeps the count it recorded) or a number. The numbers depend on it.",
     ),
 ]
 
@@ -60,8 +60,12 @@ def idle_cores() -> int:
     return max(1, available_cores() - int(load))
 
 
-def resolve_threads(text: str) -> int:
+def resolve_threads(text: str, *, recorded: int | None = None) -> int:
     """`auto` -> one thread per idle core, at most MAX_AUTO_THREADS; else a positive integer.
+
+    `recorded`: the count the run being resumed or rerun computed with. `auto` takes it, since the
+    numbers depend on the thread count (sums split across threads round differently) and the
+    continued run must end as the uninterrupted one would; an explicit count is taken as given.
 
     Why idle cores: torch's worker threads spin while they wait for each other, so on a machine
     whose cores are busy with other work a second thread costs far more than it gives (measured on
@@ -69,7 +73,7 @@ def resolve_threads(text: str) -> int:
     with 2); on 2 quiet cores 2 threads are about 1.4x faster than 1 for the MNIST models.
     """
     if text == "auto":
-        return max(1, min(idle_cores(), MAX_AUTO_THREADS))
+        return recorded if recorded is not None else max(1, min(idle_cores(), MAX_AUTO_THREADS))
     try:
         threads = int(text)
     except ValueError:
@@ -79,9 +83,9 @@ def resolve_threads(text: str) -> int:
     return threads
 
 
-def apply_threads(text: str) -> int:
-    """Set torch's intra-op thread count from a --threads value; returns the count set."""
-    threads = resolve_threads(text)
+def apply_threads(text: str, *, recorded: int | None = None) -> int:
+    """Set torch's intra-op thread count from a --threads value (see `resolve_threads`); returns the count set."""
+    threads = resolve_threads(text, recorded=recorded)
     torch.set_num_threads(threads)
     return threads
 

@@ -26,7 +26,7 @@ ExecutorOption = Annotated[
 ]
 WorkersOption = Annotated[
     Optional[int],
-    typer.Option("--workers", help="Tasks in flight at once (one torch thread each; reproduce trains a batched grid of "
+    typer.Option("--workers", help="Tasks in flight at once (one torch thread each, or reproduce's --threads; reproduce trains a batched grid of "
                  "models as one task). Default: the cores (local), the cluster's CPUs (ray), the GPUs with --device cuda."),
 ]
 ResumeOption = Annotated[

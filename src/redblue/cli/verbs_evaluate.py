@@ -42,7 +42,7 @@ from redblue.cli.evaluate_view import (
 )
 from redblue.cli.publish import index_run, publish_run
 from redblue.cli.verbs_data import DownloadOption, require_dataset
-from redblue.config import atomic_write_bytes
+from redblue.config import atomic_write_bytes, read_toml
 from redblue.errors import ConfigError, require_choice, require_positive
 from redblue.evaluate import (
     AUTO,
@@ -53,7 +53,7 @@ from redblue.evaluate import (
     parse_batch_size,
     require_model_fits,
 )
-from redblue.evaluate.folder import EvaluationFolder, file_sha256
+from redblue.evaluate.folder import CONFIG_FILE, EvaluationFolder, file_sha256
 from redblue.evaluate.single import attack_every_sample
 from redblue.models import load_model, save_tensors
 from redblue.runs.store import environment, json_bytes
@@ -178,7 +178,7 @@ def attack_command(
     image is verified (eps-ball, [0, 1], finite) and re-predicted by the evaluator.
     """
     set_interrupt_message("interrupted; nothing was written" + (f" to {out}" if out is not None else ""))
-    apply_threads(threads)
+    n_threads = apply_threads(threads)
     entry, params = parse_attack(attack)
     batch = parse_batch_size(batch_size)
     _check_out_dir(out)
@@ -198,6 +198,7 @@ def attack_command(
         **outcome.to_dict(),
         "seed": seed,
         "device": str(torch_device),
+        "threads": n_threads,
         "versions": _versions(),
         "seconds": outcome.seconds,
     }
@@ -219,6 +220,19 @@ def attack_command(
 
 
 # --- redblue evaluate -----------------------------------------------------------------------------
+
+
+def _recorded_threads(out: Path | None) -> int | None:
+    """The torch thread count of the evaluation already in --out (its config.toml), or None. A rerun
+    with --threads auto takes it: the rows are keyed on it, so a rerun under another load reuses
+    them and its numbers are those of the run it continues."""
+    if out is None or not (out / CONFIG_FILE).is_file():
+        return None
+    try:
+        threads = read_toml(out / CONFIG_FILE).get("threads")
+    except (ConfigError, OSError):
+        return None  # an unreadable record: the folder's own checks say so when it is written
+    return threads if isinstance(threads, int) and threads >= 1 else None
 
 
 @app.command("evaluate")
@@ -265,7 +279,7 @@ def evaluate_command(
 ) -> None:
     """Robust accuracy for every attack x eps, the per-sample worst case, certified bounds and sanity findings."""
     set_interrupt_message("interrupted; nothing was saved (with --out DIR, finished attack rows are kept and a rerun resumes)")
-    n_threads = apply_threads(threads)
+    n_threads = apply_threads(threads, recorded=_recorded_threads(out))
     eps_list = parse_floats("--eps", eps)
     if not eps_list:
         raise ConfigError("--eps needs at least one value, for example 0.1")

@@ -7,12 +7,33 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from redblue.cli.app import DataDirOption, DeviceOption, JsonOption, app, print_json, resolve_device, set_interrupt_message
+from redblue.cli.app import (
+    MAX_AUTO_THREADS,
+    DataDirOption,
+    DeviceOption,
+    JsonOption,
+    app,
+    idle_cores,
+    print_json,
+    resolve_device,
+    resolve_threads,
+    set_interrupt_message,
+)
 from redblue.cli.publish import indexed_if_it_fails, publish_run
 from redblue.cli.sweep_progress import ExecutorOption, ResumeOption, WorkersOption, check_sweep_options, sweep_progress
 from redblue.cli.verbs_data import DownloadOption, require_dataset
+from redblue.config import read_toml
 from redblue.errors import ConfigError
 from redblue.reproduce import PAPER_TOML, load_experiment, reproduce
+from redblue.runs.store import CONFIG_FILE
+from redblue.sweep import default_workers
+
+CellThreadsOption = Annotated[
+    str,
+    typer.Option("--threads", help="Torch threads per cell: 1 (the default: the same numbers under any load), a number, or "
+                 "auto (the idle cores shared among the workers, at most 4 each). The numbers depend on it on a CPU: it is "
+                 "recorded in the run folder, and a rerun with auto keeps the recorded count."),
+]
 
 
 def describe_cell(record: dict[str, Any]) -> str:
@@ -22,6 +43,21 @@ def describe_cell(record: dict[str, Any]) -> str:
     fgsm_10 = curve.get(0.1)
     shown = f", FGSM(0.1) accuracy {fgsm_10:.4f}" if fgsm_10 is not None else ""
     return f"clean accuracy {curve[0.0]:.4f}{shown} ({metrics['train_seconds']:.1f} s)"
+
+
+def cell_threads(text: str, *, workers: int | None, folder: Path) -> int:
+    """--threads as a count: a number as given; auto takes the count the run in `folder` recorded (so a
+    rerun or resume under another load computes as the run it continues), else the idle cores shared
+    among the workers."""
+    if text != "auto":
+        return resolve_threads(text)
+    try:
+        recorded = read_toml(folder / CONFIG_FILE).get("threads") if (folder / CONFIG_FILE).is_file() else None
+    except ConfigError:
+        recorded = None  # the run folder's own check of its config says what is wrong with it
+    if isinstance(recorded, int) and recorded >= 1:
+        return recorded
+    return max(1, min(idle_cores() // (workers or default_workers()), MAX_AUTO_THREADS))
 
 
 def _wall_line(results: dict[str, Any], trained: int, reused: int) -> str:
@@ -54,6 +90,7 @@ def reproduce_command(
         Optional[int], typer.Option("--grid-size", help="At most N models trained together as one batched model (the same "
                                     "numbers, faster); 1: one by one. Default: each worker's share of the grid.")
     ] = None,
+    threads: CellThreadsOption = "1",
     data_dir: DataDirOption = None,
     download: DownloadOption = False,
     device: DeviceOption = "auto",
@@ -71,6 +108,7 @@ def reproduce_command(
     require_dataset(experiment.dataset, data_dir=data_dir, download=download)
     run_device = resolve_device(device)
     folder = out if out is not None else Path("runs") / f"reproduce-{profile}"
+    n_threads = cell_threads(threads, workers=workers, folder=folder)
     set_interrupt_message(
         f"interrupted; finished cells are kept in {folder}; rerun the same command (or add --resume) to continue"
     )
@@ -87,6 +125,7 @@ def reproduce_command(
                 force=force,
                 resume=resume,
                 grid_size=grid_size,
+                threads=n_threads,
                 on_progress=progress,
             )
     finally:

@@ -43,6 +43,7 @@ from redblue.models import MODELS, arch_of, build_model, parse_model, save_model
 from redblue.train import TrainConfig, TrainProgress, init_model, train
 from redblue.train.checkpoint import STATE_FILE, checkpoint_folder, remove_checkpoint
 from redblue.train.optim import parse_schedule
+from redblue.train.state import checkpoint_threads
 
 # The paper's network as calibrated for experiments/paper.toml: Newmu's Theano tutorial MLP with
 # one hidden layer of 625, no biases, N(0, 0.01^2) weights, dropout 0.2 on the input and 0.5 hidden.
@@ -284,7 +285,7 @@ def train_command(
         raise ConfigError(f"--resume: there is no checkpoint in {folder}; run without --resume to start")
     if has_checkpoint and not resume:
         raise ConfigError(f"{folder} holds a checkpoint of an unfinished run; add --resume to continue it, or delete it to start over")
-    torch_threads = apply_threads(threads)
+    torch_threads = apply_threads(threads, recorded=checkpoint_threads(folder) if resume else None)
     run_device = resolve_device(device)
     require_dataset(dataset, data_dir=data_dir, download=download)
     train_set = load_dataset(dataset, "train", data_dir=data_dir)

@@ -90,7 +90,7 @@ def _protocol(results: dict[str, Any]) -> list[str]:
         f"- Grid: λ1 ∈ {{{', '.join(map(_lam, experiment['grid']['l1']))}}}, λ2 ∈ {{{', '.join(map(_lam, experiment['grid']['l2']))}}}; {seed_text}.",
         f"- Red team: FGSM, x + eps·sign(∇x CE), {clip_text}, at eps {eps_text}.",
         f"- Profile `{results['profile']}`; device {results['device']}; {_executor(results)}, "
-        f"{results['torch_threads_per_cell']} torch thread per cell.",
+        f"{results['torch_threads_per_cell']} torch thread{'s' if results['torch_threads_per_cell'] != 1 else ''} per cell.",
         "",
     ]
     why = [(title, notes.get(key, "")) for title, key in (("Protocol", "protocol"), ("Hyperparameters", "hyperparameters"), ("Clipping", "clip"))]

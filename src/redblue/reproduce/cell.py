@@ -28,6 +28,7 @@ from redblue.errors import AttackError
 from redblue.metrics import DEFAULT_BATCH, batches, correct_and_confidence
 from redblue.models import MLPSpec, build_model, save_model
 from redblue.sweep import Artefact, CellOutput, cell_id, config_json
+from redblue.sweep.executors import torch_threads
 from redblue.train import TrainConfig, TrainResult, init_model, train
 from redblue.train.grid.loop import grid_refusal, train_grid
 
@@ -38,7 +39,9 @@ class CellConfig:
 
     train: the experiment's training config with this cell's l1, l2 and seed. eps: FGSM with
     `clip` at each (0 is the clean test set); other_clip_eps: FGSM with the other clip setting.
-    device: "cpu" or "cuda" (a seed gives the same numbers on one device type).
+    device: "cpu" or "cuda" (a seed gives the same numbers on one device type). threads: torch's
+    thread count while the cell computes: on a CPU its numbers depend on it (sums split across
+    threads round differently), so it is part of the cell's config, and of its id.
     """
 
     dataset: str
@@ -50,6 +53,7 @@ class CellConfig:
     device: str = "cpu"
     train_subset: int | None = None  # the first N training images; None: all
     test_subset: int | None = None  # the first N test images; None: all
+    threads: int = 1
 
     @property
     def label(self) -> str:
@@ -153,8 +157,9 @@ def run_cell(config: CellConfig, *, data_dir: str | None = None) -> CellOutput:
     """
     x_train, y_train = load_split(config.dataset, "train", config.train_subset, data_dir)
     x_test, y_test = load_split(config.dataset, "test", config.test_subset, data_dir)
-    model, trained = train_cell(config, x_train, y_train)
-    return _cell_output(config, model, trained.history, trained.seconds, len(y_train), x_test, y_test, members=1)
+    with torch_threads(config.threads):
+        model, trained = train_cell(config, x_train, y_train)
+        return _cell_output(config, model, trained.history, trained.seconds, len(y_train), x_test, y_test, members=1)
 
 
 def batch_key(config: CellConfig) -> str | None:
@@ -181,12 +186,13 @@ def run_cells(configs: tuple[CellConfig, ...], *, data_dir: str | None = None) -
     x_train, y_train = load_split(first.dataset, "train", first.train_subset, data_dir)
     x_test, y_test = load_split(first.dataset, "test", first.test_subset, data_dir)
     device = torch.device(first.device)
-    grid = train_grid(lambda: build_model(first.model), [c.train for c in configs], x_train.to(device), y_train.to(device))
-    share = grid.seconds / len(configs)
-    return tuple(
-        _cell_output(config, model, result.history, share, len(y_train), x_test, y_test, members=len(configs))
-        for config, model, result in zip(configs, grid.models, grid.results)
-    )
+    with torch_threads(first.threads):  # one batch_key: one thread count
+        grid = train_grid(lambda: build_model(first.model), [c.train for c in configs], x_train.to(device), y_train.to(device))
+        share = grid.seconds / len(configs)
+        return tuple(
+            _cell_output(config, model, result.history, share, len(y_train), x_test, y_test, members=len(configs))
+            for config, model, result in zip(configs, grid.models, grid.results)
+        )
 
 
 def _cell_output(

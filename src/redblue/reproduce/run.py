@@ -30,6 +30,7 @@ from redblue.reproduce.experiment import Experiment
 from redblue.reproduce.results import FigureOne, build_results, figure_one
 from redblue.runs.store import CONFIG_FILE, RunFolder, RunJournal, environment
 from redblue.sweep import Batching, Cell, ProgressCallback, run_sweep
+from redblue.sweep.executors import torch_threads
 
 FILES = {
     "report": "report.md",
@@ -58,8 +59,8 @@ class ReproduceResult:
         return {key: str(self.folder / name) for key, name in FILES.items()}
 
 
-def grid_cells(experiment: Experiment, device: torch.device) -> list[CellConfig]:
-    """One CellConfig per (l1, l2, seed) of the experiment, in grid order."""
+def grid_cells(experiment: Experiment, device: torch.device, *, threads: int = 1) -> list[CellConfig]:
+    """One CellConfig per (l1, l2, seed) of the experiment, in grid order, each computed with `threads` torch threads."""
     return [
         CellConfig(
             dataset=experiment.dataset,
@@ -71,6 +72,7 @@ def grid_cells(experiment: Experiment, device: torch.device) -> list[CellConfig]
             device=device.type,
             train_subset=experiment.train_subset,
             test_subset=experiment.test_subset,
+            threads=threads,
         )
         for l1 in experiment.grid.l1
         for l2 in experiment.grid.l2
@@ -89,6 +91,7 @@ def reproduce(
     force: bool = False,
     resume: bool = False,
     grid_size: int | None = None,
+    threads: int = 1,
     on_progress: ProgressCallback | None = None,
 ) -> ReproduceResult:
     """Run `experiment` into the folder `out`: compute the missing cells, then write results.json.
@@ -99,6 +102,8 @@ def reproduce(
     kill can lose (a batch is written when all its models are done). A folder that holds another
     experiment's config is refused (ConfigError) unless `force`, which then recomputes only the
     cells whose own config changed. resume: refuse a folder that holds no run to resume.
+    threads: torch threads per cell, and for Figure 1 here (1 by default, whatever the load: on a CPU
+    the numbers depend on it, so it is recorded in the folder's config and every cell's id).
     on_progress gets the sweep's progress (cells reused, started, finished).
     """
     started = time.perf_counter()
@@ -106,14 +111,16 @@ def reproduce(
     folder = RunFolder(out)
     if grid_size is not None and (isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 1):
         raise ConfigError(f"grid_size must be an integer >= 1, got {grid_size!r}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads must be an integer >= 1, got {threads!r}")
     if resume and not (folder.root / CONFIG_FILE).is_file():
         raise ConfigError(f"{folder.root} holds no run to resume; run the same command without --resume to start it")
-    folder.prepare({**experiment.record(), "device": device.type}, force=force)
+    folder.prepare({**experiment.record(), "device": device.type, "threads": threads}, force=force)
     journal = RunJournal(folder, kind="reproduce", name=f"{experiment.name}-{experiment.profile}", device=str(device),
                          executor=executor)
     try:
         result = _reproduce(experiment, folder, journal, started, executor=executor, workers=workers,
-                            data_dir=data_dir, device=device, grid_size=grid_size, on_progress=on_progress)
+                            data_dir=data_dir, device=device, grid_size=grid_size, threads=threads, on_progress=on_progress)
     except BaseException as exc:
         journal.finish("failed", error=str(exc) or type(exc).__name__)
         raise
@@ -132,9 +139,10 @@ def _reproduce(
     data_dir: str | os.PathLike[str] | None,
     device: torch.device,
     grid_size: int | None,
+    threads: int,
     on_progress: ProgressCallback | None,
 ) -> ReproduceResult:
-    configs = grid_cells(experiment, device)
+    configs = grid_cells(experiment, device, threads=threads)
     cells = [Cell(config, config.label) for config in configs]
     # absolute, since Ray workers do not run in this folder
     data_path = None if data_dir is None else str(Path(data_dir).resolve())
@@ -157,15 +165,16 @@ def _reproduce(
     records = [{"id": record["id"], **record["metrics"]} for record in sweep.records]
     figure_cell = _figure_cell(experiment, cells)
     loaded = load_model(folder.model_path(figure_cell.id), device=device)
-    figure = figure_one(
-        loaded.model,
-        x_test.to(device),
-        y_test.to(device),
-        digit=experiment.fgsm.figure_digit,
-        eps_values=experiment.fgsm.figure_eps,
-        clip=experiment.fgsm.clip,
-        cell=figure_cell.label,
-    )
+    with torch_threads(threads):
+        figure = figure_one(
+            loaded.model,
+            x_test.to(device),
+            y_test.to(device),
+            digit=experiment.fgsm.figure_digit,
+            eps_values=experiment.fgsm.figure_eps,
+            clip=experiment.fgsm.clip,
+            cell=figure_cell.label,
+        )
     env = environment(device=str(device), seeds=list(experiment.seed_list), executor=sweep.executor, workers=sweep.workers)
     folder.write_json(FILES["environment"], env)
     wall_seconds = time.perf_counter() - started
@@ -178,6 +187,7 @@ def _reproduce(
         executor=sweep.executor,
         workers=sweep.workers,
         device=device,
+        threads=threads,
         files=dict(FILES),
         timing=_timing(journal, wall_seconds, computed=bool(sweep.computed)),
         environment=env,

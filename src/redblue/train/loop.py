@@ -152,8 +152,12 @@ def init_model(build: Callable[[], nn.Module], *, seed: int) -> nn.Module:
 
 
 def run_identity(config: TrainConfig, x: Tensor, y: Tensor, extra: dict[str, Any] | None) -> dict[str, Any]:
-    """What must match for a checkpoint to be resumed: the resolved config, the data, the device type."""
+    """What must match for a checkpoint to be resumed: the resolved config, the data, the device type
+    and, on a CPU, torch's thread count (sums split across threads round differently, so a run
+    resumed with another count would not end where the uninterrupted run ends)."""
     identity = {"config": config_record(config), "data": {"n": len(y), "sha256": data_digest(x, y)}, "device": x.device.type}
+    if x.device.type == "cpu":
+        identity["threads"] = torch.get_num_threads()
     if extra:
         identity["extra"] = extra
     return json_roundtrip(identity)

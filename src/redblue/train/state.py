@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from redblue.errors import ConfigError
 from redblue.runs.store import differing_keys
-from redblue.train.checkpoint import load_optimizer_state, optimizer_state, read_checkpoint, write_checkpoint
+from redblue.train.checkpoint import STATE_FILE, load_optimizer_state, optimizer_state, read_checkpoint, write_checkpoint
 
 
 @dataclass
@@ -111,6 +111,11 @@ def restore_state(
         raise ConfigError(f"there is no checkpoint to resume in {folder}; run without resume to start afresh")
     state, tensors = found
     differ = differing_keys(state.get("identity"), identity)
+    if differ == ["threads"] and "threads" in state["identity"] and "threads" in identity:
+        raise ConfigError(
+            f"the checkpoint in {folder} was made with {state['identity']['threads']} torch threads and this run has "
+            f"{identity['threads']}; resume with the same thread count, or the result differs from the uninterrupted run's"
+        )
     if differ:
         shown = ", ".join(differ[:4]) + (", ..." if len(differ) > 4 else "")
         raise ConfigError(
@@ -127,3 +132,15 @@ def restore_state(
     average = {k.removeprefix("average/"): v.to(device) for k, v in tensors.items() if k.startswith("average/")}
     run.average_weights = average or None
     return run
+
+
+def checkpoint_threads(folder: Path) -> int | None:
+    """The torch thread count the checkpointed run in `folder` computed with, or None when there is no
+    readable checkpoint or it recorded none (a CUDA run). Reads state.json only; `restore_state`
+    verifies the whole checkpoint."""
+    try:
+        identity = json.loads((folder / STATE_FILE).read_text()).get("identity", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    threads = identity.get("threads") if isinstance(identity, dict) else None
+    return threads if isinstance(threads, int) and threads >= 1 else None

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Optional
 import torch
 import typer
 
+from redblue.config import read_toml
 from redblue.errors import ConfigError
 
 app = typer.Typer(
@@ -81,6 +82,18 @@ def resolve_threads(text: str, *, recorded: int | None = None) -> int:
     if threads < 1:
         raise ConfigError(f"--threads must be auto or an integer >= 1, got {text!r}")
     return threads
+
+
+def recorded_threads(config_file: Path) -> int | None:
+    """The torch thread count a run folder's config file (config.toml) recorded, or None when there is
+    no readable record; the folder's own checks say what is wrong with an unreadable one."""
+    if not config_file.is_file():
+        return None
+    try:
+        threads = read_toml(config_file).get("threads")
+    except (ConfigError, OSError):
+        return None
+    return threads if isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1 else None
 
 
 def apply_threads(text: str, *, recorded: int | None = None) -> int:

@@ -30,6 +30,7 @@ from redblue.cli.app import (
     apply_threads,
     parse_floats,
     print_json,
+    recorded_threads,
     resolve_device,
     set_interrupt_message,
 )
@@ -42,7 +43,7 @@ from redblue.cli.evaluate_view import (
 )
 from redblue.cli.publish import index_run, publish_run
 from redblue.cli.verbs_data import DownloadOption, require_dataset
-from redblue.config import atomic_write_bytes, read_toml
+from redblue.config import atomic_write_bytes
 from redblue.errors import ConfigError, require_choice, require_positive
 from redblue.evaluate import (
     AUTO,
@@ -222,19 +223,6 @@ def attack_command(
 # --- redblue evaluate -----------------------------------------------------------------------------
 
 
-def _recorded_threads(out: Path | None) -> int | None:
-    """The torch thread count of the evaluation already in --out (its config.toml), or None. A rerun
-    with --threads auto takes it: the rows are keyed on it, so a rerun under another load reuses
-    them and its numbers are those of the run it continues."""
-    if out is None or not (out / CONFIG_FILE).is_file():
-        return None
-    try:
-        threads = read_toml(out / CONFIG_FILE).get("threads")
-    except (ConfigError, OSError):
-        return None  # an unreadable record: the folder's own checks say so when it is written
-    return threads if isinstance(threads, int) and threads >= 1 else None
-
-
 @app.command("evaluate")
 @_restoring_threads
 def evaluate_command(
@@ -279,7 +267,8 @@ def evaluate_command(
 ) -> None:
     """Robust accuracy for every attack x eps, the per-sample worst case, certified bounds and sanity findings."""
     set_interrupt_message("interrupted; nothing was saved (with --out DIR, finished attack rows are kept and a rerun resumes)")
-    n_threads = apply_threads(threads, recorded=_recorded_threads(out))
+    # a rerun into --out with auto takes the count the folder recorded: its rows are keyed on it
+    n_threads = apply_threads(threads, recorded=recorded_threads(out / CONFIG_FILE) if out is not None else None)
     eps_list = parse_floats("--eps", eps)
     if not eps_list:
         raise ConfigError("--eps needs at least one value, for example 0.1")

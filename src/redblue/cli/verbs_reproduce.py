@@ -15,6 +15,7 @@ from redblue.cli.app import (
     app,
     idle_cores,
     print_json,
+    recorded_threads,
     resolve_device,
     resolve_threads,
     set_interrupt_message,
@@ -22,7 +23,6 @@ from redblue.cli.app import (
 from redblue.cli.publish import indexed_if_it_fails, publish_run
 from redblue.cli.sweep_progress import ExecutorOption, ResumeOption, WorkersOption, check_sweep_options, sweep_progress
 from redblue.cli.verbs_data import DownloadOption, require_dataset
-from redblue.config import read_toml
 from redblue.errors import ConfigError
 from redblue.reproduce import PAPER_TOML, load_experiment, reproduce
 from redblue.runs.store import CONFIG_FILE
@@ -51,11 +51,8 @@ def cell_threads(text: str, *, workers: int | None, folder: Path) -> int:
     among the workers."""
     if text != "auto":
         return resolve_threads(text)
-    try:
-        recorded = read_toml(folder / CONFIG_FILE).get("threads") if (folder / CONFIG_FILE).is_file() else None
-    except ConfigError:
-        recorded = None  # the run folder's own check of its config says what is wrong with it
-    if isinstance(recorded, int) and recorded >= 1:
+    recorded = recorded_threads(folder / CONFIG_FILE)
+    if recorded is not None:
         return recorded
     return max(1, min(idle_cores() // (workers or default_workers()), MAX_AUTO_THREADS))
 

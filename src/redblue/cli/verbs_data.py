@@ -61,7 +61,7 @@ def require_dataset(
         target = Path(data_dir).expanduser() if data_dir is not None else data.cache_root()
         spec = data.get_spec(name)
         allow = typer.confirm(
-            f"{name}: {n_missing} file(s) missing; download them (about {spec.download_mb} MB for all four, "
+            f"{name}: {n_missing} file(s) missing; download them (about {spec.download_mb} MB in all, "
             f"checksum-verified) into {target / name}?",
             default=False,
             err=True,

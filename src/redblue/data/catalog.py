@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redblue.errors import require_choice
+from redblue.errors import ConfigError
 
 SPLITS = ("train", "test")
 IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
@@ -265,5 +265,9 @@ DATASETS: dict[str, CatalogSpec] = {
 
 
 def get_spec(name: str) -> CatalogSpec:
-    require_choice("dataset", name, tuple(DATASETS))
+    if name not in DATASETS:
+        raise ConfigError(
+            f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}; or give a dataset file or "
+            f"image folder by its path (./data.npz, ./data.safetensors, ./images/ or file:NAME)"
+        )
     return DATASETS[name]

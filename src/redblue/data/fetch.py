@@ -20,7 +20,8 @@ from redblue.data.catalog import DATASETS, SPLITS, ArchiveFile, ArchiveSpec, Cat
 from redblue.data.cifar import read_archive
 from redblue.data.idx import read_verified
 from redblue.data.roots import ENV_DATA_DIR, FoundFile, cache_root, find_file, locate, missing_message
-from redblue.errors import DataError, require_choice
+from redblue.data.user import is_user_dataset
+from redblue.errors import ConfigError, DataError, require_choice
 
 ENV_DOWNLOAD = "REDBLUE_DOWNLOAD"  # "1": verbs download missing dataset files without asking
 DOWNLOAD_FLAG = "--download"
@@ -131,6 +132,8 @@ def fetch_dataset(
     serves; the files verified before it stay, and every folder it created and left empty is
     removed, so a failed fetch leaves nothing new but verified files.
     """
+    if is_user_dataset(name):
+        raise ConfigError(f"{name} is a user dataset (a path); only catalog datasets are downloaded: {', '.join(DATASETS)}")
     spec = get_spec(name)
     for split in splits:
         require_choice("split", split, SPLITS)
@@ -187,8 +190,11 @@ def ensure_dataset(
     are downloaded, verified, into `data_dir`, or the user cache when no `data_dir` is given, if
     `allow_download`; otherwise one DataError line says where they were looked for and how to get
     them. The caller decides consent: True only on an explicit flag or variable, or a yes on a
-    terminal; never by default in CI or tests. Returns where each file is found.
+    terminal; never by default in CI or tests. Returns where each file is found; nothing for a user
+    dataset, which is a path and never downloaded.
     """
+    if is_user_dataset(name):
+        return []
     get_spec(name)
     for split in splits:
         require_choice("split", split, SPLITS)

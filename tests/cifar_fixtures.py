@@ -72,8 +72,11 @@ class _Writer:
                 out += b"K" + bytes([value])
             elif 0 <= value < 65536:
                 out += b"M" + struct.pack("<H", value)
-            else:
+            elif -(2**31) <= value < 2**31:
                 out += b"J" + struct.pack("<i", value)
+            else:  # a Python 2 long
+                size = (value.bit_length() + 8) // 8
+                out += b"\x8a" + bytes([size]) + value.to_bytes(size, "little", signed=True)
         elif isinstance(value, bytes):  # a Python 2 str
             out += (b"U" + bytes([len(value)]) if len(value) < 256 else b"T" + struct.pack("<I", len(value))) + value
             self.put()

@@ -198,6 +198,7 @@ def test_a_truncated_tarball_whose_digest_is_registered_is_still_one_error_line(
      "holds more than the 10 train images"),
     ({"replace": {"cifar-10-batches-py/data_batch_3": batch(pixels(1, 0), [1])}}, "holds 9 train images, expected 10"),
     ({"replace": {"cifar-10-batches-py/data_batch_1": batch(pixels(2, 0), [1, 10])}}, "labels outside 0..9"),
+    ({"replace": {"cifar-10-batches-py/data_batch_1": batch(pixels(2, 0), [-1, 2**70])}}, "labels outside 0..9"),
     ({"replace": {"cifar-10-batches-py/data_batch_1": batch(pixels(2, 0), [1])}}, "has no list of 2 integer 'labels'"),
     ({"replace": {"cifar-10-batches-py/data_batch_1": py2_pickle({b"labels": [1, 2]})}}, "has no b'data' array"),
     ({"replace": {"cifar-10-batches-py/data_batch_1": b"\x80\x02}q\x01(U\x04data"}}, "is not a readable pickle"),
@@ -285,6 +286,25 @@ def test_fuzzed_batches_end_in_a_value_or_one_data_error(draws):
         assert "\n" not in str(exc)
     else:
         assert not isinstance(value, (pickles_module._ArrayRecord, pickles_module._Uint8Dtype))
+
+
+TINY_TARBALL = tiny_cifar().data
+
+
+@settings(FUZZ, max_examples=40)
+@given(st.lists(st.tuples(st.integers(0, len(TINY_TARBALL) - 1), st.integers(0, 255)), min_size=1, max_size=3))
+def test_fuzzed_tarballs_registered_with_their_own_digest_end_in_splits_or_one_data_error(tmp_path, changes):
+    """Past the digest gate (each mutant gets its own spec), gzip, tar and pickle damage is still one DataError."""
+    content = bytearray(TINY_TARBALL)
+    for at, value in changes:
+        content[at] = value
+    path = install(tmp_path, bytes(content))
+    try:
+        splits = data.read_archive(cifar_spec(bytes(content)), path, data.SPLITS, complete=True)
+    except DataError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert {split: len(part.labels) for split, part in splits.items()} == {"train": 10, "test": 2}
 
 
 # --------------------------------------------------------------------------------------------

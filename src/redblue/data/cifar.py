@@ -90,9 +90,9 @@ def _batch(spec: ArchiveSpec, raw: bytes, *, source: str) -> tuple[np.ndarray, n
                         f"the file is corrupt")
     if not isinstance(labels, list) or len(labels) != len(data) or any(type(v) is not int for v in labels):
         raise DataError(f"{source} has no list of {len(data)} integer {spec.label_key!r}; the file is corrupt")
-    label_array = np.array(labels, dtype=np.int64)
-    if len(label_array) and not (0 <= label_array.min() and label_array.max() < spec.n_classes):
+    if not all(0 <= v < spec.n_classes for v in labels):  # before numpy sees them: any int fits a Python int
         raise DataError(f"{source} has labels outside 0..{spec.n_classes - 1}; the file is corrupt")
+    label_array = np.array(labels, dtype=np.int64)
     # each row is the red plane, then green, then blue, each row-major: already C, H, W
     return data.reshape(len(data), channels, height, width), label_array
 

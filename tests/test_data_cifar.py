@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import pickle
+import pickletools
 import tarfile
 from pathlib import Path
 
@@ -251,17 +252,43 @@ def test_a_tarball_whose_pickle_imports_or_builds_anything_else_is_refused_and_n
     assert not marker.exists()
 
 
-def test_an_extension_code_is_looked_up_through_the_same_refusal(env):
+def test_an_extension_code_is_refused_by_both_walls(env):
     marker = env / "marker"
     copyreg.add_extension("posix", "system", 0x7A)
     try:
         raw = pickle.dumps(_Payload(os.system, f"touch {marker}"), protocol=2)
         assert b"\x82\x7a" in raw  # EXT1 0x7a: no GLOBAL opcode in the bytes at all
-        with pytest.raises(data.RefusedPickleError, match="the global posix.system"):
+        with pytest.raises(data.RefusedPickleError, match="asks for the opcode EXT1 at byte 2"):
             load_restricted(raw, source="ext")
+        # the second wall alone: the unpickler looks an extension code up through find_class, which refuses it
+        with pytest.raises(data.RefusedPickleError, match="the global posix.system"):
+            pickles_module._RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
     finally:
         copyreg.remove_extension("posix", "system", 0x7A)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (b"\x80\x05\x96" + (2**60).to_bytes(8, "little") + b"abc", "asks for the opcode BYTEARRAY8 at byte 2"),
+    (b"\x80\x02T" + (2**30).to_bytes(4, "little") + b"abc.", "ends inside an opcode or before STOP"),
+    (b"\x80\x02U\xffabc.", "ends inside an opcode or before STOP"),
+    (b"\x80\x02\x8b" + (2**32 - 1).to_bytes(4, "little") + b".", "negative length at byte 3"),
+    (b"\x80\x02}q\x01", "ends inside an opcode or before STOP"),
+    (b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00}.", "asks for the opcode FRAME at byte 2"),
+    (b"\x80\x02\xff.", "asks for the opcode b'\\xff' (not a pickle opcode) at byte 2"),
+])
+def test_opcodes_outside_the_cifar_set_and_lengths_past_the_end_are_refused_before_unpickling(raw, expected):
+    with pytest.raises(DataError) as exc:
+        load_restricted(raw, source="scan")
+    assert expected in str(exc.value)
+
+
+def test_every_opcode_of_a_real_style_batch_is_in_the_accepted_set():
+    raw = batch(pixels(3, seed=0), [1, 2, 2**40])  # a Python 2 long too
+    used = {op.name for op, _, _ in pickletools.genops(raw)}
+    assert used <= {pickletools.code2op[code.decode("latin-1")].name for code in pickles_module._ARGUMENTS}
+    pickles_module.scan_opcodes(raw, source="batch")
+    pickles_module.scan_opcodes(REAL_BATCHES_META, source="meta")
 
 
 @FUZZ

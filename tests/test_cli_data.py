@@ -30,7 +30,7 @@ def test_info_json_shows_roots_and_where_each_file_is(env, capsys, monkeypatch):
     ]
     assert result["env"] == {"REDBLUE_DATA_DIR": str(env / "env")}
     by_name = {d["name"]: d for d in result["datasets"]}
-    assert set(by_name) == {"mnist", "fashion-mnist", "kmnist", "tiny"}
+    assert set(by_name) == {"mnist", "fashion-mnist", "kmnist", "cifar10", "cifar100", "tiny"}
     assert by_name["tiny"]["complete"] and not by_name["mnist"]["complete"]
     first = by_name["tiny"]["files"][0]
     assert first == {

@@ -51,7 +51,7 @@ def test_a_fetch_interrupted_midway_keeps_only_verified_files(env, monkeypatch):
 
     calls = []
 
-    def download_then_interrupt(url, destination, *, timeout):
+    def download_then_interrupt(url, destination, *, timeout, limit):
         calls.append(url)
         destination.write_bytes(b"partial")  # a half-written temporary file
         raise KeyboardInterrupt

@@ -19,8 +19,14 @@ from redblue.errors import DataError
 data_app = typer.Typer(help="Datasets: where they are found, verify checksums, download.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
+_USER_HELP = (
+    "or a user dataset by its path: an .npz or .safetensors file with x_train, y_train, x_test, y_test "
+    "(or x, y for one split used as both), or an image folder with one subfolder per class (optionally "
+    "inside train/ and test/); a name is a path when it contains a /, ends in .npz or .safetensors, or starts with file:"
+)
 NameArgument = Annotated[
-    Optional[str], typer.Argument(help=f"Dataset: {', '.join(data.DATASETS)}. Default: every dataset found.")
+    Optional[str],
+    typer.Argument(help=f"Dataset: {', '.join(data.DATASETS)}, {_USER_HELP}. Default: the catalog (verify: what is found)."),
 ]
 
 # For verbs that load a dataset: `download: DownloadOption = False`, then `require_dataset(...)`.
@@ -50,8 +56,11 @@ def require_dataset(
 
     Consent to download: `--download`, or $REDBLUE_DOWNLOAD=1, or a yes to a question asked on a
     terminal (stdin and stderr TTYs, not CI). Without it a missing file is one error line that says
-    how to fetch it. Files found are verified later, when they are loaded.
+    how to fetch it. Files found are verified later, when they are loaded. A user dataset (a path)
+    is never downloaded: loading it says what is wrong with it.
     """
+    if data.is_user_dataset(name):
+        return
     found = [f for split in splits for f in data.locate(name, split, data_dir=data_dir)]
     n_missing = sum(1 for f in found if f.path is None)
     if n_missing == 0:
@@ -61,7 +70,7 @@ def require_dataset(
         target = Path(data_dir).expanduser() if data_dir is not None else data.cache_root()
         spec = data.get_spec(name)
         allow = typer.confirm(
-            f"{name}: {n_missing} file(s) missing; download them (about {spec.download_mb} MB for all four, "
+            f"{name}: {n_missing} file(s) missing; download them (about {spec.download_mb} MB in all, "
             f"checksum-verified) into {target / name}?",
             default=False,
             err=True,
@@ -83,22 +92,59 @@ def _how_to_point(data_dir: Path | None) -> str:
     )
 
 
+def _splits_text(info: data.DatasetInfo) -> str:
+    if info.shared_split:
+        return f"{info.splits['train']} images in one split, used as train and as test"
+    return " / ".join(f"{count} {split}" for split, count in info.splits.items())
+
+
+def _info_json(info: data.DatasetInfo) -> dict[str, object]:
+    result: dict[str, object] = {
+        "name": info.name, "kind": info.kind, "shape": list(info.image_shape), "n_classes": info.n_classes,
+        "splits": info.splits,
+    }
+    if info.path is not None:
+        result.update(path=info.path, classes=list(info.classes), shared_split=info.shared_split)
+    else:
+        files = [{"filename": f.spec.filename, "path": str(f.path) if f.path else None, "origin": f.origin}
+                 for f in info.found]
+        result.update(complete=all(f["path"] for f in files), files=files)
+    return result
+
+
+def _echo_info(info: data.DatasetInfo) -> None:
+    classes = f"{info.n_classes} classes" + (f" ({', '.join(info.classes)})" if 0 < len(info.classes) <= 10 else "")
+    summary = f"  {info.shape_text} images, {classes}, {_splits_text(info)}"
+    if info.path is not None:
+        typer.echo(f"{info.name}: {info.kind} dataset at {info.path}")
+        typer.echo(summary)
+        return
+    n_found = sum(1 for f in info.found if f.path)
+    typer.echo(f"{info.name}: {n_found}/{len(info.found)} files found")
+    typer.echo(summary)
+    for f in info.found:
+        typer.echo(f"  {f.spec.filename}: " + (f"{f.path} ({f.origin})" if f.path else "missing"))
+
+
 @data_app.command("info")
-def info(data_dir: DataDirOption = None, as_json: JsonOption = False) -> None:
-    """Show where datasets are looked for, where each file is found (without reading it), and how to point elsewhere."""
+def info(name: NameArgument = None, data_dir: DataDirOption = None, as_json: JsonOption = False) -> None:
+    """Show each dataset's image shape (CxHxW), classes, splits and where its files are found (not read; a user dataset is read and checked)."""
+    if name is not None and data.is_user_dataset(name):
+        described = data.describe_dataset(name)
+        if as_json:
+            print_json({"datasets": [_info_json(described)]})
+        else:
+            _echo_info(described)
+        return
+    names = list(data.DATASETS) if name is None else [data.get_spec(name).name]
     roots = [
         {"origin": origin, "path": str(root), "exists": root.is_dir()} for origin, root in data.search_roots(data_dir)
     ]
     env_value = os.environ.get(data.ENV_DATA_DIR) or None
-    datasets = []
-    for name in data.DATASETS:
-        files = [
-            {"filename": f.spec.filename, "path": str(f.path) if f.path else None, "origin": f.origin}
-            for f in data.locate(name, data_dir=data_dir)
-        ]
-        datasets.append({"name": name, "complete": all(f["path"] for f in files), "files": files})
+    described_all = [data.describe_dataset(n, data_dir=data_dir) for n in names]
     hint = _how_to_point(data_dir)
     if as_json:
+        datasets = [_info_json(d) for d in described_all]
         print_json({"roots": roots, "env": {data.ENV_DATA_DIR: env_value}, "datasets": datasets, "hint": hint})
         return
     typer.echo("searched, in this order:")
@@ -106,21 +152,20 @@ def info(data_dir: DataDirOption = None, as_json: JsonOption = False) -> None:
         typer.echo(f"  {root['origin']}: {root['path']}" + ("" if root["exists"] else " (does not exist)"))
     if data_dir is None and env_value is None:
         typer.echo(f"  ({data.ENV_DATA_DIR} is not set)")
-    for dataset in datasets:
-        n_found = sum(1 for f in dataset["files"] if f["path"])
-        typer.echo(f"{dataset['name']}: {n_found}/{len(dataset['files'])} files found")
-        for f in dataset["files"]:
-            typer.echo(f"  {f['filename']}: " + (f"{f['path']} ({f['origin']})" if f["path"] else "missing"))
+    for described in described_all:
+        _echo_info(described)
     typer.echo(hint)
 
 
 @data_app.command("verify")
 def verify(name: NameArgument = None, data_dir: DataDirOption = None, as_json: JsonOption = False) -> None:
-    """Verify every file of a dataset: good, unverified, corrupt or missing (exit 2 unless all are good)."""
+    """Verify every file of a dataset: good, unverified, corrupt or missing (exit 2 unless all are good); a user dataset: every split loads."""
     if name is None:
         names = [n for n in data.DATASETS if any(f.path for f in data.locate(n, data_dir=data_dir))]
         if not names:
             raise DataError(data.missing_message("mnist", data.DATASETS["mnist"].files, data_dir))
+    elif data.is_user_dataset(name):
+        names = [name]
     else:
         names = [data.get_spec(name).name]
     statuses = [status for n in names for status in data.verify_dataset(n, data_dir=data_dir)]

@@ -1,15 +1,15 @@
-"""The datasets redblue knows: their IDX files, the digests that verify them, and their mirrors."""
+"""The datasets redblue knows: their files (IDX files or one tarball), the digests that verify them, and their mirrors."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redblue.errors import require_choice
+from redblue.errors import ConfigError
 
 SPLITS = ("train", "test")
 IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
-IMAGE_SHAPE = (28, 28)
+IMAGE_SHAPE = (28, 28)  # (H, W) of every IDX dataset's images; one channel
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,15 @@ class FileSpec:
         item_bytes = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] if self.magic == IMAGES_MAGIC else 1
         return self.header_bytes + self.count * item_bytes
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The names the file may have on disk, preferred first: the original .gz, then a raw copy."""
+        return (self.filename + ".gz", self.filename)
+
+    @property
+    def download_name(self) -> str:
+        return self.filename + ".gz"
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -60,6 +69,70 @@ class DatasetSpec:
     @property
     def files(self) -> tuple[FileSpec, ...]:
         return (*self.train, *self.test)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (1, *IMAGE_SHAPE)
+
+    def split_count(self, split: str) -> int:
+        return self.split_files(split)[0].count
+
+
+@dataclass(frozen=True)
+class ArchiveFile:
+    """A dataset's one tarball, and the MD5 of the file exactly as its host serves it (the digest it publishes)."""
+
+    filename: str
+    md5: str
+    size: int  # bytes, as the host serves it; a file of another size is not this one
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.filename,)
+
+    @property
+    def download_name(self) -> str:
+        return self.filename
+
+
+@dataclass(frozen=True)
+class ArchiveSpec:
+    """A dataset in the CIFAR python format: one tarball whose members are pickled batches.
+
+    `folder` is the tarball's top folder; `train`/`test` name its batch members, `meta` the member
+    with the class names (under `names_key`); each batch holds `data` (count, C*H*W) uint8 in CHW
+    order and a list of labels under `label_key`.
+    """
+
+    name: str
+    n_classes: int
+    mirrors: tuple[str, ...]
+    archive: ArchiveFile
+    folder: str
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    meta: str
+    label_key: str
+    names_key: str
+    counts: tuple[int, int]  # (train, test) images
+    image_shape: tuple[int, int, int] = (3, 32, 32)
+    download_mb: int = 0
+
+    def split_files(self, split: str) -> tuple[ArchiveFile]:
+        return (self.archive,)
+
+    @property
+    def files(self) -> tuple[ArchiveFile]:
+        return (self.archive,)
+
+    def split_members(self, split: str) -> tuple[str, ...]:
+        return self.train if split == "train" else self.test
+
+    def split_count(self, split: str) -> int:
+        return self.counts[0] if split == "train" else self.counts[1]
+
+
+CatalogSpec = DatasetSpec | ArchiveSpec
 
 
 def _file(filename: str, count: int, *, sha256: str | None = None, md5: str | None = None,
@@ -98,7 +171,7 @@ TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
 # Fashion-MNIST from its S3 site, then the copy in its GitHub repository (data/fashion); KMNIST
 # from CODH, then the Google Storage bucket its README named before. A mirror's copy is used only
 # if it passes the same digests.
-DATASETS: dict[str, DatasetSpec] = {
+DATASETS: dict[str, CatalogSpec] = {
     "mnist": DatasetSpec(
         name="mnist",
         n_classes=10,
@@ -156,9 +229,45 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
         download_mb=22,
     ),
+    # CIFAR: the python-format tarballs, verified by the MD5 the publisher lists on
+    # https://www.cs.toronto.edu/~kriz/cifar.html (the same as torchvision's `tgz_md5`); the sizes
+    # are those the host sends (Content-Length, as download logs of torchvision and Keras show).
+    # Its members are pickles: `redblue.data.pickles` reads them, after the MD5 matched.
+    "cifar10": ArchiveSpec(
+        name="cifar10",
+        n_classes=10,
+        mirrors=("https://www.cs.toronto.edu/~kriz/",),
+        archive=ArchiveFile("cifar-10-python.tar.gz", md5="c58f30108f718f92721af3b95e74349a", size=170498071),
+        folder="cifar-10-batches-py",
+        train=tuple(f"data_batch_{i}" for i in range(1, 6)),
+        test=("test_batch",),
+        meta="batches.meta",
+        label_key="labels",
+        names_key="label_names",
+        counts=(50000, 10000),
+        download_mb=163,
+    ),
+    "cifar100": ArchiveSpec(  # the 100 fine labels; the 20 coarse ones are not read
+        name="cifar100",
+        n_classes=100,
+        mirrors=("https://www.cs.toronto.edu/~kriz/",),
+        archive=ArchiveFile("cifar-100-python.tar.gz", md5="eb9058c3a382ffc7106e4002c42a8d85", size=169001437),
+        folder="cifar-100-python",
+        train=("train",),
+        test=("test",),
+        meta="meta",
+        label_key="fine_labels",
+        names_key="fine_label_names",
+        counts=(50000, 10000),
+        download_mb=162,
+    ),
 }
 
 
-def get_spec(name: str) -> DatasetSpec:
-    require_choice("dataset", name, tuple(DATASETS))
+def get_spec(name: str) -> CatalogSpec:
+    if name not in DATASETS:
+        raise ConfigError(
+            f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}; or give a dataset file or "
+            f"image folder by its path (./data.npz, ./data.safetensors, ./images/ or file:NAME)"
+        )
     return DATASETS[name]

@@ -16,39 +16,52 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from redblue.data.catalog import DATASETS, SPLITS, DatasetSpec, FileSpec, get_spec
+from redblue.data.catalog import DATASETS, SPLITS, ArchiveFile, ArchiveSpec, CatalogSpec, FileSpec, get_spec
+from redblue.data.cifar import read_archive
 from redblue.data.idx import read_verified
 from redblue.data.roots import ENV_DATA_DIR, FoundFile, cache_root, find_file, locate, missing_message
-from redblue.errors import DataError, require_choice
+from redblue.data.user import is_user_dataset
+from redblue.errors import ConfigError, DataError, require_choice
 
 ENV_DOWNLOAD = "REDBLUE_DOWNLOAD"  # "1": verbs download missing dataset files without asking
 DOWNLOAD_FLAG = "--download"
 DOWNLOAD_TIMEOUT_S = 10.0
-_MAX_DOWNLOAD_BYTES = 64 * 2**20  # the largest file (train images, gz) is about 30 MB
+_MAX_DOWNLOAD_BYTES = 64 * 2**20  # the largest IDX file (train images, gz) is about 30 MB
 
 
-def _download_to(url: str, destination: Path, *, timeout: float) -> None:
-    """Stream `url` into `destination` (a fresh temporary file), bounded in size."""
+def _download_to(url: str, destination: Path, *, timeout: float, limit: int) -> None:
+    """Stream `url` into `destination` (a fresh temporary file), at most `limit` bytes."""
     request = urllib.request.Request(url, headers={"User-Agent": "redblue"})
     with urllib.request.urlopen(request, timeout=timeout) as response, destination.open("wb") as handle:
         total = 0
         while chunk := response.read(1 << 20):
             total += len(chunk)
-            if total > _MAX_DOWNLOAD_BYTES:
-                raise DataError(f"{url} sends more than {_MAX_DOWNLOAD_BYTES} bytes; it is not the expected file")
+            if total > limit:
+                raise DataError(f"{url} sends more than {limit} bytes; it is not the expected file")
             handle.write(chunk)
 
 
-def _fetch_file(
-    dataset: str, spec: FileSpec, folder: Path, mirrors: Sequence[str], *, timeout: float
-) -> tuple[Path, str]:
-    """Download `<spec.filename>.gz` from the first mirror that serves a verified copy.
+def _verify(spec: CatalogSpec, file_spec: FileSpec | ArchiveFile, path: Path, *, downloaded: bool) -> None:
+    """Raise DataError unless the file verifies: an IDX file by its digests, a tarball by size, MD5 and content."""
+    if isinstance(spec, ArchiveSpec):
+        read_archive(spec, path, SPLITS, complete=True)
+    else:
+        assert isinstance(file_spec, FileSpec)
+        read_verified(file_spec, path, gz=True if downloaded else None)
 
-    Each attempt goes to a temporary file in `folder`, is verified there, and only then renamed
-    onto its final name, so the folder never holds a partial or unverified file.
-    Returns (final path, url it came from).
+
+def _fetch_file(
+    spec: CatalogSpec, file_spec: FileSpec | ArchiveFile, folder: Path, mirrors: Sequence[str], *, timeout: float
+) -> tuple[Path, str]:
+    """Download `file_spec.download_name` from the first mirror that serves a verified copy.
+
+    Each attempt goes to a temporary file in `folder`, is verified there (a tarball: its MD5, then
+    every member parsed), and only then renamed onto its final name, so the folder never holds a
+    partial or unverified file. Returns (final path, url it came from).
     """
-    final = folder / f"{spec.filename}.gz"
+    dataset = spec.name
+    final = folder / file_spec.download_name
+    limit = file_spec.size if isinstance(file_spec, ArchiveFile) else _MAX_DOWNLOAD_BYTES
     failures = []
     for mirror in mirrors:
         url = mirror.rstrip("/") + "/" + final.name
@@ -56,8 +69,8 @@ def _fetch_file(
         os.close(fd)
         tmp = Path(tmp_name)
         try:
-            _download_to(url, tmp, timeout=timeout)
-            read_verified(spec, tmp, gz=True)
+            _download_to(url, tmp, timeout=timeout, limit=limit)
+            _verify(spec, file_spec, tmp, downloaded=True)
             os.replace(tmp, final)
             return final, url
         except DataError as exc:
@@ -70,7 +83,7 @@ def _fetch_file(
             tmp.unlink(missing_ok=True)
     raise DataError(
         f"could not download {dataset}/{final.name} ({'; '.join(failures)}); to work offline, "
-        f"put the files ({', '.join(f.filename + '.gz' for f in DATASETS[dataset].files)}) "
+        f"put the files ({', '.join(f.download_name for f in DATASETS[dataset].files)}) "
         f"in {folder}/ or in <dir>/{dataset}/ and pass --data-dir <dir> or set {ENV_DATA_DIR}"
     )
 
@@ -119,6 +132,8 @@ def fetch_dataset(
     serves; the files verified before it stay, and every folder it created and left empty is
     removed, so a failed fetch leaves nothing new but verified files.
     """
+    if is_user_dataset(name):
+        raise ConfigError(f"{name} is a user dataset (a path); only catalog datasets are downloaded: {', '.join(DATASETS)}")
     spec = get_spec(name)
     for split in splits:
         require_choice("split", split, SPLITS)
@@ -141,22 +156,22 @@ def fetch_dataset(
 
 
 def _fetch_into(
-    name: str, spec: DatasetSpec, root: Path, splits: Sequence[str], mirrors: Sequence[str], *, timeout: float
+    name: str, spec: CatalogSpec, root: Path, splits: Sequence[str], mirrors: Sequence[str], *, timeout: float
 ) -> list[FetchedFile]:
     folder = root / name
     results = []
-    for split in splits:
-        for file_spec in spec.split_files(split):
-            present = find_file(name, file_spec, [("target", root)])
-            if present.path is not None:
-                try:
-                    read_verified(file_spec, present.path)
-                    results.append(FetchedFile(name, file_spec.filename, str(present.path), "present"))
-                    continue
-                except DataError:
-                    pass  # a corrupt or unverified copy is replaced by a verified download
-            path, url = _fetch_file(name, file_spec, folder, mirrors, timeout=timeout)
-            results.append(FetchedFile(name, file_spec.filename, str(path), "downloaded", url))
+    file_specs = [f for split in splits for f in spec.split_files(split)]
+    for file_spec in dict.fromkeys(file_specs):  # a tarball holds both splits: fetch it once
+        present = find_file(name, file_spec, [("target", root)])
+        if present.path is not None:
+            try:
+                _verify(spec, file_spec, present.path, downloaded=False)
+                results.append(FetchedFile(name, file_spec.filename, str(present.path), "present"))
+                continue
+            except DataError:
+                pass  # a corrupt or unverified copy is replaced by a verified download
+        path, url = _fetch_file(spec, file_spec, folder, mirrors, timeout=timeout)
+        results.append(FetchedFile(name, file_spec.filename, str(path), "downloaded", url))
     return results
 
 
@@ -175,8 +190,11 @@ def ensure_dataset(
     are downloaded, verified, into `data_dir`, or the user cache when no `data_dir` is given, if
     `allow_download`; otherwise one DataError line says where they were looked for and how to get
     them. The caller decides consent: True only on an explicit flag or variable, or a yes on a
-    terminal; never by default in CI or tests. Returns where each file is found.
+    terminal; never by default in CI or tests. Returns where each file is found; nothing for a user
+    dataset, which is a path and never downloaded.
     """
+    if is_user_dataset(name):
+        return []
     get_spec(name)
     for split in splits:
         require_choice("split", split, SPLITS)

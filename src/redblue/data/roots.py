@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from redblue.data.catalog import FileSpec, get_spec
+from redblue.data.catalog import ArchiveFile, FileSpec, get_spec
 
 ENV_DATA_DIR = "REDBLUE_DATA_DIR"
 DATA_DIR_ORIGIN = "--data-dir"
@@ -39,17 +39,17 @@ def search_roots(data_dir: str | os.PathLike[str] | None = None) -> list[tuple[s
 
 @dataclass(frozen=True)
 class FoundFile:
-    """Where one IDX file of a dataset was found (path None: in none of the roots)."""
+    """Where one file of a dataset (an IDX file or a tarball) was found (path None: in none of the roots)."""
 
-    spec: FileSpec
+    spec: FileSpec | ArchiveFile
     path: Path | None
     origin: str | None  # "--data-dir", "REDBLUE_DATA_DIR" or "cache"
 
 
-def find_file(dataset: str, spec: FileSpec, roots: Sequence[tuple[str, Path]]) -> FoundFile:
-    """The first `<root>/<dataset>/<name>.gz` or `<root>/<dataset>/<name>` in the roots' order."""
+def find_file(dataset: str, spec: FileSpec | ArchiveFile, roots: Sequence[tuple[str, Path]]) -> FoundFile:
+    """The first `<root>/<dataset>/<name>` in the roots' order, for each name the file may have (`spec.names`)."""
     for origin, root in roots:
-        for filename in (spec.filename + ".gz", spec.filename):
+        for filename in spec.names:
             path = root / dataset / filename
             if path.is_file():
                 return FoundFile(spec, path, origin)
@@ -70,10 +70,10 @@ def _place(dataset: str, origin: str, root: Path) -> str:
 
 
 def missing_message(
-    dataset: str, missing: Sequence[FileSpec], data_dir: str | os.PathLike[str] | None = None
+    dataset: str, missing: Sequence[FileSpec | ArchiveFile], data_dir: str | os.PathLike[str] | None = None
 ) -> str:
     """The one line that says which files are missing, where they were searched, and what to do."""
-    names = ", ".join(f"{f.filename}.gz" for f in missing)
+    names = ", ".join(f.download_name for f in missing)
     if data_dir is not None:
         root = Path(data_dir).expanduser()
         return (

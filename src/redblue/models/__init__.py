@@ -21,6 +21,7 @@ from redblue.models.zoo import (
     build_mlp,
     build_model,
     check_fits,
+    fit_spec,
     input_shape,
     parameter_count,
     parse_model,
@@ -30,6 +31,6 @@ from redblue.models.zoo import (
 __all__ = [
     "FORMAT_VERSION", "LEGACY_ARCH_NAMES", "MLP_INITS", "MODELS",
     "CNNLargeSpec", "CNNSmallSpec", "CNNSpec", "LoadedModel", "MLPSpec", "ModelEntry",
-    "arch_of", "build_cnn", "build_cnn_large", "build_cnn_small", "build_mlp", "build_model", "check_fits",
+    "arch_of", "build_cnn", "build_cnn_large", "build_cnn_small", "build_mlp", "build_model", "check_fits", "fit_spec",
     "input_shape", "load_model", "parameter_count", "parse_model", "save_model", "save_tensors", "spec_text",
 ]

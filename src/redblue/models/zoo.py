@@ -276,6 +276,33 @@ def input_shape(spec: Any) -> tuple[int, ...]:
     return (spec.in_channels, spec.image_size, spec.image_size)
 
 
+# the spec fields that describe the input and the output, which `fit_spec` fills from a dataset
+DATA_FIELDS = ("in_features", "in_channels", "image_size", "classes")
+
+
+def fit_spec(text: str, *, image_shape: tuple[int, int, int], classes: int, dataset: str = "the data") -> Any:
+    """The model spec `text` names, made to fit a dataset: each of its input fields (in_features for
+    the MLP; in_channels and image_size for a CNN) and `classes` that the text does not set is taken
+    from the dataset's `image_shape` (C, H, W) and `classes`. A field the text sets is kept, and a
+    mismatch is one ModelError line (`check_fits`). The CNNs read square images only: a dataset of
+    H != W images is refused in one line for them (the MLP flattens any shape)."""
+    spec = parse_model(text)
+    _, given = split_spec(text)
+    channels, height, width = image_shape
+    fill: dict[str, Any] = {}
+    for field in (f.name for f in dataclasses.fields(spec) if f.name in DATA_FIELDS and f.name not in given):
+        if field == "image_size" and height != width:
+            raise ModelError(
+                f"{arch_of(spec)} reads square images (image_size) but {dataset} has {height}x{width} images; "
+                "use mlp, which reads any shape"
+            )
+        fill[field] = {"in_features": channels * height * width, "in_channels": channels, "image_size": height,
+                       "classes": classes}[field]  # fmt: skip
+    spec = dataclasses.replace(spec, **fill)  # __post_init__ checks the new values (e.g. too small an image)
+    check_fits(spec, image_shape=image_shape, classes=classes, dataset=dataset)
+    return spec
+
+
 def check_fits(spec: Any, *, image_shape: tuple[int, ...], classes: int, dataset: str = "the data") -> None:
     """Raise ModelError (one line) when images of `image_shape` (C, H, W) and `classes` labels do not fit the model."""
     expected = input_shape(spec)

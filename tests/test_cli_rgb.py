@@ -7,17 +7,26 @@ text sets them; a mismatch, or a CNN on non-square images, is one `error:` line.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from arena_fixtures import TINY_TOML, write_tiny
 from cifar_fixtures import cifar_spec, tiny_cifar
+from PIL import Image as PILImage
+from safetensors.numpy import load_file
 
 from cli_helpers import one_error_line, run
 from redblue import data
+from redblue.arena import arena, load_arena
+from redblue.data import load_dataset
 from redblue.models import load_model
+from redblue.report.html import image_pixels, png_bytes
+from redblue.report.page import ImageGrid
+from redblue.report.pages import PageOptions, build_page, write_reports
 
 
 @pytest.fixture
@@ -92,3 +101,61 @@ def test_a_model_field_the_user_sets_is_kept_and_a_mismatch_is_one_error_line(tm
                          "--out", tmp_path / "m.safetensors")
     assert code == 2 and out == ""
     assert "has images of shape 3x12x12 but the model (cnn-small:classes=4,image_size=12) reads 1x12x12" in one_error_line(err)
+
+
+def test_report_pages_of_rgb_attack_and_evaluate_runs_show_colour_images(cifar_root, tmp_path, capsys):
+    model = tmp_path / "m.safetensors"
+    assert run(capsys, "train", "--dataset", "tiny-cifar", "--data-dir", cifar_root, "--model", "cnn-small",
+               "--epochs", "1", "--batch-size", "4", "--out", model)[0] == 0
+    attack_dir, evaluate_dir = tmp_path / "attack-run", tmp_path / "evaluate-run"
+    code, _, err = run(capsys, "attack", model, "--attack", "fgsm:eps=0.05", "--data-dir", cifar_root, "--out", attack_dir)
+    assert code == 0, err
+    code, _, err = run(capsys, "evaluate", model, "--attacks", "fgsm", "--eps", "0.05", "--data-dir", cifar_root,
+                       "--out", evaluate_dir)
+    assert code == 0, err
+
+    page = build_page(attack_dir, options=PageOptions(data_dir=str(cifar_root)))
+    [grid] = [block for section in page.sections for block in section.blocks if isinstance(block, ImageGrid)]
+    assert grid.columns == ("clean", "adversarial", "perturbation")
+    saved = load_file(str(attack_dir / "adversarial.safetensors"))
+    clean_set = load_dataset("tiny-cifar", "test", data_dir=cifar_root)
+    for label, (clean, adversarial, perturbation) in grid.rows:
+        i = int(label.split()[1])
+        index = int(saved["indices"][i])
+        np.testing.assert_array_equal(clean.pixels, clean_set.x[index].numpy().transpose(1, 2, 0))
+        np.testing.assert_array_equal(adversarial.pixels, saved["x_adv"][i].transpose(1, 2, 0))
+        delta = saved["x_adv"][i].astype(np.float64) - clean_set.x[index].numpy()
+        np.testing.assert_allclose(perturbation.pixels, 0.5 + delta.transpose(1, 2, 0) / 0.1)
+        # each renders as an RGB PNG of the image's size
+        for image in (clean, adversarial, perturbation):
+            decoded = PILImage.open(io.BytesIO(png_bytes(image_pixels(image))))
+            assert decoded.mode == "RGB" and decoded.size == (32, 32)
+    paths = write_reports(attack_dir, options=PageOptions(data_dir=str(cifar_root)))
+    assert paths["html"].read_text().count("data:image/png;base64,") >= 3 * len(grid.rows)
+    assert write_reports(evaluate_dir)["html"].is_file()
+
+
+def test_the_arena_plays_a_quick_config_on_a_small_rgb_dataset(tmp_path):
+    gen = np.random.default_rng(0)
+
+    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
+        """3x16x16 images of 5 classes; the class brightens channel (class mod 3), so an MLP can learn it."""
+        y = np.arange(n) % 5
+        x = gen.integers(0, 120, (n, 16, 16, 3))
+        for i, label in enumerate(y):
+            x[i, :, :, label % 3] += 60 * (1 + label // 3)
+        return x.astype(np.uint8), y
+
+    (x_train, y_train), (x_test, y_test) = split(200), split(60)
+    np.savez(tmp_path / "rgb.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    text = (TINY_TOML.replace('name = "tiny"\n', f'name = "tiny"\ndataset = "{tmp_path / "rgb.npz"}"\n')
+            .replace("train_subset = 1000", "train_subset = 200").replace("test_subset = 100", "test_subset = 60"))
+    result = arena(load_arena(write_tiny(tmp_path, text)), tmp_path / "run", workers=1)
+    results = result.results
+    assert sorted(row["defense"] for row in results["leaderboard"]) == ["clean", "fgsm-at"]
+    assert all(row["n"] == 60 for row in results["leaderboard"])
+    for training in results["trainings"]:  # every model, surrogate included, was built for 3x16x16 and 5 classes
+        loaded = load_model(result.folder / "models" / f"{training['cell']}.safetensors")
+        assert (loaded.spec.in_features, loaded.spec.classes) == (3 * 16 * 16, 5)
+    clean = next(row for row in results["leaderboard"] if row["defense"] == "clean")
+    assert clean["clean_accuracy"] > 0.4  # learnt something: chance is 0.2

@@ -14,6 +14,10 @@ against the papers' counts):
 | `cnn`       | conv 32 5x5 + pool -> conv 64 5x5 + pool -> 1024 -> 10 (Madry, 2018) |  3,274,634 |
 | `cnn-large` | conv 32 3x3, 32 4x4 s2, 64 3x3, 64 4x4 s2 -> 512 -> 512 -> 10       |  1,974,762 |
 
+and two CIFAR-scale networks (`redblue.models.cifar`, defaults 3 x 32 x 32 and 10 classes):
+`preact-resnet18` (11,172,170 parameters) and `cnn-7` (17,192,650). Every spec's input fields
+(in_features; in_channels, image_size) and classes can be fitted to a dataset with `fit_spec`.
+
 Saving and loading (safetensors, never pickle) is `redblue.models.files`.
 """
 
@@ -30,6 +34,7 @@ from torch import nn
 
 from redblue.config import from_text_values, split_spec
 from redblue.errors import ConfigError, ModelError, require_choice, require_in_range, require_positive
+from redblue.models.cifar import CNN7Spec, PreActResNet18Spec, build_cnn7, build_preact_resnet18
 
 MLP_INITS = ("torch", "normal-0.01")
 
@@ -230,6 +235,10 @@ MODELS: dict[str, ModelEntry] = {
         ModelEntry("cnn-small", CNNSmallSpec, build_cnn_small, "small strided CNN of certified training (Wong & Kolter 2018)"),
         ModelEntry("cnn", CNNSpec, build_cnn, "Madry et al.'s MNIST CNN (2018), max-pooling"),
         ModelEntry("cnn-large", CNNLargeSpec, build_cnn_large, "large strided CNN of certified training (Wong et al. 2018)"),
+        ModelEntry("preact-resnet18", PreActResNet18Spec, build_preact_resnet18,
+                   "pre-activation ResNet-18 (He et al. 2016) as in Wong et al. 2020; CIFAR defaults, attacks only"),
+        ModelEntry("cnn-7", CNN7Spec, build_cnn7,
+                   "CNN-7 of certified training (Shi et al. 2021), BatchNorm; CIFAR defaults"),
     )
 }
 

@@ -159,3 +159,22 @@ def test_the_arena_plays_a_quick_config_on_a_small_rgb_dataset(tmp_path):
         assert (loaded.spec.in_features, loaded.spec.classes) == (3 * 16 * 16, 5)
     clean = next(row for row in results["leaderboard"] if row["defense"] == "clean")
     assert clean["clean_accuracy"] > 0.4  # learnt something: chance is 0.2
+
+
+def test_the_cifar_models_train_through_the_cli_and_certified_training_refuses_batch_norm(cifar_root, tmp_path, capsys):
+    model = tmp_path / "resnet.safetensors"
+    code, out, err = run(capsys, "train", "--dataset", "tiny-cifar", "--data-dir", cifar_root, "--model", "preact-resnet18:width=4",
+                         "--objective", "pgd:eps=0.03,steps=2", "--epochs", "1", "--batch-size", "5", "--val-size", "0",
+                         "--out", model, "--json")
+    assert code == 0, err
+    assert json.loads(out)["model"]["arch"] == "preact-resnet18" and load_model(model).spec.classes == 10
+    code, out, err = run(capsys, "train", "--dataset", "tiny-cifar", "--data-dir", cifar_root, "--model", "cnn-7:width=4,linear_size=16",
+                         "--objective", "ibp:eps=0.01", "--epochs", "1", "--val-size", "0", "--out", tmp_path / "cnn7.safetensors")
+    assert code == 2 and out == ""
+    assert err.splitlines()[-1] == (
+        "error: certified bounds cannot pass BatchNorm layer '1': in train mode it uses each batch's statistics; put the "
+        "model in eval mode (certified training cannot train BatchNorm: use a model without it, e.g. cnn-7:batch_norm=false)")
+    code, out, err = run(capsys, "train", "--dataset", "tiny-cifar", "--data-dir", cifar_root,
+                         "--model", "cnn-7:width=4,linear_size=16,batch_norm=false", "--objective", "ibp:eps=0.01",
+                         "--epochs", "1", "--val-size", "0", "--out", tmp_path / "cnn7.safetensors")
+    assert code == 0, err

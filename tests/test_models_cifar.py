@@ -147,11 +147,14 @@ def test_cnn7_certifies_in_eval_mode_exactly_as_its_hand_folded_twin(normalize):
     assert float(logits.std(dim=(0, 1)).max()) > 1e-3 and float((margins.amin(dim=0) - bound)[others].max()) > 1e-6
 
 
-def test_preact_resnet18_is_refused_by_the_bounds_in_one_line():
-    model = build_model(parse_model("preact-resnet18:width=2")).eval()
+@pytest.mark.parametrize("training", [False, True])
+def test_preact_resnet18_is_refused_by_the_bounds_in_one_line_without_running_its_blocks(training):
+    model = build_model(parse_model("preact-resnet18:width=2")).train(training)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ModelError, match="certified bounds cannot pass layer '1', a PreActBlock") as caught:
         margin_lower_bounds(model, torch.rand(2, 3, 32, 32), torch.tensor([0, 1]), eps=0.01, method="ibp")
     assert "\n" not in str(caught.value)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no running statistic moved
 
 
 def _rgb_data(n: int = 32, side: int = 8) -> tuple[torch.Tensor, torch.Tensor]:

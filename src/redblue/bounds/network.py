@@ -296,6 +296,9 @@ def linearize(model: nn.Module, like: Tensor, *, dtype: torch.dtype | None = Non
         shape = tuple(probe.shape[1:])
         if isinstance(layer, (nn.Identity, nn.modules.dropout._DropoutNd)):
             continue  # dropout is the identity in eval mode, the network that is certified
+        known = (nn.ReLU, nn.Linear, nn.Conv2d, nn.MaxPool2d, nn.Flatten, nn.Unflatten, nn.modules.batchnorm._BatchNorm)
+        if not isinstance(layer, known) and not (hasattr(layer, "mean") and hasattr(layer, "std")):
+            raise _unsupported(name, layer)  # before the probe runs it: a block may hold BatchNorms in train mode
         if isinstance(layer, nn.modules.batchnorm._BatchNorm):
             # read (or refused) before the probe runs: in train mode that would move the running statistics
             batch_norm = _batch_norm(name, layer, shape, dtype)

@@ -97,7 +97,7 @@ def fgsm_scores(
 
     The same images as `redblue.attacks.fgsm(model, x, y, eps=eps, clip=clip)`: FGSM's gradient is
     taken at the clean x whatever eps is, so it is computed once per batch and reused for every
-    setting. x: (N, 1, 28, 28) in [0, 1]; y: (N,). The model runs in eval mode and is restored.
+    setting. x: (N, C, H, W) in [0, 1]; y: (N,). The model runs in eval mode and is restored.
     """
     for eps, _ in settings:
         check_eps(eps, "linf")

@@ -7,6 +7,7 @@ the torch module itself, and every bound is recomputed from those matrices.
 
 from __future__ import annotations
 
+import copy
 from fractions import Fraction
 
 import numpy as np
@@ -22,7 +23,8 @@ def _leaves(model: nn.Module) -> list[nn.Module]:
 
 
 def layer_matrix(layer: nn.Module, shape: tuple[int, ...]) -> tuple[Tensor, Tensor, tuple[int, ...]]:
-    """(W (out, in), b (out,), out_shape) in float64 of one affine layer (Linear, Conv2d, Flatten).
+    """(W (out, in), b (out,), out_shape) in float64 of one affine layer (Linear, Conv2d, Flatten,
+    eval-mode BatchNorm: the float64 module's image of each basis vector, less its image of 0).
 
     Exact for float32/float64 weights: W is read by pushing each basis vector through the layer
     without its bias, and every entry of that image is one weight times 1.
@@ -42,6 +44,11 @@ def layer_matrix(layer: nn.Module, shape: tuple[int, ...]) -> tuple[Tensor, Tens
                 bias += layer.bias.double().view(-1, 1, 1)
         elif isinstance(layer, nn.Flatten):
             image, bias = basis.reshape(d, d), torch.zeros(d, dtype=F64)
+        elif isinstance(layer, nn.modules.batchnorm._BatchNorm):  # eval mode: read off the module itself
+            assert not layer.training
+            double = copy.deepcopy(layer).double()
+            bias = double(torch.zeros((1, *shape), dtype=F64))[0]
+            image = double(basis) - bias
         elif hasattr(layer, "mean") and hasattr(layer, "std"):  # rounded once: not for exact use
             image = basis / layer.std.double()
             bias = (-layer.mean.double() / layer.std.double()).expand(shape)

@@ -594,7 +594,7 @@ def test_choose_method_picks_crown_for_mlps_crown_ibp_for_conv_nets_and_ibp_with
 # --- errors --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad_layer, name", [(nn.Sigmoid(), "Sigmoid"), (nn.BatchNorm2d(1), "BatchNorm2d")])
+@pytest.mark.parametrize("bad_layer, name", [(nn.Sigmoid(), "Sigmoid"), (nn.GroupNorm(1, 1), "GroupNorm")])
 def test_unsupported_layer_is_a_one_line_model_error(bad_layer, name):
     model = nn.Sequential(bad_layer, nn.Flatten(), nn.Linear(36, 3))
     x, y = random_inputs((1, 6, 6), 2, seed=0, dtype=torch.float32)
@@ -626,3 +626,26 @@ def test_other_unsupported_models_and_inputs_are_errors():
         certify(model, x, y, eps=0.1, method="deeppoly")
     with pytest.raises(ConfigError, match="labels"):
         certify(model, x, torch.tensor([0, 3]), eps=0.1)
+
+
+def test_eval_mode_batch_norm_certifies_exactly_as_the_linear_layer_it_folds_into():
+    """Linear -> BatchNorm1d (eval) -> ReLU -> Linear has the same bounds as the one Linear with the
+    BatchNorm folded in by hand: W' = diag(g / sqrt(var + eps)) W, b' = g (b - mean) / sqrt(var + eps) + beta."""
+    torch.manual_seed(3)
+    first, batch_norm, last = nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Linear(5, 3)
+    with torch.no_grad():
+        batch_norm.running_mean.uniform_(-0.5, 0.5)
+        batch_norm.running_var.uniform_(0.2, 3.0)
+        batch_norm.weight.uniform_(-2.0, 2.0)
+        batch_norm.bias.uniform_(-0.3, 0.3)
+    model = nn.Sequential(first, batch_norm, nn.ReLU(), last).to(F64).eval()
+    scale = batch_norm.weight / (batch_norm.running_var + batch_norm.eps).sqrt()
+    folded_first = nn.Linear(6, 5).to(F64)
+    with torch.no_grad():
+        folded_first.weight.copy_(scale[:, None] * first.weight)
+        folded_first.bias.copy_(scale * (first.bias - batch_norm.running_mean) + batch_norm.bias)
+    folded = nn.Sequential(folded_first, nn.ReLU(), last)
+    x, y = random_inputs((6,), 8, seed=4)
+    for method in ("ibp", "crown"):
+        ours = margin_lower_bounds(model, x, y, eps=0.1, method=method)
+        torch.testing.assert_close(ours, margin_lower_bounds(folded, x, y, eps=0.1, method=method), rtol=1e-9, atol=1e-9)

@@ -30,6 +30,7 @@ from bound_references import lp_min, stages
 from redblue.bounds import margin_bounds, outward_box
 from redblue.bounds.network import linearize
 from redblue.certify import margin_lower_bounds
+from redblue.errors import ModelError
 
 F64 = torch.float64
 LP_TOL = 1e-7  # HiGHS' feasibility tolerance; measured agreement is 1e-13
@@ -45,12 +46,31 @@ def one_hidden_cnn(seed: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(1, 2, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3)).to(F64)
 
 
+def one_hidden_rgb_cnn(seed: int) -> nn.Sequential:
+    """3 channels in, an odd non-square 3x5 image, and an eval-mode BatchNorm with drawn statistics
+    (a negative scale among them) between the convolution and the ReLU: 2x2x2 hidden units."""
+    torch.manual_seed(seed)
+    batch_norm = nn.BatchNorm2d(2)
+    with torch.no_grad():
+        batch_norm.running_mean.copy_(torch.tensor([0.3, -0.2]))
+        batch_norm.running_var.copy_(torch.tensor([0.5, 2.0]))
+        batch_norm.weight.copy_(torch.tensor([1.5, -0.7]))
+        batch_norm.bias.copy_(torch.tensor([0.1, -0.05]))
+    layers = [nn.Conv2d(3, 2, 3, stride=(2, 3), padding=1), batch_norm, nn.ReLU(), nn.Flatten(), nn.Linear(8, 3)]
+    return nn.Sequential(*layers).to(F64).eval()
+
+
 def two_hidden_mlp(seed: int) -> nn.Sequential:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)).to(F64)
 
 
-NETS = {"mlp": (one_hidden_mlp, (5,)), "cnn": (one_hidden_cnn, (1, 3, 3)), "mlp2": (two_hidden_mlp, (4,))}
+NETS = {
+    "mlp": (one_hidden_mlp, (5,)),
+    "cnn": (one_hidden_cnn, (1, 3, 3)),
+    "cnn-rgb-bn": (one_hidden_rgb_cnn, (3, 3, 5)),
+    "mlp2": (two_hidden_mlp, (4,)),
+}
 
 
 def samples(shape: tuple[int, ...], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,7 +205,7 @@ def ours(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, method:
     return bounds
 
 
-@pytest.mark.parametrize("net", ["mlp", "cnn"])
+@pytest.mark.parametrize("net", ["mlp", "cnn", "cnn-rgb-bn"])
 def test_one_hidden_layer_bounds_equal_their_relaxation_lps_and_never_exceed_the_exact_worst_case(net):
     build, shape = NETS[net]
     model = build(30)
@@ -214,6 +234,16 @@ def test_one_hidden_layer_bounds_equal_their_relaxation_lps_and_never_exceed_the
                 assert max(crown.crown[i, col].item(), crown.ibp[i, col].item()) <= triangle + LP_TOL
                 assert triangle <= exact + LP_TOL
     assert unstable_seen >= 10  # the relaxations were exercised, not only stable neurons
+
+
+def test_batch_norm_in_train_mode_is_refused_in_one_line_without_touching_its_statistics():
+    model = one_hidden_rgb_cnn(30).train()
+    before = model[1].running_mean.clone()
+    x, _ = samples((3, 3, 5), 31)
+    with pytest.raises(ModelError, match="BatchNorm layer '1': in train mode") as caught:
+        linearize(model, x)
+    assert "\n" not in str(caught.value)
+    assert torch.equal(model[1].running_mean, before)
 
 
 def test_two_hidden_layer_bounds_never_exceed_the_triangle_lp_with_exact_intermediate_bounds():

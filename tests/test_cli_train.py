@@ -313,5 +313,5 @@ def test_help_lists_every_registered_objective_by_kind_and_every_model(capsys, m
     model_line = next(line for line in out.splitlines() if "--model" in line)
     groups = "clean: clean; single-step: fgsm, fast-fgsm; multi-step: pgd, trades, mart; certified: ibp, crown-ibp."
     assert groups in objective_line and set(OBJECTIVES) == {"clean", "fgsm", "fast-fgsm", "pgd", "trades", "mart", "ibp", "crown-ibp"}
-    assert "mlp, cnn-small, cnn, cnn-large (`redblue models`)" in model_line and len(MODELS) == 4
+    assert "mlp, cnn-small, cnn, cnn-large, preact-resnet18, cnn-7 (`redblue models`)" in model_line and len(MODELS) == 6
     assert "or cnn." not in out

@@ -130,10 +130,14 @@ def test_every_model_saves_and_loads_to_the_same_logits(name, tmp_path):
     spec = parse_model(f"{name}:classes=7")
     torch.manual_seed(3)
     model = build_model(spec).eval()
+    with torch.no_grad():  # BatchNorm's running statistics are saved too: make them differ from a fresh model's
+        for buffer_name, buffer in model.named_buffers():
+            if buffer.is_floating_point() and buffer_name.endswith(("running_mean", "running_var")):
+                buffer.uniform_(0.5, 1.5)
     save_model(tmp_path / "m.safetensors", model, spec)
     loaded = load_model(tmp_path / "m.safetensors")
     assert loaded.spec == spec and not loaded.model.training
-    x = torch.rand(2, 1, 28, 28)
+    x = torch.rand(2, *input_shape(spec))  # the defaults: 1x28x28 for the MNIST models, 3x32x32 for the CIFAR ones
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(x), model(x), rtol=0, atol=0)
     with safe_open(str(tmp_path / "m.safetensors"), framework="pt") as handle:
@@ -295,7 +299,9 @@ def test_models_verb_lists_every_model_with_its_parameter_count(capsys):
     rows = {row["name"]: row for row in json.loads(out)["models"]}
     assert {name: row["parameter_count"] for name, row in rows.items()} == {
         "mlp": 496_885, "cnn-small": 166_406, "cnn": 3_274_634, "cnn-large": 1_974_762,
+        "preact-resnet18": 11_172_170, "cnn-7": 17_192_650,
     }
+    assert rows["cnn-7"]["input_shape"] == [3, 32, 32]
     assert rows["cnn"]["input_shape"] == [1, 28, 28]
     assert [p["name"] for p in rows["cnn-small"]["params"]] == ["channels1", "channels2", "hidden", "classes", "in_channels", "image_size"]
     code, out, _ = run(capsys, "models")

@@ -1,13 +1,15 @@
 """Property-based tests (Hypothesis) of the attack contract, for EVERY registered attack, and of the
 spec parsers.
 
-Drawn per example: the image shape (channels, height, width), the batch size (0, 1, odd, even),
+Drawn per example: the image shape (channels, height, width), the number of classes, the batch size (0, 1, odd, even),
 float32 or float64, pixels pinned at exactly 0 and 1, eps (0, the largest, anything between),
 the model's mode and which parameters are frozen, and the generator's seed. Every attack must
 return a detached image of x's shape, device and dtype, inside the eps-ball and [0, 1], leave x,
 y, the model's mode, its requires_grad flags and its .grad untouched, return x at eps 0, and
 repeat itself exactly for the same seed. NaN or infinite pixels, or pixels outside [0, 1], must be
-refused with one AttackError line. Random text given to the spec parsers may only raise a
+refused with one AttackError line. The contract runs three times per attack: on drawn small
+shapes (1 or 3 channels, sides 1..9; MNIST's for the transfer attacks), on CIFAR's 3x32x32 and on
+an odd 1x17x23, the last two with surrogates of their own shape. Random text given to the spec parsers may only raise a
 RedblueError.
 
 Profiles (tests/hypothesis_profiles.py): derandomised and bounded by default, HYPOTHESIS_PROFILE=slow
@@ -17,6 +19,7 @@ for many random examples.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -34,27 +37,33 @@ from redblue.errors import AttackError, RedblueError
 from redblue.models import MLPSpec, build_model, save_model
 
 NAMES = sorted(ATTACKS)
-N_CLASSES = 10
+N_CLASSES = 10  # the transfer surrogates' classes
 # small budgets for whichever of these fields an attack has, so every call takes milliseconds
 CHEAP = {"steps": 3, "n_iter": 5, "n_queries": 30, "binary_search_steps": 2, "restarts": 2, "n_target_classes": 3}
 INNER = {"linf": "pgd/steps=2/restarts=2", "l2": "pgd-l2/steps=2/restarts=2"}
-MNIST_SHAPE = (1, 28, 28)  # the transfer attacks' surrogate is an MNIST model
+MNIST_SHAPE = (1, 28, 28)  # the transfer attacks' surrogate for drawn shapes is an MNIST model
+# which shapes an example may have: drawn small ones, or one fixed larger shape
+FAMILIES = {"drawn": None, "3x32x32": (3, 32, 32), "1x17x23": (1, 17, 23)}
 
 
 @pytest.fixture(scope="module")
-def surrogate(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(5)
-    spec = MLPSpec(hidden=12, dropout_input=0.0, dropout_hidden=0.0)
-    path = tmp_path_factory.mktemp("surrogate") / "surrogate.safetensors"
-    save_model(path, build_model(spec), spec)
-    return path
+def surrogates(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[int, int, int], Path]:
+    """A surrogate model file per fixed shape (10 classes), for the transfer attacks."""
+    folder = tmp_path_factory.mktemp("surrogate")
+    paths = {}
+    for shape in (MNIST_SHAPE, FAMILIES["3x32x32"], FAMILIES["1x17x23"]):
+        torch.manual_seed(5)
+        spec = MLPSpec(hidden=12, dropout_input=0.0, dropout_hidden=0.0, in_features=math.prod(shape))
+        paths[shape] = folder / ("surrogate-" + "x".join(map(str, shape)) + ".safetensors")
+        save_model(paths[shape], build_model(spec), spec)
+    return paths
 
 
-def tiny_model(shape: tuple[int, int, int], dtype: torch.dtype, seed: int) -> nn.Module:
-    """(C, H, W) -> 10 classes through 12 ReLU units, with dropout (so the mode matters)."""
+def tiny_model(shape: tuple[int, int, int], dtype: torch.dtype, seed: int, classes: int = N_CLASSES) -> nn.Module:
+    """(C, H, W) -> classes through 12 ReLU units, with dropout (so the mode matters)."""
     gen = torch.Generator().manual_seed(seed)
     n_in = shape[0] * shape[1] * shape[2]
-    model = nn.Sequential(nn.Flatten(), nn.Linear(n_in, 12), nn.ReLU(), nn.Dropout(0.5), nn.Linear(12, N_CLASSES))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(n_in, 12), nn.ReLU(), nn.Dropout(0.5), nn.Linear(12, classes))
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.copy_(torch.randn(parameter.shape, generator=gen) / parameter.shape[-1] ** 0.5 * 2)
@@ -73,13 +82,19 @@ def params_for(name: str, eps: float, surrogate: Path) -> Any:
 
 
 @st.composite
-def cases(draw: st.DrawFn, name: str) -> dict[str, Any]:
-    """One drawn situation for attack `name`: images, labels, eps, model, mode, seed."""
+def cases(draw: st.DrawFn, name: str, family: str = "drawn") -> dict[str, Any]:
+    """One drawn situation for attack `name`: images, labels, eps, model, mode, seed; the shape is
+    drawn for the "drawn" family and fixed for the others."""
     entry = ATTACKS[name]
-    if entry.threat == "transfer":
+    fixed = FAMILIES[family]
+    if fixed is not None:
+        shape = fixed
+    elif entry.threat == "transfer":
         shape = MNIST_SHAPE
     else:
         shape = (draw(st.sampled_from([1, 3])), draw(st.integers(1, 9)), draw(st.integers(1, 9)))
+    # a transfer attack's labels must exist in its surrogate; the others meet 4 to 10 classes
+    classes = N_CLASSES if entry.threat == "transfer" else draw(st.sampled_from([10, 7, 4]))
     dtype = draw(st.sampled_from([torch.float32, torch.float64]))
     n = draw(st.sampled_from([0, 1, 2, 3, 5, 7]))
     seed = draw(st.integers(0, 2**16))
@@ -95,11 +110,11 @@ def cases(draw: st.DrawFn, name: str) -> dict[str, Any]:
         x.zero_()
     if pinned == "all-one":
         x.fill_(1.0)
-    y = torch.randint(0, N_CLASSES, (n,), generator=gen)
+    y = torch.randint(0, classes, (n,), generator=gen)
     top = 1.0 if entry.norm == "linf" else 30.0
     eps = draw(st.one_of(st.just(0.0), st.just(top), st.floats(0.0, top, allow_subnormal=True)))
     return {
-        "x": x, "y": y, "eps": eps, "shape": shape, "dtype": dtype, "seed": seed,
+        "x": x, "y": y, "eps": eps, "shape": shape, "classes": classes, "dtype": dtype, "seed": seed,
         "training": draw(st.booleans()), "frozen": draw(st.booleans()),
     }  # fmt: skip
 
@@ -109,14 +124,16 @@ def run(name: str, model: nn.Module, x: Tensor, y: Tensor, eps: float, surrogate
     return entry(model, x, y, params_for(name, eps, surrogate), generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("name", NAMES)
-def test_contract_holds_for_drawn_images_eps_dtypes_and_modes(name: str, surrogate: Path):
+def test_contract_holds_for_drawn_images_eps_dtypes_and_modes(name: str, family: str, surrogates: dict[Any, Path]):
     norm = ATTACKS[name].norm
 
-    @given(case=cases(name))
+    @given(case=cases(name, family))
     def check(case: dict[str, Any]) -> None:
         x, y, eps = case["x"], case["y"], case["eps"]
-        model = tiny_model(case["shape"], case["dtype"], case["seed"]).train(case["training"])
+        surrogate = surrogates.get(case["shape"], surrogates[MNIST_SHAPE])
+        model = tiny_model(case["shape"], case["dtype"], case["seed"], case["classes"]).train(case["training"])
         if case["frozen"]:
             model[1].weight.requires_grad_(False)
         flags = [p.requires_grad for p in model.parameters()]
@@ -148,15 +165,15 @@ POISON = [float("nan"), float("inf"), float("-inf"), 1.5, -0.25, 1e30]
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_bad_pixels_are_refused_with_one_attack_error_line(name: str, surrogate: Path):
+def test_bad_pixels_are_refused_with_one_attack_error_line(name: str, surrogates: dict[Any, Path]):
     @given(case=cases(name), poison=st.sampled_from(POISON), where=st.floats(0.0, 1.0, exclude_max=True))
     def check(case: dict[str, Any], poison: float, where: float) -> None:
         x, y = case["x"], case["y"]
         assume(len(x) > 0)
         x.view(-1)[int(where * x.numel())] = poison
-        model = tiny_model(case["shape"], case["dtype"], case["seed"]).eval()
+        model = tiny_model(case["shape"], case["dtype"], case["seed"], case["classes"]).eval()
         with pytest.raises(AttackError) as caught:
-            run(name, model, x, y, case["eps"], surrogate, case["seed"])
+            run(name, model, x, y, case["eps"], surrogates[MNIST_SHAPE], case["seed"])
         message = str(caught.value)
         assert "\n" not in message
         expected = "NaN or infinite pixels" if poison != poison or abs(poison) == float("inf") else "pixels must be in [0, 1]"

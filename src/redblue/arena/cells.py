@@ -29,12 +29,12 @@ from torch import Tensor, nn
 from redblue.arena.config import RedSpec, red_attack
 from redblue.attacks.core import eval_mode
 from redblue.certify import certified_accuracy, choose_method
-from redblue.data import load_dataset
+from redblue.data import Dataset, load_dataset
 from redblue.errors import ConfigError
 from redblue.evaluate import evaluate
 from redblue.evaluate.verify import run_attack
 from redblue.metrics import predict_logits
-from redblue.models import build_model, load_model, parse_model, save_model
+from redblue.models import build_model, fit_spec, load_model, save_model
 from redblue.sweep import Artefact, CellOutput
 from redblue.train import TrainConfig, init_model, train
 
@@ -112,10 +112,15 @@ ArenaCell = TrainCell | MatrixCell | CleanCell | LeaderboardCell
 # --- data and models ----------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=2)
+def loaded_split(dataset: str, split: str, data_dir: str | None) -> Dataset:
+    """One whole split (float32 in [0, 1] on the CPU, int64 labels, its shape and classes), loaded once per process."""
+    return load_dataset(dataset, split, data_dir=data_dir)
+
+
 def load_split(dataset: str, split: str, subset: int | None, data_dir: str | None) -> tuple[Tensor, Tensor]:
-    """One split's first `subset` images (float32 in [0, 1], CPU) and int64 labels, loaded once per process."""
-    loaded = load_dataset(dataset, split, data_dir=data_dir)
+    """One split's first `subset` images (float32 in [0, 1], CPU) and int64 labels."""
+    loaded = loaded_split(dataset, split, data_dir)
     return loaded.x[:subset], loaded.y[:subset]
 
 
@@ -148,7 +153,9 @@ def indices(mask: Tensor) -> list[int]:
 def run_train_cell(config: TrainCell, *, models: dict[str, str], data_dir: str | None) -> CellOutput:
     """Train (or fine-tune from `parent`) on the first `train_subset` training images; the model is the artefact."""
     x, y = load_split(config.dataset, "train", config.train_subset, data_dir)
-    spec = parse_model(config.model)
+    train_set = loaded_split(config.dataset, "train", data_dir)
+    # the roster names architectures (mlp:hidden=256); their input and classes follow the dataset
+    spec = fit_spec(config.model, image_shape=train_set.image_shape, classes=train_set.n_classes, dataset=config.dataset)
     if config.parent is None:
         model = init_model(lambda: build_model(spec), seed=config.train.seed).to(config.device)
     else:

@@ -61,7 +61,7 @@ from redblue.attacks.core import check_eps
 from redblue.attacks.registry import AttackEntry, get_attack, parse_attack
 from redblue.attacks.transfer import parse_inner
 from redblue.config import from_dict, read_toml, split_spec, to_dict
-from redblue.data import get_spec
+from redblue.data import get_spec, is_user_dataset
 from redblue.defenses import ObjectiveParams, PGDObjective, parse_objective
 from redblue.errors import ConfigError, require_in_range, require_non_negative
 from redblue.evaluate.plan import PRESETS, attack_label
@@ -178,7 +178,8 @@ class ArenaConfig:
 
     def __post_init__(self) -> None:
         _require_name("arena", self.name)
-        get_spec(self.dataset)
+        if not is_user_dataset(self.dataset):  # a user dataset's path is read, and judged, when a cell loads it
+            get_spec(self.dataset)
         _require_int("seed", self.seed, minimum=0)
         for key in ("train_subset", "test_subset"):
             if getattr(self, key) is not None:

@@ -34,7 +34,7 @@ def run_fgsm(model: nn.Module, x: Tensor, y: Tensor, params: FGSMParams, generat
 def fgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, clip: bool = FGSMParams.clip) -> Tensor:
     """Fast gradient sign method: x + eps * sign(grad_x CE(model(x), y)).
 
-    x: (N, 1, 28, 28) pixels in [0, 1]; y: (N,) labels. Returns x_adv: detached, on x's
+    x: (N, C, H, W) pixels in [0, 1]; y: (N,) labels. Returns x_adv: detached, on x's
     device, within eps of x in L-inf, and in [0, 1] unless clip=False. A NaN or infinite
     gradient, or pixels that are not finite values in [0, 1], raise AttackError.
     """

@@ -354,7 +354,7 @@ def pgd(
 ) -> Tensor:
     """L-inf projected gradient descent (Madry et al., 2018) with random restarts.
 
-    x: (N, 1, 28, 28) pixels in [0, 1]; y: (N,) labels. Returns x_adv: detached, on x's device,
+    x: (N, C, H, W) pixels in [0, 1]; y: (N,) labels. Returns x_adv: detached, on x's device,
     in [0, 1], within eps of x in L-inf; per sample the best iterate of all restarts (see
     `attack_with_restarts`). step_size None: 2.5 * eps / steps. loss: "ce", "margin" or "dlr";
     target: "none", "random", "least-likely" or a class index such as "3".

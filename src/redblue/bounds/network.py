@@ -2,9 +2,12 @@
 
 A model is an `nn.Sequential` (nested ones too) of Linear, Conv2d (any stride, padding,
 dilation, groups), ReLU, MaxPool2d, Flatten/Unflatten, Dropout (the identity: bounds are those
-of the network in eval mode), Identity, and elementwise normalisation layers (a module with
-`mean` and `std` attributes that computes (x - mean) / std). Linear, Conv2d and normalisation
-are affine operators; CROWN moves its linear coefficients backwards through Conv2d with the
+of the network in eval mode), Identity, elementwise normalisation layers (a module with
+`mean` and `std` attributes that computes (x - mean) / std), and BatchNorm1d/2d in eval mode
+(with running statistics it is the per-channel affine map x * w / sqrt(var + eps) + (b - mean *
+w / sqrt(var + eps)), folded exactly into an elementwise operator; in train mode it normalises
+with the batch's statistics, which couples the samples, and is refused). Linear, Conv2d,
+normalisation and BatchNorm are affine operators; CROWN moves its linear coefficients backwards through Conv2d with the
 transposed convolution, never materialising the dense matrix. The operators hold the model's
 own parameters (cast to a dtype when asked), so bounds built from them are differentiable in
 the weights.
@@ -21,7 +24,10 @@ from torch import Tensor, nn
 
 from redblue.errors import ModelError
 
-SUPPORTED = "Linear, Conv2d, ReLU, MaxPool2d, Flatten, Unflatten, Dropout, Identity and mean/std normalisation"
+SUPPORTED = (
+    "Linear, Conv2d, ReLU, MaxPool2d, Flatten, Unflatten, Dropout, Identity, mean/std normalisation "
+    "and BatchNorm in eval mode"
+)
 
 
 class Affine:
@@ -252,6 +258,22 @@ def _normalisation(name: str, layer: nn.Module, probe: Tensor, dtype: torch.dtyp
     return Elementwise(scale, shift, shape)
 
 
+def _batch_norm(name: str, layer: nn.modules.batchnorm._BatchNorm, shape: tuple[int, ...], dtype: torch.dtype) -> Elementwise:
+    """Read an eval-mode BatchNorm as x * scale + shift per channel (channel = dimension 0 of `shape`)."""
+    if layer.training or layer.running_mean is None or layer.running_var is None:
+        why = "in train mode it uses each batch's statistics" if layer.training else "it keeps no running statistics"
+        raise ModelError(
+            f"certified bounds cannot pass BatchNorm layer {name!r}: {why}; put the model in eval mode "
+            "(certified training cannot train BatchNorm: use a model without it, e.g. cnn-7:batch_norm=false)"
+        )
+    std = (layer.running_var.to(dtype) + layer.eps).sqrt()
+    weight = torch.ones_like(std) if layer.weight is None else layer.weight.to(dtype)
+    bias = torch.zeros_like(std) if layer.bias is None else layer.bias.to(dtype)
+    scale, shift = weight / std, bias - layer.running_mean.to(dtype) * weight / std
+    view = (-1,) + (1,) * (len(shape) - 1)  # (C,) -> (C, 1, 1) for (C, H, W)
+    return Elementwise(scale.view(view).expand(shape), shift.view(view).expand(shape), shape)
+
+
 def linearize(model: nn.Module, like: Tensor, *, dtype: torch.dtype | None = None) -> Chain:
     """The model as a chain of operators with per-sample shapes, for inputs shaped like `like`.
 
@@ -274,6 +296,12 @@ def linearize(model: nn.Module, like: Tensor, *, dtype: torch.dtype | None = Non
         shape = tuple(probe.shape[1:])
         if isinstance(layer, (nn.Identity, nn.modules.dropout._DropoutNd)):
             continue  # dropout is the identity in eval mode, the network that is certified
+        known = (nn.ReLU, nn.Linear, nn.Conv2d, nn.MaxPool2d, nn.Flatten, nn.Unflatten, nn.modules.batchnorm._BatchNorm)
+        if not isinstance(layer, known) and not (hasattr(layer, "mean") and hasattr(layer, "std")):
+            raise _unsupported(name, layer)  # before the probe runs it: a block may hold BatchNorms in train mode
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            # read (or refused) before the probe runs: in train mode that would move the running statistics
+            batch_norm = _batch_norm(name, layer, shape, dtype)
         try:
             with torch.no_grad():
                 out = layer(probe)
@@ -300,6 +328,8 @@ def linearize(model: nn.Module, like: Tensor, *, dtype: torch.dtype | None = Non
             if out.dim() == 0 or len(out) != len(probe):
                 raise _unsupported(name, layer, "it merges the batch dimension; use start_dim=1")
             ops.append(Reshape(shape, tuple(out.shape[1:])))
+        elif isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            ops.append(batch_norm)
         elif hasattr(layer, "mean") and hasattr(layer, "std"):
             ops.append(_normalisation(name, layer, probe, dtype))
         else:

@@ -63,7 +63,7 @@ DatasetOption = Annotated[
     Optional[str],
     typer.Option(
         "--dataset",
-        help="mnist, fashion-mnist or kmnist. Default: the dataset the model was trained on (its metadata), else mnist.",
+        help="mnist, fashion-mnist, kmnist, cifar10, cifar100, or a user dataset's path (.npz, .safetensors, image folder). Default: the dataset the model was trained on (its metadata), else mnist.",
     ),
 ]
 SplitOption = Annotated[str, typer.Option("--split", help="Which split to attack: test or train.")]
@@ -99,7 +99,7 @@ def _load(
 ) -> _Inputs:
     """Load the model, then the dataset it was trained on unless --dataset names another (downloaded
     on first use with consent), and refuse a dataset whose images or classes the model does not fit."""
-    from redblue.data import get_spec, load_dataset
+    from redblue.data import load_dataset
 
     if limit is not None:
         require_positive("--limit", limit)
@@ -110,7 +110,7 @@ def _load(
     data = load_dataset(name, split, data_dir=data_dir)
     x, y = (data.x, data.y) if limit is None else (data.x[:limit], data.y[:limit])
     x, y = x.to(device), y.to(device)
-    require_model_fits(loaded.model, x, classes=get_spec(name).n_classes, dataset=name, trained_on=trained_on)
+    require_model_fits(loaded.model, x, classes=data.n_classes, dataset=name, trained_on=trained_on)
     return _Inputs(loaded.model, x, y, name)
 
 

@@ -55,7 +55,7 @@ def list_models(as_json: JsonOption = False) -> None:
             {
                 "name": entry.name,
                 "summary": entry.summary,
-                "parameter_count": parameter_count(build_model(spec)),  # at the defaults: MNIST, 10 classes
+                "parameter_count": parameter_count(build_model(spec)),  # at the defaults (input_shape, 10 classes)
                 "input_shape": list(input_shape(spec)),
                 "params": _fields(entry.spec_type),
             }
@@ -63,8 +63,9 @@ def list_models(as_json: JsonOption = False) -> None:
     if as_json:
         print_json({"models": rows})
         return
-    table = Table("model", "parameters", "spec fields (default)", "what it is")
+    table = Table("model", "parameters", "input", "spec fields (default)", "what it is")
     for row in rows:
         fields = ", ".join(f"{p['name']}={p['default']}" for p in row["params"])
-        table.add_row(row["name"], f"{row['parameter_count']:,}", fields, row["summary"])
+        shape = "x".join(map(str, row["input_shape"]))
+        table.add_row(row["name"], f"{row['parameter_count']:,}", shape, fields, row["summary"])
     Console().print(table)

@@ -39,7 +39,7 @@ from redblue.data import load_dataset
 from redblue.defenses import KINDS, OBJECTIVES, parse_objective
 from redblue.errors import ConfigError
 from redblue.metrics import score
-from redblue.models import MODELS, arch_of, build_model, parse_model, save_model
+from redblue.models import MODELS, arch_of, build_model, fit_spec, parse_model, save_model
 from redblue.train import TrainConfig, TrainProgress, init_model, train
 from redblue.train.checkpoint import STATE_FILE, checkpoint_folder, remove_checkpoint
 from redblue.train.optim import parse_schedule
@@ -183,7 +183,9 @@ def interrupted_message(folder: Path) -> str:
 @app.command("train")
 def train_command(
     model: Annotated[
-        str, typer.Option("--model", help=f"{', '.join(MODELS)} (`redblue models`), with parameters, e.g. mlp:hidden=800,dropout_hidden=0.3.")
+        str,
+        typer.Option("--model", help=f"{', '.join(MODELS)} (`redblue models`), with parameters, e.g. mlp:hidden=800,dropout_hidden=0.3. "
+                     "Its input (in_features, or in_channels and image_size) and classes follow --dataset unless given."),
     ] = PAPER_MLP,
     objective: Annotated[str, typer.Option("--objective", help=objectives_help())] = "clean",
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training set (>= 1).")] = 20,
@@ -234,7 +236,9 @@ def train_command(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Mini-batch size.")] = 128,
     penalize_bias: Annotated[bool, typer.Option("--penalize-bias", help="Apply l1/l2 to the biases too.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the initial weights, split, shuffling, dropout and random starts.")] = 0,
-    dataset: Annotated[str, typer.Option("--dataset", help="mnist, fashion-mnist or kmnist.")] = "mnist",
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="mnist, fashion-mnist, kmnist, cifar10, cifar100, or a user dataset's path (.npz, .safetensors, image folder).")
+    ] = "mnist",
     train_subset: Annotated[
         Optional[int], typer.Option("--train-subset", help="Train on the first N training images only (quick runs).")
     ] = None,
@@ -251,7 +255,7 @@ def train_command(
     After every epoch the run is checkpointed in <out>.checkpoint/ (removed once the model is saved);
     an interrupted run continues with the same command plus --resume.
     """
-    spec = parse_model(model)
+    parse_model(model)  # the text is checked before any data is read; fit_spec below fits it to the data
     config = _config(
         dict(
             epochs=epochs,
@@ -290,6 +294,7 @@ def train_command(
     require_dataset(dataset, data_dir=data_dir, download=download)
     train_set = load_dataset(dataset, "train", data_dir=data_dir)
     test_set = load_dataset(dataset, "test", data_dir=data_dir)
+    spec = fit_spec(model, image_shape=train_set.image_shape, classes=train_set.n_classes, dataset=dataset)
     x, y = train_set.x[:train_subset], train_set.y[:train_subset]  # [:None] is everything
     try:
         config.resolved(len(y))  # the checks that need the training set's size, before any work

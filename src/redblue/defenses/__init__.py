@@ -1,7 +1,7 @@
 """The blue team: training objectives (clean, FGSM, fast FGSM, PGD, TRADES, MART; certified: IBP,
 CROWN-IBP) and weight penalties.
 
-Any `nn.Module` that maps pixels in [0, 1] of shape (N, 1, 28, 28) to logits trains with any
+Any `nn.Module` that maps pixels in [0, 1] of shape (N, C, H, W) to logits trains with any
 objective through the Python API, and is evaluated as the CLI evaluates the built-in models::
 
     import torch

@@ -62,7 +62,7 @@ def evaluate(
 ) -> Evaluation:
     """Robust accuracy and confidence for every attack x eps, the per-sample worst case, bounds and findings.
 
-    x: (N, 1, 28, 28) pixels in [0, 1] on the model's device; y: (N,) labels. attacks: (entry, params)
+    x: (N, C, H, W) pixels in [0, 1] on the model's device; y: (N,) labels. attacks: (entry, params)
     pairs, or text such as "standard" or "fgsm,pgd:steps=100" (see `parse_attack_list`); params.eps is
     replaced by each eps of eps_list (dataclasses.replace). Attacks of a norm are evaluated at every eps
     with that norm's worst case. In worst-case mode white-box attacks run first, cheapest first, then

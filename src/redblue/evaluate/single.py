@@ -108,7 +108,7 @@ def attack_every_sample(
 ) -> AttackOutcome:
     """Attack every sample of (x, y) once with `entry` at `params` and score clean against adversarial.
 
-    x: (N, 1, 28, 28) pixels in [0, 1] on the model's device; y: (N,) labels. batch_size: samples per
+    x: (N, C, H, W) pixels in [0, 1] on the model's device; y: (N,) labels. batch_size: samples per
     attack call, or "auto" (see `redblue.evaluate.batching`). Raises ModelError when the model returns
     probabilities instead of logits.
     """

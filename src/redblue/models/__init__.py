@@ -5,6 +5,15 @@ Every model maps pixels in [0, 1] of shape (N, C, H, W) to logits (N, classes); 
 is a layer inside the model.
 """
 
+from redblue.models.cifar import (
+    NORMALIZATIONS,
+    STATISTICS,
+    CNN7Spec,
+    Normalize,
+    PreActResNet18Spec,
+    build_cnn7,
+    build_preact_resnet18,
+)
 from redblue.models.files import FORMAT_VERSION, LEGACY_ARCH_NAMES, LoadedModel, load_model, save_model, save_tensors
 from redblue.models.zoo import (
     MLP_INITS,
@@ -21,6 +30,7 @@ from redblue.models.zoo import (
     build_mlp,
     build_model,
     check_fits,
+    fit_spec,
     input_shape,
     parameter_count,
     parse_model,
@@ -28,8 +38,9 @@ from redblue.models.zoo import (
 )
 
 __all__ = [
+    "NORMALIZATIONS", "STATISTICS", "CNN7Spec", "Normalize", "PreActResNet18Spec", "build_cnn7", "build_preact_resnet18",
     "FORMAT_VERSION", "LEGACY_ARCH_NAMES", "MLP_INITS", "MODELS",
     "CNNLargeSpec", "CNNSmallSpec", "CNNSpec", "LoadedModel", "MLPSpec", "ModelEntry",
-    "arch_of", "build_cnn", "build_cnn_large", "build_cnn_small", "build_mlp", "build_model", "check_fits",
+    "arch_of", "build_cnn", "build_cnn_large", "build_cnn_small", "build_mlp", "build_model", "check_fits", "fit_spec",
     "input_shape", "load_model", "parameter_count", "parse_model", "save_model", "save_tensors", "spec_text",
 ]

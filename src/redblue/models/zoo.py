@@ -14,6 +14,10 @@ against the papers' counts):
 | `cnn`       | conv 32 5x5 + pool -> conv 64 5x5 + pool -> 1024 -> 10 (Madry, 2018) |  3,274,634 |
 | `cnn-large` | conv 32 3x3, 32 4x4 s2, 64 3x3, 64 4x4 s2 -> 512 -> 512 -> 10       |  1,974,762 |
 
+and two CIFAR-scale networks (`redblue.models.cifar`, defaults 3 x 32 x 32 and 10 classes):
+`preact-resnet18` (11,172,170 parameters) and `cnn-7` (17,192,650). Every spec's input fields
+(in_features; in_channels, image_size) and classes can be fitted to a dataset with `fit_spec`.
+
 Saving and loading (safetensors, never pickle) is `redblue.models.files`.
 """
 
@@ -30,6 +34,7 @@ from torch import nn
 
 from redblue.config import from_text_values, split_spec
 from redblue.errors import ConfigError, ModelError, require_choice, require_in_range, require_positive
+from redblue.models.cifar import CNN7Spec, PreActResNet18Spec, build_cnn7, build_preact_resnet18
 
 MLP_INITS = ("torch", "normal-0.01")
 
@@ -230,6 +235,10 @@ MODELS: dict[str, ModelEntry] = {
         ModelEntry("cnn-small", CNNSmallSpec, build_cnn_small, "small strided CNN of certified training (Wong & Kolter 2018)"),
         ModelEntry("cnn", CNNSpec, build_cnn, "Madry et al.'s MNIST CNN (2018), max-pooling"),
         ModelEntry("cnn-large", CNNLargeSpec, build_cnn_large, "large strided CNN of certified training (Wong et al. 2018)"),
+        ModelEntry("preact-resnet18", PreActResNet18Spec, build_preact_resnet18,
+                   "pre-activation ResNet-18 (He et al. 2016) as in Wong et al. 2020; CIFAR defaults, attacks only"),
+        ModelEntry("cnn-7", CNN7Spec, build_cnn7,
+                   "CNN-7 of certified training (Shi et al. 2021), BatchNorm; CIFAR defaults"),
     )
 }
 
@@ -274,6 +283,33 @@ def input_shape(spec: Any) -> tuple[int, ...]:
     if isinstance(spec, MLPSpec):
         return (spec.in_features,)
     return (spec.in_channels, spec.image_size, spec.image_size)
+
+
+# the spec fields that describe the input and the output, which `fit_spec` fills from a dataset
+DATA_FIELDS = ("in_features", "in_channels", "image_size", "classes")
+
+
+def fit_spec(text: str, *, image_shape: tuple[int, int, int], classes: int, dataset: str = "the data") -> Any:
+    """The model spec `text` names, made to fit a dataset: each of its input fields (in_features for
+    the MLP; in_channels and image_size for a CNN) and `classes` that the text does not set is taken
+    from the dataset's `image_shape` (C, H, W) and `classes`. A field the text sets is kept, and a
+    mismatch is one ModelError line (`check_fits`). The CNNs read square images only: a dataset of
+    H != W images is refused in one line for them (the MLP flattens any shape)."""
+    spec = parse_model(text)
+    _, given = split_spec(text)
+    channels, height, width = image_shape
+    fill: dict[str, Any] = {}
+    for field in (f.name for f in dataclasses.fields(spec) if f.name in DATA_FIELDS and f.name not in given):
+        if field == "image_size" and height != width:
+            raise ModelError(
+                f"{arch_of(spec)} reads square images (image_size) but {dataset} has {height}x{width} images; "
+                "use mlp, which reads any shape"
+            )
+        fill[field] = {"in_features": channels * height * width, "in_channels": channels, "image_size": height,
+                       "classes": classes}[field]  # fmt: skip
+    spec = dataclasses.replace(spec, **fill)  # __post_init__ checks the new values (e.g. too small an image)
+    check_fits(spec, image_shape=image_shape, classes=classes, dataset=dataset)
+    return spec
 
 
 def check_fits(spec: Any, *, image_shape: tuple[int, ...], classes: int, dataset: str = "the data") -> None:

@@ -81,8 +81,9 @@ class Heatmap:
 
 @dataclass(frozen=True)
 class Image:
-    """One small image: `pixels` (H, W); `scale` "gray" maps [0, 1] to black..white, "signed" maps
-    [-1, 1] to red..white..blue (a perturbation divided by eps)."""
+    """One small image: `pixels` (H, W), or (H, W, 3) RGB with the "gray" scale; `scale` "gray" maps
+    [0, 1] to black..white (each channel), "signed" maps [-1, 1] of an (H, W) image to red..white..blue
+    (a perturbation divided by eps)."""
 
     pixels: np.ndarray
     caption: str = ""

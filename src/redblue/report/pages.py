@@ -264,7 +264,20 @@ def _clean_images(results: dict[str, Any], indices: np.ndarray, data_dir: str | 
         data = load_dataset(results["dataset"], results["split"], data_dir=data_dir)
     except RedblueError:
         return None
-    return data.x[indices].numpy()[:, 0].astype(np.float64)
+    return data.x[indices].numpy().astype(np.float64)
+
+
+def _shown(pixels: np.ndarray) -> np.ndarray:
+    """One image (C, H, W) as an Image holds it: (H, W) for one channel, (H, W, 3) for RGB."""
+    return pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)
+
+
+def _perturbation(delta: np.ndarray, eps: float, caption: str) -> Image:
+    """delta (C, H, W) / eps as an Image: on one channel red (lowered) .. white .. blue (raised); on RGB
+    each channel around mid-grey (0.5 + delta / (2 eps)), since a sign per pixel has three values there."""
+    if delta.shape[0] == 1:
+        return Image(delta[0] / eps, caption, scale="signed")
+    return Image(0.5 + _shown(delta) / (2 * eps), caption)
 
 
 def chosen_samples(options: PageOptions, predicted: np.ndarray, y: np.ndarray) -> list[int]:
@@ -298,20 +311,23 @@ def attack_page(results: dict[str, Any], folder: Path, options: PageOptions) -> 
         from safetensors.numpy import load_file
 
         saved = load_file(str(tensors))
-        x_adv = saved["x_adv"][:, 0].astype(np.float64)
+        x_adv = saved["x_adv"].astype(np.float64)  # (N, C, H, W)
         y, predicted, indices = saved["y"], saved["predicted"], saved["indices"]
         chosen = chosen_samples(options, predicted, y)
         clean = _clean_images(results, indices[chosen], options.data_dir)
         eps = float(results["eps"]) or 1.0
         rows = []
         for k, i in enumerate(chosen):
-            images = [Image(x_adv[i], f"pred {predicted[i]}")]
+            images = [Image(_shown(x_adv[i]), f"pred {predicted[i]}")]
             if clean is not None:
-                images = [Image(clean[k], f"label {y[i]}"), images[0],
-                          Image((x_adv[i] - clean[k]) / eps, f"max |δ| {np.abs(x_adv[i] - clean[k]).max():.3f}", scale="signed")]
+                delta = x_adv[i] - clean[k]
+                images = [Image(_shown(clean[k]), f"label {y[i]}"), images[0],
+                          _perturbation(delta, eps, f"max |δ| {np.abs(delta).max():.3f}")]
             rows.append((f"sample {i} (#{indices[i]})", tuple(images)))
         columns = ("clean", "adversarial", "perturbation") if clean is not None else ("adversarial",)
-        note = "Perturbation: red lowers a pixel, blue raises it, scaled by eps." if clean is not None else (
+        rgb = x_adv.shape[1] == 3
+        note = ("Perturbation per channel around mid-grey (no change), scaled by 2 eps." if rgb else
+                "Perturbation: red lowers a pixel, blue raises it, scaled by eps.") if clean is not None else (
             f"The clean images were not found ({results['dataset']} is not available here); only the adversarial ones are shown.")
         sections.append(Section("images", "Adversarial images", (ImageGrid(
             f"{results['attack']['label']} at eps {results['eps']:g}", columns, tuple(rows), caption=note),)))

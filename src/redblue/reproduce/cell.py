@@ -23,10 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from redblue.attacks.core import check_eps, eval_mode, loss_and_input_gradient
-from redblue.data import get_spec, load_dataset
+from redblue.data import Dataset, get_spec, is_user_dataset, load_dataset
 from redblue.errors import AttackError
 from redblue.metrics import DEFAULT_BATCH, batches, correct_and_confidence
-from redblue.models import MLPSpec, build_model, save_model
+from redblue.models import MLPSpec, build_model, check_fits, save_model
 from redblue.sweep import Artefact, CellOutput, cell_id, config_json
 from redblue.sweep.executors import torch_threads
 from redblue.train import TrainConfig, TrainResult, init_model, train
@@ -64,10 +64,15 @@ class CellConfig:
 # --- data ---------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=2)
+def loaded_split(dataset: str, split: str, data_dir: str | None) -> Dataset:
+    """One whole split (images float32 in [0, 1] on the CPU, int64 labels, its shape and classes), loaded once per process."""
+    return load_dataset(dataset, split, data_dir=data_dir)
+
+
 def load_split(dataset: str, split: str, subset: int | None, data_dir: str | None) -> tuple[Tensor, Tensor]:
-    """One split's first `subset` images (float32 in [0, 1], on the CPU) and int64 labels, loaded once per process."""
-    loaded = load_dataset(dataset, split, data_dir=data_dir)
+    """One split's first `subset` images (float32 in [0, 1], on the CPU) and int64 labels."""
+    loaded = loaded_split(dataset, split, data_dir)
     return loaded.x[:subset], loaded.y[:subset]
 
 
@@ -92,7 +97,7 @@ def fgsm_scores(
 
     The same images as `redblue.attacks.fgsm(model, x, y, eps=eps, clip=clip)`: FGSM's gradient is
     taken at the clean x whatever eps is, so it is computed once per batch and reused for every
-    setting. x: (N, 1, 28, 28) in [0, 1]; y: (N,). The model runs in eval mode and is restored.
+    setting. x: (N, C, H, W) in [0, 1]; y: (N,). The model runs in eval mode and is restored.
     """
     for eps, _ in settings:
         check_eps(eps, "linf")
@@ -155,6 +160,8 @@ def run_cell(config: CellConfig, *, data_dir: str | None = None) -> CellOutput:
     grid_members (1 here), history (one entry per epoch), curve and other_clip_curve (eps,
     accuracy, confidence).
     """
+    train_set = loaded_split(config.dataset, "train", data_dir)
+    check_fits(config.model, image_shape=train_set.image_shape, classes=train_set.n_classes, dataset=config.dataset)
     x_train, y_train = load_split(config.dataset, "train", config.train_subset, data_dir)
     x_test, y_test = load_split(config.dataset, "test", config.test_subset, data_dir)
     with torch_threads(config.threads):
@@ -165,7 +172,11 @@ def run_cell(config: CellConfig, *, data_dir: str | None = None) -> CellOutput:
 def batch_key(config: CellConfig) -> str | None:
     """The cells that may train as one batched model share this key (their config but for l1, l2 and
     seed); None when the grid trainer does not support the cell's training (it then runs alone)."""
-    n_train = get_spec(config.dataset).train[0].count
+    # a user dataset's size is known once it is read (it is then cached for the cells)
+    if is_user_dataset(config.dataset):
+        n_train = len(loaded_split(config.dataset, "train", None).y)
+    else:
+        n_train = get_spec(config.dataset).train[0].count
     n_samples = min(n_train, config.train_subset) if config.train_subset else n_train
     if grid_refusal(lambda: build_model(config.model), [config.train], n_samples=n_samples) is not None:
         return None

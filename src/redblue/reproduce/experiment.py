@@ -15,7 +15,7 @@ from typing import Any
 
 from redblue.attacks.core import check_eps
 from redblue.config import from_dict, read_toml, same, to_dict
-from redblue.data import get_spec
+from redblue.data import get_spec, is_user_dataset
 from redblue.defenses import parse_objective
 from redblue.errors import ConfigError, require_non_negative
 from redblue.models import MLPSpec
@@ -143,7 +143,8 @@ class Experiment:
     expect: Expectations = field(default_factory=Expectations)
 
     def __post_init__(self) -> None:
-        get_spec(self.dataset)  # unknown dataset: one line naming the valid ones
+        if not is_user_dataset(self.dataset):
+            get_spec(self.dataset)  # unknown dataset: one line naming the valid ones
         _require_int("seed", self.seed, minimum=0)
         _require_int("seeds", self.seeds, minimum=1)
         for name in ("train_subset", "test_subset"):

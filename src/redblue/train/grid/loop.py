@@ -153,7 +153,7 @@ def train_grid(
 
     build: makes the (untrained) architecture, e.g. `lambda: build_model(spec)`; configs: one
     TrainConfig per member, equal but for l1, l2 and seed (else ConfigError with the reason, see
-    `grid_refusal`). x: (N, 1, 28, 28) pixels in [0, 1]; y: (N,) int64 labels; the models are
+    `grid_refusal`). x: (N, C, H, W) pixels in [0, 1]; y: (N,) int64 labels; the models are
     trained on x's device. progress: called every PROGRESS_EVERY batches and after each epoch;
     it reads no tensor, so it costs no device sync. block_elements: the weight gradient and its
     update run member by member, in blocks of rows of about this many elements; None: the whole

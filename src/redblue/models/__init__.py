@@ -5,6 +5,7 @@ Every model maps pixels in [0, 1] of shape (N, C, H, W) to logits (N, classes); 
 is a layer inside the model.
 """
 
+from redblue.models.layers import CIFAR10_MEAN, CIFAR10_STD, Normalize
 from redblue.models.files import FORMAT_VERSION, LEGACY_ARCH_NAMES, LoadedModel, load_model, save_model, save_tensors
 from redblue.models.zoo import (
     MLP_INITS,
@@ -28,6 +29,7 @@ from redblue.models.zoo import (
 )
 
 __all__ = [
+    "CIFAR10_MEAN", "CIFAR10_STD", "Normalize",
     "FORMAT_VERSION", "LEGACY_ARCH_NAMES", "MLP_INITS", "MODELS",
     "CNNLargeSpec", "CNNSmallSpec", "CNNSpec", "LoadedModel", "MLPSpec", "ModelEntry",
     "arch_of", "build_cnn", "build_cnn_large", "build_cnn_small", "build_mlp", "build_model", "check_fits",

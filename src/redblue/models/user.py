@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from redblue.config import split_spec
 from redblue.errors import ConfigError, ModelError
 
-PICKLE_PROTOCOL_2_PLUS = b"\x80"
+PICKLE_PROTOCOL = b"\x80"  # the PROTO opcode that opens a pickle of protocol 2 or later
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def foreign_format(path: Path) -> str | None:
     """
     try:
         with open(path, "rb") as handle:
-            head = handle.read(2)
+            head = handle.read(9)
     except OSError:
         return None
     if zipfile.is_zipfile(path):
@@ -168,7 +168,9 @@ def foreign_format(path: Path) -> str | None:
         if any(n.endswith("/data.pkl") for n in names):
             return "a torch.save archive (a pickle)"
         return None
-    if head[:1] == PICKLE_PROTOCOL_2_PLUS:
+    # a safetensors file opens with its header's length (8 bytes, little-endian) and then "{", and a
+    # header of 128 + 256k bytes also opens with 0x80: only a pickle protocol byte without that "{" is a pickle
+    if len(head) >= 2 and head[:1] == PICKLE_PROTOCOL and 2 <= head[1] <= 5 and head[8:9] != b"{":
         return "a pickle (torch.save or pickle.dump)"
     return None
 

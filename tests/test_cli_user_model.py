@@ -234,14 +234,14 @@ ERRORS = [
      "does not fit byo_nets.resnet(): it lacks '1.head.bias'"),
     (f"{MODULE}:resnet", lambda f: _weights(f, "extra.safetensors", lambda t: t.update(extra=torch.zeros(1))),
      "it has unexpected 'extra'"),
-    (f"{MODULE}:resnet:width=4", None, None),  # replaced below: shape mismatch needs the weights
+    (f"{MODULE}:resnet:width=4", lambda f: f / "w.safetensors",
+     "tensor '1.stem.0.weight' has shape (8, 1, 3, 3) but byo_nets.resnet(width=4) needs (4, 1, 3, 3)"),
     (f"{MODULE}:resnet:classes=5", None, "the model outputs 5 classes but mnist has 10 classes"),
     (f"{MODULE}:flat_output", None, "it must return float logits of shape (N, classes)"),
     (f"{MODULE}:rgb_only", None, "the model cannot read mnist images of shape (1, 28, 28): RuntimeError: "),
     (f"{MODULE}:Tuple", None, "the model returned a tuple on mnist images, not a tensor of logits"),
+    ("torch.nn:Identity", None, "returned torch.float32 of shape (2, 1, 28, 28) for 2 mnist images"),  # an installed package
 ]
-ERRORS[11] = (f"{MODULE}:resnet:width=4", lambda f: f / "w.safetensors",
-              "tensor '1.stem.0.weight' has shape (8, 1, 3, 3) but byo_nets.resnet(width=4) needs (4, 1, 3, 3)")
 
 
 @pytest.mark.parametrize("verb", ["evaluate", "attack"])
@@ -266,3 +266,17 @@ def test_a_bad_user_model_is_one_error_line_and_writes_nothing(verb, model_code,
 def test_model_and_model_code_are_one_choice(args, says, in_user_folder, capsys):
     code, stdout, err = run(capsys, "evaluate", *args, "--attacks", "fgsm", "--eps", "0.1", "--device", "cpu")
     assert code == 2 and says in one_error_line(err), err
+
+
+def test_a_redblue_model_file_records_its_digest(tmp_path, capsys):
+    from redblue.models import MLPSpec, build_model, save_model
+
+    path = tmp_path / "mlp.safetensors"
+    torch.manual_seed(0)
+    save_model(path, build_model(MLPSpec(hidden=16)), MLPSpec(hidden=16))
+    out = tmp_path / "attack"
+    code, stdout, err = run(capsys, "attack", path, "--attack", "fgsm:eps=0.1", "--limit", 10, "--out", out, "--json",
+                            "--device", "cpu", "--threads", "1")
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == str(path) and metrics["model_sha256"] == sha256(path) and "model_code" not in metrics

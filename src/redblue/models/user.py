@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib
+import json
 import os
 import sys
 import zipfile
@@ -27,7 +28,9 @@ from torch import Tensor, nn
 
 from redblue.config import split_spec
 from redblue.errors import ConfigError, ModelError
+from redblue.models.files import save_tensors
 
+CODE_METADATA = "redblue.code"  # a weights file that names the code that builds its model (the arena's copies)
 PICKLE_PROTOCOL = b"\x80"  # the PROTO opcode that opens a pickle of protocol 2 or later
 
 
@@ -279,3 +282,17 @@ def check_logits(model: nn.Module, x: Tensor, *, dataset: str) -> None:
             f"the model returned {logits.dtype} of shape {tuple(logits.shape)} for {len(probe)} {dataset} images; "
             "it must return float logits of shape (N, classes)"
         )
+
+
+def save_code_model(path: str | os.PathLike[str], model: nn.Module, code: str, *, record: dict[str, Any]) -> None:
+    """The model's state_dict as safetensors, with the code that builds it: `load_code_model` reads it back."""
+    save_tensors(path, model.state_dict(), {CODE_METADATA: code, "redblue.record": json.dumps(record, default=str)})
+
+
+def code_of(path: str | os.PathLike[str]) -> str | None:
+    """The code a weights file written by `save_code_model` names; None for any other file."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return (handle.metadata() or {}).get(CODE_METADATA)
+    except (SafetensorError, OSError, ValueError):
+        return None

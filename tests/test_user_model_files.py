@@ -23,6 +23,9 @@ from redblue.errors import ConfigError
 from redblue.models import CIFAR10_MEAN, CIFAR10_STD, Normalize
 from redblue.models.user import ModelCode, foreign_format, parse_model_code
 
+# torch 2.13 deprecates TorchScript; these tests build TorchScript archives to show what loading one does
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
+
 
 class Linear2(nn.Module):
     def __init__(self) -> None:

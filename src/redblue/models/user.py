@@ -82,9 +82,9 @@ def parse_model_code(text: str) -> ModelCode:
     factory, _, args = rest.partition(":")
     module, factory = module.strip(), factory.strip()
     if not sep or not module or not factory:
-        raise ConfigError(f"--model-code {text!r} must be MODULE:FACTORY, e.g. my_nets:resnet18 (or MODULE:FACTORY:key=value,...)")
+        raise ConfigError(f"model code {text!r} must be MODULE:FACTORY, e.g. my_nets:resnet18 (or MODULE:FACTORY:key=value,...)")
     if not all(part.isidentifier() for part in module.split(".")) or not factory.isidentifier():
-        raise ConfigError(f"--model-code {text!r}: {module!r} must be a dotted module name and {factory!r} a function name")
+        raise ConfigError(f"model code {text!r}: {module!r} must be a dotted module name and {factory!r} a function name")
     kwargs = split_spec(f"_:{args}")[1] if args.strip() else {}
     return ModelCode(module, factory, tuple((k, _literal(v)) for k, v in kwargs.items()))
 
@@ -103,14 +103,15 @@ def import_module_from(code: ModelCode, *, cwd: str | os.PathLike[str] | None = 
     except ModuleNotFoundError as exc:
         if exc.name is not None and (code.module == exc.name or code.module.startswith(exc.name + ".")):
             raise ModelError(
-                f"--model-code: no module {code.module!r} in {where} or the installed packages; run from the folder "
+                f"model code: no module {code.module!r} in {where} or the installed packages; run from the folder "
                 "that holds it, or install it"
             ) from None
-        raise ModelError(f"--model-code: importing {code.module!r} failed: {_first_line(exc)}") from None
+        raise ModelError(f"model code: importing {code.module!r} failed: {_first_line(exc)}") from None
     except Exception as exc:  # the user's module raised while it was imported
-        raise ModelError(f"--model-code: importing {code.module!r} raised {_first_line(exc)}") from None
+        raise ModelError(f"model code: importing {code.module!r} raised {_first_line(exc)}") from None
     finally:
-        sys.path.remove(where)
+        if where in sys.path:  # unless the module took it off itself
+            sys.path.remove(where)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -138,16 +139,16 @@ def build_from_code(code: ModelCode, *, cwd: str | os.PathLike[str] | None = Non
     if not hasattr(module, code.factory):
         defined = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
         shown = ", ".join(defined[:8]) + (", ..." if len(defined) > 8 else "")
-        raise ModelError(f"--model-code: {where} defines no {code.factory!r}" + (f"; it defines {shown}" if shown else ""))
+        raise ModelError(f"model code: {where} defines no {code.factory!r}" + (f"; it defines {shown}" if shown else ""))
     factory = getattr(module, code.factory)
     if not callable(factory):
-        raise ModelError(f"--model-code: {code.module}.{code.factory} is a {type(factory).__name__}, not a function that builds a model")
+        raise ModelError(f"model code: {code.module}.{code.factory} is a {type(factory).__name__}, not a function that builds a model")
     try:
         model = factory(**dict(code.kwargs))
     except Exception as exc:  # the user's factory: say what it raised, in one line, without its traceback
-        raise ModelError(f"--model-code: {code.call} raised {_first_line(exc)}") from None
+        raise ModelError(f"model code: {code.call} raised {_first_line(exc)}") from None
     if not isinstance(model, nn.Module):
-        raise ModelError(f"--model-code: {code.call} returned a {type(model).__name__}, not a torch.nn.Module")
+        raise ModelError(f"model code: {code.call} returned a {type(model).__name__}, not a torch.nn.Module")
     return model, module
 
 
@@ -197,14 +198,14 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """A safetensors file's tensors, on the CPU; one-line ModelError for a missing, foreign or corrupt file."""
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"--weights {path} does not exist or is not a file")
-    refuse_foreign(path, what="--weights")
+        raise ModelError(f"weights {path} does not exist or is not a file")
+    refuse_foreign(path, what="weights")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             return {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"--weights {path} is not a readable safetensors file ({reason}); {HOW_TO_SAVE}") from None
+        raise ModelError(f"weights {path} is not a readable safetensors file ({reason}); {HOW_TO_SAVE}") from None
 
 
 def _shape(shape: torch.Size) -> str:
@@ -222,11 +223,11 @@ def load_weights(model: nn.Module, tensors: dict[str, Tensor], *, path: Path, co
     unexpected = [n for n in tensors if n not in expected]
     if missing or unexpected:
         parts = ([f"lacks {_some(missing)}"] if missing else []) + ([f"has unexpected {_some(unexpected)}"] if unexpected else [])
-        raise ModelError(f"--weights {path} does not fit {code}: it {' and '.join(parts)}")
+        raise ModelError(f"weights {path} does not fit {code}: it {' and '.join(parts)}")
     for name, wanted in expected.items():
         if tensors[name].shape != wanted.shape:
             raise ModelError(
-                f"--weights {path}: tensor {name!r} has shape {_shape(tensors[name].shape)} but {code} "
+                f"weights {path}: tensor {name!r} has shape {_shape(tensors[name].shape)} but {code} "
                 f"needs {_shape(wanted.shape)}"
             )
     model.load_state_dict(tensors, strict=True)

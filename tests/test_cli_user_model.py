@@ -280,3 +280,49 @@ def test_a_redblue_model_file_records_its_digest(tmp_path, capsys):
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"] == str(path) and metrics["model_sha256"] == sha256(path) and "model_code" not in metrics
+
+
+CIFAR_NETS = '''
+from torch import nn
+from redblue.models import CIFAR10_MEAN, CIFAR10_STD, Normalize
+
+def small():
+    return nn.Sequential(Normalize(CIFAR10_MEAN, CIFAR10_STD), nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(8 * 16 * 16, 10))
+'''
+
+
+def test_a_cifar_shaped_user_model_on_a_cifar_layout_dataset(env, tmp_path, monkeypatch, capsys):
+    """3x32x32 images (a tiny CIFAR-10-layout tarball), a Normalize-first model: the CLI equals the Python API."""
+    from cifar_fixtures import cifar_spec, tiny_cifar
+
+    from redblue import data
+
+    made = tiny_cifar()
+    monkeypatch.setitem(data.DATASETS, "tiny-cifar", cifar_spec(made.data))
+    (tmp_path / "root" / "tiny-cifar").mkdir(parents=True)
+    (tmp_path / "root" / "tiny-cifar" / "cifar-10-python.tar.gz").write_bytes(made.data)
+    (tmp_path / "cifar_nets.py").write_text(CIFAR_NETS)
+    torch.manual_seed(0)
+    spec = importlib.util.spec_from_file_location("cifar_nets_reference", tmp_path / "cifar_nets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.small().eval()
+    save_file(model.state_dict(), str(tmp_path / "c.safetensors"))
+    monkeypatch.chdir(tmp_path)
+    try:
+        code, stdout, err = run(capsys, "evaluate", "--model-code", "cifar_nets:small", "--weights", "c.safetensors",
+                                "--dataset", "tiny-cifar", "--split", "train", "--data-dir", tmp_path / "root",
+                                "--attacks", "fgsm,pgd:steps=5", "--eps", "0.03", "--no-checks", "--json",
+                                "--device", "cpu", "--threads", "1")
+    finally:
+        sys.modules.pop("cifar_nets", None)
+    assert code == 0, err
+    record = json.loads(stdout)
+    train = load_dataset("tiny-cifar", "train", data_dir=tmp_path / "root")
+    assert train.x.shape == (10, 3, 32, 32)
+    expected = evaluate(model, train.x, train.y, "fgsm,pgd:steps=5", [0.03], mode="per-attack", checks=False,
+                        generator=torch.Generator().manual_seed(0)).to_dict()
+    assert record["n"] == 10 and record["clean"] == expected["clean"]
+    for got, want in zip(record["results"][0]["attacks"], expected["results"][0]["attacks"]):
+        assert {k: v for k, v in got.items() if k != "seconds"} == {k: v for k, v in want.items() if k != "seconds"}

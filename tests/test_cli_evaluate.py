@@ -13,6 +13,7 @@ from mlp_fixtures import trained_mlp
 from safetensors.torch import load_file
 from torch import nn
 
+import redblue.cli.model_options as model_options
 import redblue.cli.verbs_evaluate as verbs_evaluate
 import redblue.models.files
 from redblue.cli import main
@@ -178,8 +179,8 @@ def test_bad_input_is_one_line_and_exit_2(saved_model, tmp_path, capsys, argv, m
 
 @pytest.mark.parametrize("verb", [["attack", "--attack", "fgsm:eps=0.1"], ["evaluate", "--attacks", "fgsm"]])
 def test_a_model_returning_probabilities_is_refused(saved_model, monkeypatch, capsys, verb):
-    loaded = verbs_evaluate.load_model(saved_model)
-    monkeypatch.setattr(verbs_evaluate, "load_model", lambda path, device: LoadedModel(Softmaxed(loaded.model), loaded.spec, {}))
+    loaded = model_options.load_model(saved_model)
+    monkeypatch.setattr(model_options, "load_model", lambda path, device: LoadedModel(Softmaxed(loaded.model), loaded.spec, {}))
     code, stdout, err = run(capsys, verb[0], saved_model, *verb[1:], "--limit", "20", "--device", "cpu", "--threads", "1")
     assert code == 2 and stdout == ""
     assert err.count("\n") == 1 and "remove the final softmax" in err and "Traceback" not in err

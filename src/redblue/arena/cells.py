@@ -9,7 +9,9 @@
 * `CleanCell`: clean accuracy, the clean mistakes (indices) and certified accuracy at every eps.
 * `LeaderboardCell`: `redblue.evaluate.evaluate` with a preset (standard) at the budget eps.
 
-A model is named by its key: a cell id, or `file-<sha256 prefix>` for a defense given as a file.
+A model is named by its key: a cell id, `file-<sha256 prefix>` for a defense given as a file, or
+`code-<sha256 prefix>` for one given as the user's code and weights (a copy of the weights that
+names its code, `redblue.models.user.save_code_model`; its fine-tunes are saved the same way).
 The cell functions get `models` (key -> path) and `data_dir` through `functools.partial`: where
 files lie changes no number, so neither is part of a config.
 """
@@ -35,8 +37,12 @@ from redblue.evaluate import evaluate
 from redblue.evaluate.verify import run_attack
 from redblue.metrics import predict_logits
 from redblue.models import build_model, fit_spec, load_model, save_model
+from redblue.models.user import code_of, load_user_model, save_code_model
 from redblue.sweep import Artefact, CellOutput
 from redblue.train import TrainConfig, init_model, train
+
+
+CODE_PREFIX = "code:"  # a TrainCell model that is the user's code, not a zoo spec
 
 
 @dataclass(frozen=True)
@@ -131,14 +137,22 @@ def model_file(models: dict[str, str], key: str) -> str:
 
 
 def load_state(models: dict[str, str], key: str, device: str) -> nn.Module:
-    return load_model(model_file(models, key), device=device).model
+    path = model_file(models, key)
+    code = code_of(path)
+    if code is not None:  # the user's code (imported from the current folder) with these weights
+        return load_user_model(code, path, device=device).model
+    return load_model(path, device=device).model
 
 
 def model_bytes(model: nn.Module, spec: Any, record: dict[str, Any]) -> bytes:
-    """The model as `save_model` writes it (safetensors with its spec and record), as bytes for an artefact."""
+    """The model as `save_model` writes it (safetensors with its spec and record), or, when `spec` is the
+    user's code (`code:MODULE:FACTORY`), as `save_code_model` does; as bytes for an artefact."""
     with tempfile.TemporaryDirectory(prefix="redblue-arena-") as folder:
         path = Path(folder) / "model.safetensors"
-        save_model(path, model, spec, record=record)
+        if isinstance(spec, str) and spec.startswith(CODE_PREFIX):
+            save_code_model(path, model, spec.removeprefix(CODE_PREFIX), record=record)
+        else:
+            save_model(path, model, spec, record=record)
         return path.read_bytes()
 
 
@@ -153,10 +167,14 @@ def indices(mask: Tensor) -> list[int]:
 def run_train_cell(config: TrainCell, *, models: dict[str, str], data_dir: str | None) -> CellOutput:
     """Train (or fine-tune from `parent`) on the first `train_subset` training images; the model is the artefact."""
     x, y = load_split(config.dataset, "train", config.train_subset, data_dir)
-    train_set = loaded_split(config.dataset, "train", data_dir)
-    # the roster names architectures (mlp:hidden=256); their input and classes follow the dataset
-    spec = fit_spec(config.model, image_shape=train_set.image_shape, classes=train_set.n_classes, dataset=config.dataset)
+    if config.model.startswith(CODE_PREFIX):  # the user's code: its shapes are its own
+        spec: Any = config.model
+    else:  # the roster names architectures (mlp:hidden=256); their input and classes follow the dataset
+        train_set = loaded_split(config.dataset, "train", data_dir)
+        spec = fit_spec(config.model, image_shape=train_set.image_shape, classes=train_set.n_classes, dataset=config.dataset)
     if config.parent is None:
+        if isinstance(spec, str):
+            raise ConfigError(f"train cell {config.name}: the user's code {config.model} is fine-tuned, never trained from scratch")
         model = init_model(lambda: build_model(spec), seed=config.train.seed).to(config.device)
     else:
         model = load_state(models, config.parent, config.device)

@@ -35,6 +35,11 @@ An arena file (see `experiments/arena-quick.toml`) reads::
     name = "mine"
     file = "models/mine.safetensors"
 
+    [[blue]]                      # ... or your own model: code from the current folder (this runs it) + weights
+    name = "resnet"
+    code = "my_nets:resnet18"     # MODULE:FACTORY[:key=value,...], as `redblue evaluate --model-code`
+    weights = "resnet18.safetensors"
+
     [[red]]
     name = "pgd"
     attack = "pgd:steps=40"       # an eps here runs the attack at that eps only
@@ -66,6 +71,7 @@ from redblue.defenses import ObjectiveParams, PGDObjective, parse_objective
 from redblue.errors import ConfigError, require_in_range, require_non_negative
 from redblue.evaluate.plan import PRESETS, attack_label
 from redblue.models import parse_model, spec_text
+from redblue.models.user import parse_model_code
 from redblue.train.config import TrainConfig
 
 ARENA_QUICK = Path(__file__).resolve().parent.parent / "experiments" / "arena-quick.toml"
@@ -125,7 +131,8 @@ class SurrogateSpec:
 
 @dataclass(frozen=True)
 class BlueSpec:
-    """One defense: trained as a cell (model, objective, penalties, epochs), or an existing model `file`."""
+    """One defense: trained as a cell (model, objective, penalties, epochs), an existing model `file`, or the
+    user's `code` (MODULE:FACTORY) with optional `weights` (a safetensors state_dict)."""
 
     name: str
     model: str = "mlp"
@@ -134,10 +141,23 @@ class BlueSpec:
     l2: float = 0.0
     epochs: int = 2
     file: str | None = None
+    code: str | None = None
+    weights: str | None = None
+
+    @property
+    def given(self) -> bool:
+        """Whether the defense is given (a file, or code), not trained by the arena."""
+        return self.file is not None or self.code is not None
 
     def __post_init__(self) -> None:
         _require_name("blue", self.name)
-        if self.file is None:
+        if self.file is not None and self.code is not None:
+            raise ConfigError(f"blue {self.name}: give a model file or code, not both")
+        if self.weights is not None and self.code is None:
+            raise ConfigError(f"blue {self.name}: weights go with code = \"MODULE:FACTORY\"; a model file holds its own")
+        if self.code is not None:
+            parse_model_code(self.code)
+        if not self.given:
             parse_model(self.model)
             parse_objective(self.objective)
             require_non_negative(f"blue {self.name}: l1", self.l1)
@@ -211,7 +231,7 @@ class ArenaConfig:
             raise ConfigError("rounds need an linf budget: blue's adversarial fine-tuning objectives are L-inf; set rounds = 0")
         # every training this arena will run, built now: an unknown or bad knob is one line before any work
         for blue in self.blue:
-            if blue.file is None:
+            if not blue.given:
                 self.train_config(epochs=blue.epochs, objective=parse_objective(blue.objective), l1=blue.l1, l2=blue.l2)
         for red in self.red:
             if red.surrogate is not None:
@@ -249,6 +269,8 @@ class ArenaConfig:
         for blue, entry in zip(self.blue, data["blue"]):
             if blue.file is not None:
                 entry["file_sha256"] = file_digest(blue.file)
+            if blue.weights is not None:
+                entry["weights_sha256"] = file_digest(blue.weights)
         return data
 
 
@@ -343,7 +365,8 @@ def file_digest(path: str | os.PathLike[str]) -> str:
 
 
 def load_arena(path: str | os.PathLike[str]) -> ArenaConfig:
-    """Read and validate an arena file; relative model `file` paths are relative to the file's folder."""
+    """Read and validate an arena file; relative model `file` and `weights` paths are relative to the file's folder
+    (a blue `code` module is imported from the current folder, as `redblue evaluate --model-code` does)."""
     path = Path(path)
     data = read_toml(path)
     if "name" not in data:
@@ -351,9 +374,10 @@ def load_arena(path: str | os.PathLike[str]) -> ArenaConfig:
     blue = data.get("blue")
     if isinstance(blue, list):
         for entry in blue:
-            if isinstance(entry, dict) and isinstance(entry.get("file"), str):
-                file = Path(entry["file"]).expanduser()
-                entry["file"] = str(file if file.is_absolute() else (path.parent / file).resolve())
+            for key in ("file", "weights"):
+                if isinstance(entry, dict) and isinstance(entry.get(key), str):
+                    file = Path(entry[key]).expanduser()
+                    entry[key] = str(file if file.is_absolute() else (path.parent / file).resolve())
     if "train" in data and not isinstance(data["train"], dict):
         raise ConfigError(f"{path.name}: [train] must be a table of training knobs")
     return from_dict(ArenaConfig, data, what=path.name)

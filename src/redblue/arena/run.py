@@ -18,6 +18,7 @@ writes run.json, config.toml, environment.json and results.json; rendering is `r
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -27,14 +28,15 @@ from typing import Any
 
 import torch
 
-from redblue.arena.cells import CleanCell, LeaderboardCell, MatrixCell, TrainCell, run_arena_cell
-from redblue.arena.config import ArenaConfig, attack_eps, file_digest, model_text
+from redblue.arena.cells import CODE_PREFIX, CleanCell, LeaderboardCell, MatrixCell, TrainCell, run_arena_cell
+from redblue.arena.config import ArenaConfig, BlueSpec, attack_eps, file_digest, model_text
 from redblue.arena.game import Pick, fine_tune_objective, round_entry, strongest
 from redblue.arena.results import build_results
 from redblue.config import same
 from redblue.defenses import parse_objective
 from redblue.errors import ConfigError
 from redblue.models import load_model, spec_text
+from redblue.models.user import UserModel, load_user_model, save_code_model
 from redblue.runs.store import CONFIG_FILE, RunFolder, RunJournal, environment
 from redblue.sweep import Cell, ProgressCallback, SweepResult, run_sweep
 from redblue.sweep.ray_executor import import_ray, start_ray
@@ -48,8 +50,8 @@ class State:
 
     defense: str
     round: int
-    key: str  # a cell id, or file-<sha256 prefix>
-    spec: str  # the model spec as text
+    key: str  # a cell id, file-<sha256 prefix> or code-<sha256 prefix>
+    spec: str  # the model spec as text, or code:MODULE:FACTORY
     parent: str | None = None
 
 
@@ -77,6 +79,7 @@ class _Run:
     on_stage: StageCallback | None
     models: dict[str, str] = field(default_factory=dict)
     records: dict[str, dict[str, Any]] = field(default_factory=dict)  # cell id -> record
+    given_code: dict[str, UserModel] = field(default_factory=dict)  # defense given as code -> its model and record
     computed: int = 0
     reused: int = 0
     executor_used: str = "local"
@@ -120,18 +123,24 @@ def arena(
     """
     started = time.perf_counter()
     device = torch.device(device)
+    # the user's code runs first: a module that fails to build is one line, with nothing written
+    given_code = {blue.name: load_user_model(blue.code, blue.weights) for blue in config.blue if blue.code is not None}
     folder = RunFolder(out)
     if resume and not (folder.root / CONFIG_FILE).is_file():
         raise ConfigError(f"{folder.root} holds no run to resume; run the same command without --resume to start it")
     folder.prepare({**config.record(), "device": device.type}, force=force)
     journal = RunJournal(folder, kind="arena", name=config.name, device=str(device), executor=executor)
     run = _Run(config, folder, device.type, executor, workers,
-               None if data_dir is None else str(Path(data_dir).resolve()), journal, on_progress, on_stage)
+               None if data_dir is None else str(Path(data_dir).resolve()), journal, on_progress, on_stage,
+               given_code=given_code)
     owns_ray = False
     try:
         # Ray, when asked for, is started once for every stage (each stage is a sweep; each would start its own)
         owns_ray = executor == "ray" and start_ray(workers=workers)
         results = _play(run)
+        for entry in results["blue"]:  # the code, the module file and the weights judged, with their SHA-256
+            if entry["name"] in run.given_code:
+                entry["model_code"] = run.given_code[entry["name"]].record
         env = environment(device=str(device), seeds=[config.seed], executor=run.executor_used, workers=run.workers_used)
         folder.write_json("environment.json", env)
         wall = time.perf_counter() - started
@@ -163,6 +172,9 @@ def _initial_states(run: _Run) -> dict[str, State]:
             run.models[key] = str(Path(blue.file).resolve())
             states[blue.name] = State(blue.name, 0, key, spec_text(load_model(blue.file).spec))
             continue
+        if blue.code is not None:
+            states[blue.name] = _code_state(run, blue)
+            continue
         train = config.train_config(epochs=blue.epochs, objective=parse_objective(blue.objective), l1=blue.l1, l2=blue.l2)
         cell = TrainCell("blue", blue.name, model_text(blue.model), train, config.dataset, config.train_subset, device=run.device)
         cells.append(Cell(cell, f"train {blue.name}"))
@@ -178,6 +190,19 @@ def _initial_states(run: _Run) -> dict[str, State]:
     if cells:
         run.sweep("train the blue roster and red's surrogates", cells)
     return states
+
+
+def _code_state(run: _Run, blue: BlueSpec) -> State:
+    """A defense given as the user's code and weights (built before the folder was touched), copied into
+    models/ with its code named: the file every cell loads; keyed by the code, the module and the state."""
+    user = run.given_code[blue.name]
+    judged = user.record
+    key = "code-" + hashlib.sha256(f"{judged['code']}|{judged['module_sha256']}|{judged['state_sha256']}".encode()).hexdigest()[:16]
+    path = run.folder.model_path(key)
+    if not path.is_file():
+        save_code_model(path, user.model, judged["code"], record={"arena_defense": blue.name, "model_code": judged})
+    run.models[key] = str(path.resolve())
+    return State(blue.name, 0, key, CODE_PREFIX + judged["code"])
 
 
 def _surrogates(run: _Run) -> dict[str, str]:

@@ -41,6 +41,7 @@ from redblue.cli.evaluate_view import (
     print_evaluation,
     progress_line,
 )
+from redblue.cli.model_options import ModelArgument, ModelCodeOption, ModelSource, WeightsOption, load_source
 from redblue.cli.publish import index_run, publish_run
 from redblue.cli.verbs_data import DownloadOption, require_dataset
 from redblue.config import atomic_write_bytes
@@ -54,9 +55,10 @@ from redblue.evaluate import (
     parse_batch_size,
     require_model_fits,
 )
-from redblue.evaluate.folder import CONFIG_FILE, EvaluationFolder, file_sha256
+from redblue.evaluate.folder import CONFIG_FILE, EvaluationFolder
 from redblue.evaluate.single import attack_every_sample
-from redblue.models import load_model, save_tensors
+from redblue.models import save_tensors
+from redblue.models.user import check_logits
 from redblue.runs.store import environment, json_bytes
 
 DatasetOption = Annotated[
@@ -87,31 +89,38 @@ def _versions() -> dict[str, str]:
 class _Inputs:
     """The model and the images a verb works on, and where they came from."""
 
-    model: torch.nn.Module
+    source: ModelSource
     x: torch.Tensor
     y: torch.Tensor
     dataset: str  # the dataset used: --dataset, else the one the model's record names, else mnist
 
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.source.model
+
 
 def _load(
-    model_path: Path, dataset: str | None, split: str, limit: int | None, data_dir: Path | None, download: bool,
-    device: torch.device,
+    model: tuple[Path | None, str | None, Path | None], dataset: str | None, split: str, limit: int | None,
+    data_dir: Path | None, download: bool, device: torch.device,
 ) -> _Inputs:
-    """Load the model, then the dataset it was trained on unless --dataset names another (downloaded
-    on first use with consent), and refuse a dataset whose images or classes the model does not fit."""
+    """Load the model (MODEL, or --model-code and --weights), then the dataset it was trained on unless
+    --dataset names another (downloaded on first use with consent), and refuse a dataset whose images
+    or classes the model does not fit."""
     from redblue.data import load_dataset
 
     if limit is not None:
         require_positive("--limit", limit)
-    loaded = load_model(model_path, device=device)
-    trained_on = loaded.record.get("dataset") if isinstance(loaded.record.get("dataset"), str) else None
+    source = load_source(*model, device=device)
+    trained_on = source.trained_on
     name = dataset or trained_on or "mnist"
     require_dataset(name, data_dir=data_dir, download=download, splits=(split,))
     data = load_dataset(name, split, data_dir=data_dir)
     x, y = (data.x, data.y) if limit is None else (data.x[:limit], data.y[:limit])
     x, y = x.to(device), y.to(device)
-    require_model_fits(loaded.model, x, classes=data.n_classes, dataset=name, trained_on=trained_on)
-    return _Inputs(loaded.model, x, y, name)
+    if "model_code" in source.record:  # the user's forward may raise anything, or return anything
+        check_logits(source.model, x, dataset=name)
+    require_model_fits(source.model, x, classes=data.n_classes, dataset=name, trained_on=trained_on)
+    return _Inputs(source, x, y, name)
 
 
 def _restoring_threads(verb: Callable[..., None]) -> Callable[..., None]:
@@ -156,8 +165,10 @@ def _prepare_out_dir(out: Path) -> None:
 @app.command("attack")
 @_restoring_threads
 def attack_command(
-    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model weights (.safetensors) from `redblue train`.")],
     attack: Annotated[str, typer.Option("--attack", help="Attack spec with its eps, e.g. fgsm:eps=0.1 or pgd:eps=0.3,steps=40.")],
+    model_path: ModelArgument = None,
+    model_code: ModelCodeOption = None,
+    weights: WeightsOption = None,
     dataset: DatasetOption = None,
     split: SplitOption = "test",
     limit: LimitOption = None,
@@ -184,7 +195,7 @@ def attack_command(
     batch = parse_batch_size(batch_size)
     _check_out_dir(out)
     torch_device = resolve_device(device)
-    inputs = _load(model_path, dataset, split, limit, data_dir, download, torch_device)
+    inputs = _load((model_path, model_code, weights), dataset, split, limit, data_dir, download, torch_device)
     if out is not None:
         _prepare_out_dir(out)
     with batch_progress_line(interactive() and not as_json, description=attack, total=len(inputs.y)) as on_batch:
@@ -193,7 +204,8 @@ def attack_command(
             generator=_generator(seed, torch_device), on_batch=on_batch,
         )
     metrics = {
-        "model": str(model_path),
+        "model": inputs.source.name,
+        **inputs.source.record,
         "dataset": inputs.dataset,
         "split": split,
         **outcome.to_dict(),
@@ -206,7 +218,7 @@ def attack_command(
     if out is not None:
         images = {"x_adv": outcome.x_adv, "y": inputs.y, "predicted": outcome.predicted,
                   "indices": torch.arange(outcome.n), "valid": outcome.valid.to(torch.uint8)}
-        about = {"redblue.attack": outcome.label, "redblue.eps": repr(params.eps), "redblue.model": str(model_path)}
+        about = {"redblue.attack": outcome.label, "redblue.eps": repr(params.eps), "redblue.model": inputs.source.name}
         save_tensors(out / "adversarial.safetensors", images, about)
         # written last: its presence marks a complete folder
         atomic_write_bytes(out / "metrics.json", json_bytes(metrics))
@@ -226,7 +238,7 @@ def attack_command(
 @app.command("evaluate")
 @_restoring_threads
 def evaluate_command(
-    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="Model weights (.safetensors) from `redblue train`.")],
+    model_path: ModelArgument = None,
     attacks: Annotated[
         str,
         typer.Option(
@@ -234,6 +246,8 @@ def evaluate_command(
             help="Attacks without eps, e.g. fgsm,pgd:steps=40,apgd-ce; or a preset: standard (APGD-CE, APGD-T, Square 5000) or fast (FGSM, PGD-40).",
         ),
     ] = "standard",
+    model_code: ModelCodeOption = None,
+    weights: WeightsOption = None,
     eps: Annotated[str, typer.Option("--eps", help="Comma-separated eps values in pixel units, e.g. 0.05,0.1,0.2,0.3.")] = "0.05,0.1,0.2,0.3",
     mode: Annotated[
         str,
@@ -282,9 +296,10 @@ def evaluate_command(
     chosen_mode = ("worst-case" if used_preset else "per-attack") if mode == "auto" else mode
     _check_out_dir(out)
     torch_device = resolve_device(device)
-    inputs = _load(model_path, dataset, split, limit, data_dir, download, torch_device)
+    inputs = _load((model_path, model_code, weights), dataset, split, limit, data_dir, download, torch_device)
     settings = {
-        "model": str(model_path),
+        "model": inputs.source.name,
+        **inputs.source.record,  # model_sha256 of a MODEL file, or model_code: the code, the weights and their digests
         "dataset": inputs.dataset,
         "split": split,
         "limit": limit,
@@ -301,7 +316,7 @@ def evaluate_command(
     folder = None
     if out is not None:
         folder = EvaluationFolder(
-            out, {**settings, "model_sha256": file_sha256(model_path)},
+            out, settings,
             environment(device=str(torch_device), seed=seed, threads=n_threads), device=str(torch_device),
         )
         folder.check_writable()
@@ -333,7 +348,7 @@ def evaluate_command(
         print_json(record)
         return
     console = Console()
-    print_evaluation(console, result, title=f"{model_path.name} on {result.n} {inputs.dataset} {split} images")
+    print_evaluation(console, result, title=f"{Path(inputs.source.name).name if model_code is None else inputs.source.name} on {result.n} {inputs.dataset} {split} images")
     if folder is not None:
         total = sum(len(r.attacks) for r in result.results)
         reuse = f"reused {result.rows_reused} of {total} attack rows from {out / 'cells'}"

@@ -1,5 +1,5 @@
-"""CIFAR-scale classifiers (PreAct ResNet-18, CNN-7) and the Normalize layer that puts a dataset's
-per-channel statistics inside a model.
+"""CIFAR-scale classifiers (PreAct ResNet-18, CNN-7), with the per-channel statistics that their
+`normalize=` option puts inside the model as a `Normalize` layer (`redblue.models.layers`).
 
 Both read pixels in [0, 1] of shape (N, C, H, W) and return logits (N, classes); with
 `normalize=cifar10` (or cifar100) their first layer is `Normalize`, (x - mean) / std per channel,
@@ -20,32 +20,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from redblue.errors import ConfigError, require_choice, require_positive
+from redblue.models.layers import CIFAR10_MEAN, CIFAR10_STD, Normalize
 
 # per-channel statistics of the training split, as Wong et al. (2020, fast_adversarial) normalise CIFAR-10
 # and as is common for CIFAR-100
 STATISTICS = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+    "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 NORMALIZATIONS = ("none", *STATISTICS)
-
-
-class Normalize(nn.Module):
-    """(x - mean) / std per channel; mean and std are (C,) sequences. Certified bounds read it exactly
-    (it has `mean` and `std`). They are buffers left out of the state dict: the spec rebuilds them."""
-
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(-1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(-1, 1, 1), persistent=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std
 
 
 def _check_image(spec: PreActResNet18Spec | CNN7Spec) -> None:

@@ -229,7 +229,7 @@ def evaluate_command(
         str,
         typer.Option(
             "--attacks",
-            help="Attacks without eps, e.g. fgsm,pgd:steps=40,apgd-ce; or a preset: standard (APGD-CE, APGD-T, Square 5000) or fast (FGSM, PGD-40).",
+            help="Attacks without eps, e.g. fgsm,pgd:steps=40,apgd-ce; or a preset: standard (APGD-CE, APGD-T, FAB-T, Square 5000) or fast (FGSM, PGD-40).",
         ),
     ] = "standard",
     eps: Annotated[str, typer.Option("--eps", help="Comma-separated eps values in pixel units, e.g. 0.05,0.1,0.2,0.3.")] = "0.05,0.1,0.2,0.3",

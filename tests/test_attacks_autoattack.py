@@ -139,20 +139,26 @@ def test_square_is_no_weaker_than_the_references(norm: str, eps: float, n_querie
     assert mean_ours < accuracy(model, x, y) - 0.05  # it does attack
 
 
-# --- the standard preset: AutoAttack's standard version without FAB-T ------------------------------
+# --- the standard preset: AutoAttack's standard version ---------------------------------------------
 
 
 def test_the_standard_preset_has_the_settings_of_autoattacks_standard_version():
-    """Read off an AutoAttack(version="standard") instance: every budget, and Square's schedule counted
-    on 10,000 queries (resc_schedule=False), which the Square attack's own default (rescale) is not."""
+    """Read off an AutoAttack(version="standard") instance: its attacks in its order, every budget, and
+    Square's schedule counted on 10,000 queries (resc_schedule=False), which the Square attack's own
+    default (rescale) is not. AutoAttack sets FAB-T's single restart when it runs it; its standard
+    version keeps the fab object at one restart too."""
     eps = 0.1
     reference = AutoAttack(nn.Linear(2, 2), norm="Linf", eps=eps, version="standard", device="cpu")
     plan, _ = parse_attack_list("standard", eps=eps)
-    assert [entry.name for entry, _ in plan] == [a for a in reference.attacks_to_run if a != "fab-t"]
-    ce, targeted, square_params = (params for _, params in plan)
+    assert [entry.name for entry, _ in plan] == reference.attacks_to_run == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    ce, targeted, fab_t, square_params = (params for _, params in plan)
     for ours, theirs in ((ce, reference.apgd), (targeted, reference.apgd_targeted)):
         assert (ours.eps, ours.n_iter, ours.restarts, ours.rho) == (theirs.eps, theirs.n_iter, theirs.n_restarts, theirs.thr_decr)
     assert targeted.n_target_classes == reference.apgd_targeted.n_target_classes
+    theirs = reference.fab
+    assert (fab_t.eps, fab_t.n_iter, fab_t.restarts, fab_t.alpha_max, fab_t.eta, fab_t.beta, fab_t.n_target_classes) == (
+        theirs.eps, theirs.n_iter, theirs.n_restarts, theirs.alpha_max, theirs.eta, theirs.beta, theirs.n_target_classes
+    )
     theirs = reference.square
     assert (square_params.eps, square_params.n_queries, square_params.p_init, square_params.restarts) == (
         theirs.eps, theirs.n_queries, theirs.p_init, theirs.n_restarts

@@ -296,10 +296,11 @@ def test_auto_certification_is_full_crown_for_mlps_and_crown_ibp_with_convolutio
 def test_standard_preset_is_autoattack_with_fixed_parameters():
     plan, used_preset = parse_attack_list("standard", eps=0.3)
     assert used_preset
-    assert [entry.name for entry, _ in plan] == ["apgd-ce", "apgd-t", "square"]
-    ce, targeted, square = (params for _, params in plan)
+    assert [entry.name for entry, _ in plan] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    ce, targeted, fab_t, square = (params for _, params in plan)
     assert (ce.n_iter, ce.restarts, ce.eps) == (100, 1, 0.3)
     assert (targeted.n_iter, targeted.n_target_classes, targeted.restarts) == (100, 9, 1)
+    assert (fab_t.n_iter, fab_t.n_target_classes, fab_t.restarts, fab_t.alpha_max, fab_t.eta, fab_t.beta) == (100, 9, 1, 0.1, 1.05, 0.9)
     assert (square.n_queries, square.p_init) == (5000, 0.8)
     assert set(PRESETS) >= {"standard"}
     with pytest.raises(ConfigError, match="takes no parameters"):

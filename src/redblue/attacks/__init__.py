@@ -8,6 +8,7 @@ from redblue.attacks import pgd as _pgd  # noqa: E402,F401  (registers pgd, pgd-
 from redblue.attacks import bim as _bim  # noqa: E402,F401  (registers bim, mim, mim-l2)
 from redblue.attacks import cw as _cw  # noqa: E402,F401  (registers cw-l2)
 from redblue.attacks import deepfool as _deepfool  # noqa: E402,F401  (registers deepfool, deepfool-l2)
+from redblue.attacks import fab as _fab  # noqa: E402,F401  (registers fab, fab-t and -l2)
 from redblue.attacks import transfer as _transfer  # noqa: E402,F401  (registers transfer, transfer-l2)
 from redblue.attacks.fgsm import FGSMParams, fgsm
 

@@ -139,6 +139,25 @@ def loss_logits_and_gradient(model: nn.Module, x: Tensor, y: Tensor, *, loss: Lo
     return losses.detach(), logits.detach(), grad
 
 
+def logit_differences_and_gradients(
+    model: nn.Module, x: Tensor, y: Tensor, others: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Logits (N, C); f_k = z_k - z_y for the classes `others` (N, K); their input gradients (N, K, D).
+
+    The linearised decision boundaries that DeepFool and FAB step to. One forward pass and K
+    backward passes through the same graph, in the model's current mode; no weight gradients.
+    """
+    with torch.enable_grad():
+        x_var = x.detach().requires_grad_(True)
+        logits = model(x_var)  # (N, C)
+        differences = logits.gather(1, others) - logits.gather(1, y[:, None])  # (N, K)
+        gradients = [
+            torch.autograd.grad(differences[:, k].sum(), x_var, retain_graph=k + 1 < others.shape[1])[0].flatten(1)
+            for k in range(others.shape[1])
+        ]
+    return logits.detach(), differences.detach(), torch.stack(gradients, dim=1)
+
+
 def loss_and_input_gradient(
     model: nn.Module, x: Tensor, y: Tensor, *, loss: LossFn = ce_loss, check_finite: bool = True
 ) -> tuple[Tensor, Tensor, Tensor]:

@@ -17,7 +17,15 @@ from typing import ClassVar
 import torch
 from torch import Generator, Tensor, nn
 
-from redblue.attacks.core import LaggedCount, all_finite, check_eps, eval_mode, project, true_rows
+from redblue.attacks.core import (
+    LaggedCount,
+    all_finite,
+    check_eps,
+    eval_mode,
+    logit_differences_and_gradients,
+    project,
+    true_rows,
+)
 from redblue.attacks.registry import register, run_attack
 from redblue.errors import ConfigError, require_non_negative, require_positive
 
@@ -51,24 +59,6 @@ class DeepFoolLinfParams(DeepFoolParams):
     norm: ClassVar[str] = "linf"
 
 
-def _differences_and_gradients(
-    model: nn.Module, x: Tensor, y: Tensor, others: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Logits (N, C); f_k = z_k - z_y for the candidate classes (N, K); their input gradients (N, K, D).
-
-    One forward pass and K backward passes through the same graph; no weight gradients.
-    """
-    with torch.enable_grad():
-        x_var = x.detach().requires_grad_(True)
-        logits = model(x_var)  # (N, C)
-        differences = logits.gather(1, others) - logits.gather(1, y[:, None])  # (N, K)
-        gradients = [
-            torch.autograd.grad(differences[:, k].sum(), x_var, retain_graph=k + 1 < others.shape[1])[0].flatten(1)
-            for k in range(others.shape[1])
-        ]
-    return logits.detach(), differences.detach(), torch.stack(gradients, dim=1)
-
-
 def deepfool_perturbation(
     model: nn.Module, x: Tensor, y: Tensor, *, norm: str, steps: int, overshoot: float, candidates: int
 ) -> tuple[Tensor, Tensor]:
@@ -93,7 +83,7 @@ def deepfool_perturbation(
         left: LaggedCount | None = None  # the rows alive, counted on the way to the host
         for iteration in range(steps + 1):
             x_now = (x[active] + (1.0 + overshoot) * r_total[active]).clamp(0.0, 1.0)
-            logits, differences, gradients = _differences_and_gradients(model, x_now, y[active], others[active])
+            logits, differences, gradients = logit_differences_and_gradients(model, x_now, y[active], others[active])
             alive = alive & (logits.argmax(dim=1) == y[active])
             left = LaggedCount(alive) if left is None else left
             count = left.value()

@@ -243,7 +243,7 @@ def evaluate_command(
         str,
         typer.Option(
             "--attacks",
-            help="Attacks without eps, e.g. fgsm,pgd:steps=40,apgd-ce; or a preset: standard (APGD-CE, APGD-T, Square 5000) or fast (FGSM, PGD-40).",
+            help="Attacks without eps, e.g. fgsm,pgd:steps=40,apgd-ce; or a preset: standard (APGD-CE, APGD-T, FAB-T, Square 5000) or fast (FGSM, PGD-40).",
         ),
     ] = "standard",
     model_code: ModelCodeOption = None,

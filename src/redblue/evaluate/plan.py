@@ -14,7 +14,7 @@ from redblue.errors import ConfigError
 
 MODES = ("worst-case", "per-attack")
 
-# AutoAttack's "standard" version without FAB-T (Croce & Hein, 2020): fixed budgets, so numbers are
+# AutoAttack's "standard" version (Croce & Hein, 2020), in its order: fixed budgets, so numbers are
 # comparable across models without tuning. Square as AutoAttack runs it (`autoattack.py`: p_init 0.8,
 # 5,000 queries, one restart, resc_schedule=False: p halves at the iterations counted on 10,000
 # queries, not rescaled to 5,000). `fast` is a quick first look, not a robustness claim.
@@ -22,6 +22,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "standard": (
         "apgd-ce:n_iter=100,restarts=1,rho=0.75",
         "apgd-t:n_iter=100,restarts=1,rho=0.75,n_target_classes=9",
+        "fab-t:n_iter=100,restarts=1,alpha_max=0.1,eta=1.05,beta=0.9,n_target_classes=9",
         "square:n_queries=5000,p_init=0.8,restarts=1,rescale=false",
     ),
     "fast": ("fgsm", "pgd:steps=40"),
@@ -89,8 +90,9 @@ def attack_label(entry: AttackEntry, params: Any) -> str:
 def estimated_cost(entry: AttackEntry, params: Any) -> float:
     """Rough gradient evaluations per sample, to run cheap attacks first in the cascade.
 
-    Steps x restarts x targets for gradient attacks; a third of the queries for black-box ones
-    (a forward pass costs about a third of a forward + backward).
+    Steps x restarts x targets for gradient attacks, times the gradient evaluations of one step where
+    the params say (`passes_per_step`, a class attribute: FAB's extra forward pass); a third of the
+    queries for black-box ones (a forward pass costs about a third of a forward + backward).
     """
     if not entry.iterative:
         return 1.0
@@ -102,6 +104,7 @@ def estimated_cost(entry: AttackEntry, params: Any) -> float:
     for name in _MULTIPLIER_FIELDS:
         if name in names and isinstance(getattr(params, name), int):
             cost *= max(1, getattr(params, name))
+    cost *= getattr(params, "passes_per_step", 1.0)
     for name in _QUERY_FIELDS:
         if name in names:
             cost *= max(1, getattr(params, name)) / 3

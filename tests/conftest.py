@@ -41,3 +41,17 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.setitem(data.DATASETS, "tiny", tiny_spec())
     return tmp_path
+
+
+@pytest.fixture
+def cifar_root(env, monkeypatch):
+    """A data root holding a tiny CIFAR-10-format tarball, registered as the dataset `tiny-cifar`."""
+    from cifar_fixtures import cifar_spec, tiny_cifar
+    from redblue import data
+
+    made = tiny_cifar()
+    monkeypatch.setitem(data.DATASETS, "tiny-cifar", cifar_spec(made.data))
+    path = env / "root" / "tiny-cifar" / "cifar-10-python.tar.gz"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(made.data)
+    return env / "root"

@@ -15,16 +15,6 @@ from redblue import data
 from redblue.cli import verbs_data
 
 
-@pytest.fixture
-def cifar_root(env, monkeypatch):
-    made = tiny_cifar()
-    monkeypatch.setitem(data.DATASETS, "tiny-cifar", cifar_spec(made.data))
-    path = env / "root" / "tiny-cifar" / "cifar-10-python.tar.gz"
-    path.parent.mkdir(parents=True)
-    path.write_bytes(made.data)
-    return env / "root"
-
-
 def test_info_lists_every_catalog_dataset_with_its_shape_and_classes(env, capsys):
     code, out, err = run(capsys, "data", "info")
     assert code == 0 and err == ""

@@ -12,31 +12,18 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from arena_fixtures import TINY_TOML, write_tiny
-from cifar_fixtures import cifar_spec, tiny_cifar
 from PIL import Image as PILImage
 from safetensors.numpy import load_file
 
 from cli_helpers import one_error_line, run
-from redblue import data
 from redblue.arena import arena, load_arena
 from redblue.data import load_dataset
 from redblue.models import load_model
 from redblue.report.html import image_pixels, png_bytes
 from redblue.report.page import ImageGrid
 from redblue.report.pages import PageOptions, build_page, write_reports
-
-
-@pytest.fixture
-def cifar_root(env, monkeypatch) -> Path:
-    made = tiny_cifar()
-    monkeypatch.setitem(data.DATASETS, "tiny-cifar", cifar_spec(made.data))
-    path = env / "root" / "tiny-cifar" / "cifar-10-python.tar.gz"
-    path.parent.mkdir(parents=True)
-    path.write_bytes(made.data)
-    return env / "root"
 
 
 def odd_npz(path: Path, *, n_train: int = 24, n_test: int = 8, shape=(17, 23, 1), classes: int = 7) -> str:

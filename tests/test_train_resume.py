@@ -61,6 +61,8 @@ CONFIGS = {
     "clean-newmu-penalties": dict(objective="clean", l1=1e-4, l2=1e-4),
     # the weight average (over the batch-norm buffers too) and its rollback by the guard
     "fast-fgsm-guard-weight-average": dict(objective="fast-fgsm:eps=0.1", val_size=40, overfit_guard=True, weight_average=0.9),
+    # the augmentation's generator continues where the interrupted run left it
+    "pgd-crop-flip": dict(objective="pgd:eps=0.1,steps=2", val_size=40, augment="crop-flip:pad=1"),
 }
 
 

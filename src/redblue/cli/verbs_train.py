@@ -55,7 +55,7 @@ OPTION_OF_FIELD = {
     for name in (
         "epochs", "batch_size", "lr", "l1", "l2", "penalize_bias", "objective", "seed", "optimizer", "momentum",
         "nesterov", "weight_decay", "schedule", "warmup_epochs", "eps_warmup_epochs", "clean_epochs", "grad_clip", "val_size",
-        "keep", "overfit_guard", "weight_average",
+        "keep", "overfit_guard", "weight_average", "augment",
     )
 }  # fmt: skip
 
@@ -233,6 +233,11 @@ def train_command(
         typer.Option("--weight-average", help="Keep an exponential moving average of the weights with this decay per batch (e.g. 0.999); "
                      "the average is validated, selected and saved."),
     ] = None,
+    augment: Annotated[
+        Optional[str],
+        typer.Option("--augment", help="Random crops and/or horizontal flips of each training batch: crop-flip (the CIFAR recipes': "
+                     "4-pixel shifts, mirrored half the time), crop, flip, or crop-flip:pad=2. Default: none."),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Mini-batch size.")] = 128,
     penalize_bias: Annotated[bool, typer.Option("--penalize-bias", help="Apply l1/l2 to the biases too.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the initial weights, split, shuffling, dropout and random starts.")] = 0,
@@ -279,6 +284,7 @@ def train_command(
             keep=keep,
             overfit_guard=overfit_guard,
             weight_average=weight_average,
+            augment=augment,
         )
     )
     check_subset(train_subset)

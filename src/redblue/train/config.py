@@ -52,6 +52,7 @@ from typing import Any
 
 from redblue.defenses import CleanObjective, ObjectiveParams, is_adversarial, objective_kind
 from redblue.errors import ConfigError, require_in_range, require_non_negative, require_positive
+from redblue.train.augment import parse_augmentation
 from redblue.train.optim import (
     OPTIMIZER_DEFAULTS,
     OPTIMIZER_KNOBS,
@@ -102,6 +103,8 @@ class TrainConfig:
     weight_average: the decay of an exponential moving average of the weights, updated every batch
       (`redblue.train.optim.WeightAverage`; e.g. 0.999); the averaged weights are validated, selected and
       saved. None or 0: off.
+    augment: random crops and/or horizontal flips of every training batch (`redblue.train.augment`:
+      "crop-flip", the CIFAR recipes'; "crop"; "flip"; "crop-flip:pad=2"); None: off.
     l1, l2: the paper's penalties lambda1 * sum|w| + lambda2 * sum w^2; penalize_bias: also on biases.
     """
 
@@ -128,6 +131,7 @@ class TrainConfig:
     keep: str | None = None
     overfit_guard: bool | None = None
     weight_average: float | None = None
+    augment: str | None = None
 
     def __post_init__(self) -> None:
         require_int("epochs", self.epochs, minimum=1)
@@ -168,6 +172,8 @@ class TrainConfig:
             require_int("val_size", self.val_size, minimum=0)
         if self.weight_average is not None:
             require_in_range("weight_average", self.weight_average, 0.0, 0.999999)
+        if self.augment is not None:
+            parse_augmentation(self.augment)
         if self.keep is not None and self.keep not in KEEP:
             raise ConfigError(f"keep must be one of {', '.join(KEEP)}, got {self.keep!r}")
         if self.keep == "best" and (self.val_size == 0 or (self.val_size is None and not self.adversarial)):

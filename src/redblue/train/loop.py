@@ -32,6 +32,7 @@ from redblue.config import to_dict
 from redblue.defenses import TrainStep, make_objective, objective_from_record, objective_record, weight_penalty
 from redblue.defenses.penalties import add_penalty_gradient_, penalized_parameters
 from redblue.errors import ConfigError
+from redblue.train.augment import augment_batch, parse_augmentation
 from redblue.train.checkpoint import STATE_FILE
 from redblue.train.config import TrainConfig
 from redblue.train.data import check_model_fits, check_training_data
@@ -352,6 +353,7 @@ def _train_epoch(
     cfg, started, device = plan.config, time.perf_counter(), x.device
     objective_params = objective_from_record(run.objective)
     objective = make_objective(objective_params)
+    augmentation = parse_augmentation(cfg.augment) if cfg.augment else None
     penalize = cfg.l1 > 0 or cfg.l2 > 0
     penalized = [p for p in penalized_parameters(model, include_bias=cfg.penalize_bias) if p.requires_grad]
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -368,6 +370,8 @@ def _train_epoch(
             lr_set = lr
         index = order[batch * cfg.batch_size : (batch + 1) * cfg.batch_size]
         xb, yb = x[index], y[index]
+        if augmentation is not None:
+            xb = augment_batch(xb, augmentation, rngs.augment)
         progress = step / plan.total_steps
         loss, logits = objective(model, xb, yb, TrainStep(generator=rngs.attack, ramp=ramp, progress=progress))
         optimizer.zero_grad(set_to_none=True)

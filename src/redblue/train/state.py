@@ -42,18 +42,20 @@ class RunState:
 
 
 class Generators:
-    """The run's random streams: the shuffle order (CPU), the objective's random starts (the data's
-    device), and torch's global generator (dropout), seeded here; create it inside
-    `torch.random.fork_rng` so the caller's global state is left alone."""
+    """The run's random streams: the shuffle order (CPU), the objective's random starts and the data
+    augmentation's draws (the data's device), and torch's global generator (dropout), seeded here;
+    create it inside `torch.random.fork_rng` so the caller's global state is left alone."""
 
     def __init__(self, seed: int, device: torch.device) -> None:
         self.device = device
         self.shuffle = torch.Generator().manual_seed(seed)
         self.attack = torch.Generator(device=device).manual_seed(seed + 1)
+        self.augment = torch.Generator(device=device).manual_seed(seed + 3)
         torch.manual_seed(seed + 2)
 
     def state(self) -> dict[str, Tensor]:
-        states = {"rng/shuffle": self.shuffle.get_state(), "rng/attack": self.attack.get_state(), "rng/global": torch.get_rng_state()}
+        states = {"rng/shuffle": self.shuffle.get_state(), "rng/attack": self.attack.get_state(),
+                  "rng/augment": self.augment.get_state(), "rng/global": torch.get_rng_state()}  # fmt: skip
         if self.device.type == "cuda":
             states["rng/global_cuda"] = torch.cuda.get_rng_state(self.device)
         return states
@@ -61,6 +63,8 @@ class Generators:
     def restore(self, tensors: dict[str, Tensor]) -> None:
         self.shuffle.set_state(tensors["rng/shuffle"])
         self.attack.set_state(tensors["rng/attack"])
+        if "rng/augment" in tensors:  # checkpoints from before augmentation existed had no augmented runs
+            self.augment.set_state(tensors["rng/augment"])
         torch.set_rng_state(tensors["rng/global"])
         if self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng/global_cuda"], self.device)

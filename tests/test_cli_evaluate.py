@@ -157,6 +157,8 @@ BAD_INPUTS = [
     (["evaluate", "{model}", "--attacks", "fgsm", "--eps", "0.1,1.5"], "eps must be in [0.0, 1.0]"),
     (["evaluate", "{model}", "--attacks", "fgsm", "--eps", "-0.05"], "eps must be in [0.0, 1.0]"),
     (["evaluate", "{model}", "--attacks", "fgsm", "--eps", "a,b"], "comma-separated list of numbers"),
+    (["evaluate", "{model}", "--attacks", "fgsm", "--eps", "8/0"], "comma-separated list of numbers"),
+    (["evaluate", "{model}", "--attacks", "fgsm", "--eps", "300/255"], "eps must be in [0.0, 1.0]"),
     (["evaluate", "{model}", "--attacks", "fgsm:eps=0.1"], "give eps values with --eps"),
     (["evaluate", "{model}", "--attacks", "standard:n_iter=3"], "takes no parameters"),
     (["evaluate", "{model}", "--attacks", "fgsm", "--mode", "best"], "unknown --mode 'best'"),

@@ -7,9 +7,28 @@ import stat
 
 import pytest
 
-from redblue.config import atomic_write_bytes, split_spec
+from redblue.config import atomic_write_bytes, parse_number, split_spec
 from redblue.errors import ConfigError
 from redblue.models import MLPSpec, build_model, save_model
+
+
+@pytest.mark.parametrize(("text", "value"), [("0.1", 0.1), ("8/255", 8 / 255), ("2/255", 2 / 255), ("-1/4", -0.25), ("1e-3", 1e-3)])
+def test_numbers_and_fractions_read_as_floats(text, value):
+    assert parse_number(text) == value
+
+
+@pytest.mark.parametrize("text", ["8/0", "0/0", "a/2", "8/255/2", "", "inf/inf"])
+def test_bad_fractions_are_value_errors(text):
+    with pytest.raises(ValueError):
+        parse_number(text)
+
+
+def test_a_fraction_sets_a_float_parameter_and_a_bad_one_is_one_message():
+    from redblue.attacks import parse_attack
+
+    assert parse_attack("pgd:eps=8/255,steps=10")[1].eps == 8 / 255
+    with pytest.raises(ConfigError, match=r"eps must be of type float, got '8/0'"):
+        parse_attack("pgd:eps=8/0")
 
 
 def test_split_spec_reads_name_and_values():

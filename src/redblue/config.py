@@ -75,6 +75,17 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def parse_number(text: str) -> float:
+    """A float from text, or a fraction of two (`8/255`, as CIFAR budgets are written); ValueError otherwise."""
+    numerator, slash, denominator = text.partition("/")
+    if not slash:
+        return float(text)
+    value = float(numerator) / float(denominator) if float(denominator) != 0 else math.nan
+    if math.isnan(value):
+        raise ValueError(text)
+    return value
+
+
 def convert_text(name: str, text: str, tp: Any) -> Any:
     """Convert one text value to the field type `tp` (int, float, bool, str, Optional, tuple)."""
     inner, optional = _unwrap_optional(tp)
@@ -103,7 +114,7 @@ def convert_text(name: str, text: str, tp: Any) -> Any:
                 raise ConfigError(f"{name} must fit in 64 bits, got {text!r}")
             return value
         if inner is float:
-            return float(text)
+            return parse_number(text)
         if inner is str:
             return text
     except ValueError:

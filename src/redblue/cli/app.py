@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 import torch
 import typer
 
-from redblue.config import read_toml
+from redblue.config import parse_number, read_toml
 from redblue.errors import ConfigError
 
 app = typer.Typer(
@@ -171,8 +171,8 @@ def json_printed() -> bool:
 
 
 def parse_floats(name: str, text: str) -> list[float]:
-    """`0.05,0.1` -> [0.05, 0.1], with a one-line error naming the option."""
+    """`0.05,0.1` -> [0.05, 0.1] (fractions allowed: `2/255,8/255`), with a one-line error naming the option."""
     try:
-        return [float(part) for part in text.split(",") if part.strip()]
+        return [parse_number(part.strip()) for part in text.split(",") if part.strip()]
     except ValueError:
         raise ConfigError(f"{name} must be a comma-separated list of numbers, got {text!r}") from None

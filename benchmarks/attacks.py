@@ -1,7 +1,10 @@
 """Attack speed against the plain gradient, against the peer libraries, and time to a worst case.
 
-On one model (the paper's MLP trained here for one epoch on MNIST, or --model PATH) and the same
-test images, prints three tables:
+On one model and the same test images, prints these tables. The model: the paper's MLP trained here
+for one epoch on MNIST; with --rgb, a small pre-activation ResNet on 3 x 32 x 32 coloured digits
+(benchmarks/rgb.py; eps 8/255, 200 images); or --model PATH (a redblue safetensors file) with
+--data NAME (any data set redblue loads: mnist, cifar10, a user's .npz ...).
+
 
   (a) each attack's time over (its steps x one plain forward + backward pass to the input);
       target <= 1.05 for FGSM and PGD (issue 11, on a GPU). Square queries only: its unit is a
@@ -28,8 +31,8 @@ clock, and the process's CPU time, which a busy machine (printed: its load avera
 after) disturbs far less than the wall clock when torch runs on one thread. On CUDA the device
 is synchronised after every call.
 
-    python benchmarks/attacks.py [--quick] [--device cpu|cuda] [--threads 1] [--model PATH] [--n 1000]
-                                 [--eps 0.1] [--repeats 5] [--skip a,b,c,y] [--summary FILE]
+    python benchmarks/attacks.py [--quick] [--rgb] [--device cpu|cuda] [--threads 1] [--model PATH] [--data NAME]
+                                 [--n 1000] [--eps 0.1] [--repeats 5] [--skip a,b,c,y] [--summary FILE]
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from measure import Times, fresh_peak, hardware, interleaved, load, median_ratio, ratios, record, report_peak
+from rgb import RGB_EPS, saved_rgb_resnet, test_images
 from torch import Tensor, nn
 
 from redblue.attacks import ATTACKS, parse_attack
@@ -72,6 +76,8 @@ class Budget:
 
 FULL = Budget(n=1000, repeats=5, pgd_steps=40, pgd_restarts=5, apgd_iter=100, square_queries=5000)
 QUICK = Budget(n=300, repeats=3, pgd_steps=40, pgd_restarts=2, apgd_iter=50, square_queries=500)
+# a ResNet step costs ~100x an MLP step on a CPU: fewer images, the same PGD-40 and APGD-100
+RGB = Budget(n=200, repeats=3, pgd_steps=40, pgd_restarts=2, apgd_iter=100, square_queries=1000)
 
 
 # --- the model and the images -------------------------------------------------------------------------
@@ -103,6 +109,11 @@ def saved_mlp() -> str:
 def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     with torch.no_grad():
         return (model(x).argmax(dim=1) == y).double().mean().item()
+
+
+def classes(model: nn.Module, x: Tensor) -> int:
+    with torch.no_grad():
+        return int(model(x[:1]).shape[1])
 
 
 def plain_gradient(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -176,7 +187,7 @@ def peer_attacks(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int,
         from art.estimators.classification import PyTorchClassifier
 
         classifier = PyTorchClassifier(
-            model=model, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]), nb_classes=10,
+            model=model, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]), nb_classes=classes(model, x),
             clip_values=(0.0, 1.0), device_type="gpu" if x.device.type == "cuda" else "cpu",
         )
         fgsm_art = FastGradientMethod(classifier, norm=np.inf, eps=eps, batch_size=len(x))
@@ -339,18 +350,21 @@ def table_y(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> dict[str, int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"smaller budgets: {QUICK}")
+    parser.add_argument("--rgb", action="store_true", help=f"the RGB rows: a small ResNet on 3x32x32 images (benchmarks/rgb.py); {RGB}")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model and images live (default cpu)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--model", help="a model saved by redblue (safetensors); default: train the paper's MLP for one epoch")
-    parser.add_argument("--n", type=int, help="number of test images (default 1000, quick 300)")
-    parser.add_argument("--eps", type=float, default=0.1)
+    parser.add_argument("--data", help="the data set of the test images (default: mnist; --rgb: coloured digits)")
+    parser.add_argument("--n", type=int, help="number of test images (default 1000, quick 300, rgb 200)")
+    parser.add_argument("--eps", type=float, help="default 0.1; --rgb 8/255")
     parser.add_argument("--repeats", type=int, help="interleaved repeats per timing (default 5, quick 3)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c,y")
     parser.add_argument("--summary", help="append the key results to this file, one JSON object a line")
     parser.add_argument("--peak-of", help=argparse.SUPPRESS)  # internal: one call of table (b), its peak as JSON
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    budget = QUICK if args.quick else FULL
+    budget = RGB if args.rgb else QUICK if args.quick else FULL
+    args.eps = args.eps if args.eps is not None else RGB_EPS if args.rgb else 0.1
     if args.n or args.repeats:
         budget = Budget(**{**budget.__dict__, "n": args.n or budget.n, "repeats": args.repeats or budget.repeats})
     for name in ("fgsm", "pgd", "apgd-ce", "square"):
@@ -361,17 +375,18 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but torch sees no CUDA device; use --device cpu")
     start = time.perf_counter()
-    model_path = args.model or saved_mlp()
+    model_path = args.model or (saved_rgb_resnet() if args.rgb else saved_mlp())
     model = load_model(model_path).model.eval().to(device)
-    test = load_dataset("mnist", "test")
-    x, y = test.x[: budget.n].contiguous().to(device), test.y[: budget.n].contiguous().to(device)
+    x, y = (t.to(device) for t in test_images(args.data, args.rgb, budget.n))
     if args.peak_of:
         attack, library = args.peak_of.split("/")
         report_peak(workloads(model, x, y, args.eps, budget)[attack][library], device)
         return
     peak_args = ["--model", model_path, "--device", args.device, "--threads", str(args.threads), "--n", str(budget.n),
-                 "--eps", str(args.eps)] + (["--quick"] if args.quick else [])  # fmt: skip
-    print(f"model: {args.model or f'paper MLP, 1 epoch of Adam ({model_path})'}; clean accuracy on {len(x)} test images "
+                 "--eps", str(args.eps)] + (["--quick"] if args.quick else []) + (["--rgb"] if args.rgb else []) \
+                + (["--data", args.data] if args.data else [])  # fmt: skip
+    default = f"preact-resnet18 width 8, coloured digits {tuple(x.shape[1:])}" if args.rgb else "paper MLP, 1 epoch of Adam"
+    print(f"model: {args.model or f'{default} ({model_path})'}; clean accuracy on {len(x)} test images "
           f"{accuracy(model, x, y):.4f}; {hardware(device)}; setup {time.perf_counter() - start:.1f} s")
     skip = set(filter(None, args.skip.split(",")))
     if "a" not in skip:

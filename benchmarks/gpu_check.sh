@@ -2,8 +2,8 @@
 # Issue 11's GPU checks in one run (a few minutes on an H100 or H200; each step has its own timeout,
 # 9 minutes in all at most, so `run` with timeout_s=600 returns every step's output):
 #   - `standard` at eps 0.1 on the full MNIST test set with the default batch size (auto), against
-#     the original AutoAttack's standard version (pyautoattack, batch 10,000) and the same without
-#     FAB-T; time, robust accuracy, peak GPU memory;
+#     the original AutoAttack's standard version (pyautoattack, batch 10,000) and torchattacks'
+#     AutoAttack; time, robust accuracy, peak GPU memory;
 #   - the evaluator's peak memory on 10,000 images;
 #   - FGSM and PGD-40 on 10,000 images against torchattacks, and against one plain forward +
 #     backward pass per step; the host synchronisations of one call of each attack (CUDA's sync

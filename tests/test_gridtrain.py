@@ -178,6 +178,7 @@ def test_grids_it_cannot_train_are_refused_in_one_line():
         (_build(), [dataclasses.replace(base, grad_clip=1.0)], "grad_clip=1.0"),
         (_build(), [dataclasses.replace(base, val_size=100)], "val_size=100"),
         (_build(), [dataclasses.replace(base, schedule=parse_schedule("one-cycle"))], "schedule='one-cycle'"),
+        (_build(), [dataclasses.replace(base, augment="crop-flip")], "augment='crop-flip'"),
     ]
     for build, members, reason in cases:
         refusal = grid_refusal(build, members)

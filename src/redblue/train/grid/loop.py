@@ -64,6 +64,7 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
     "keep": (None, "last"),
     "overfit_guard": (None, False),
     "weight_average": (None,),
+    "augment": (None,),
 }
 
 

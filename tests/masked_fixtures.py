@@ -17,21 +17,11 @@ import functools
 import torch
 from torch import Tensor, nn
 
-from mlp_fixtures import MnistMissing
-from redblue.errors import DataError
+from mlp_fixtures import load_mnist
 
 EPS = 0.1
 N_TRAIN = 20_000
 EPOCHS = 10
-
-
-def _load(split: str):
-    from redblue.data import load_dataset
-
-    try:
-        return load_dataset("mnist", split)
-    except DataError as exc:
-        raise MnistMissing(f"these tests need MNIST (their thresholds were measured on it): {exc}") from None
 
 
 def plain_fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Tensor:
@@ -44,7 +34,7 @@ def plain_fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Tensor:
 @functools.lru_cache(maxsize=None)
 def masked_mlp(seed: int = 1) -> nn.Module:
     """The FGSM-trained MLP of `seed` (init and batch order), in eval mode, its parameters' grads cleared."""
-    train = _load("train")
+    train = load_mnist("train")
     x_train, y_train = train.x[:N_TRAIN], train.y[:N_TRAIN]
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
@@ -72,5 +62,5 @@ def masked_mlp(seed: int = 1) -> nn.Module:
 @functools.lru_cache(maxsize=None)
 def first_test_images(n: int) -> tuple[Tensor, Tensor]:
     """(x (n, 1, 28, 28), y (n,)): the first n images of MNIST's test split."""
-    test = _load("test")
+    test = load_mnist("test")
     return test.x[:n], test.y[:n]

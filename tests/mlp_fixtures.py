@@ -27,14 +27,20 @@ class MnistMissing(RuntimeError):
 
 
 @functools.lru_cache(maxsize=None)
-def mnist_slices() -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(x_train, y_train, x_eval, y_eval): disjoint slices of MNIST's test split."""
+def load_mnist(split: str):
+    """MNIST's `split` as redblue loads it; MnistMissing (with how to provide it) when it is not there."""
     from redblue.data import load_dataset
 
     try:
-        ds = load_dataset("mnist", "test")
+        return load_dataset("mnist", split)
     except DataError as exc:
         raise MnistMissing(f"these tests need MNIST (their thresholds were measured on it): {exc}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def mnist_slices() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(x_train, y_train, x_eval, y_eval): disjoint slices of MNIST's test split."""
+    ds = load_mnist("test")
     return ds.x[:N_TRAIN], ds.y[:N_TRAIN], ds.x[-N_EVAL:], ds.y[-N_EVAL:]
 
 

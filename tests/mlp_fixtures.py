@@ -26,7 +26,6 @@ class MnistMissing(RuntimeError):
     """MNIST is not where the tests look; the message says how to provide it."""
 
 
-@functools.lru_cache(maxsize=None)
 def load_mnist(split: str):
     """MNIST's `split` as redblue loads it; MnistMissing (with how to provide it) when it is not there."""
     from redblue.data import load_dataset
